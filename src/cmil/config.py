@@ -1,0 +1,325 @@
+"""Typed run configuration and named presets.
+
+Every field's docstring is its `--help` text (tyro reads them). Presets own per-task defaults;
+command-line flags override single fields (`cmil train --preset kitchen --agent.alpha 5`).
+The resolved config is saved as `config.yaml` in the run directory and reloaded on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Method = Literal["cmil", "vmail", "bc", "dac"]
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """DreamerV2-style RSSM with Gaussian latents and an ensemble of prior heads."""
+
+    deter: int = 200
+    """Size of the GRU (deterministic) state h_t."""
+    hidden: int = 200
+    """Width of the hidden layers around the GRU and of each prior/posterior head."""
+    stoch: int = 32
+    """Size of the Gaussian stochastic state s_t."""
+    ensemble: int = 5
+    """K: number of prior (transition) heads; their disagreement is eq. 9's model-mismatch estimate."""
+    cnn_depth: int = 16
+    """Channels of the first conv layer (doubling each layer) of the encoder and decoder."""
+    kl_balance: float = 0.8
+    """KL balancing: weight of the prior-side term (posterior held fixed)."""
+    kl_free: float = 1.0
+    """Free nats: the KL loss is clamped below this value (averaged over the batch)."""
+    kl_scale: float = 1.0
+    """Weight of the KL term in the world-model loss."""
+    min_std: float = 0.1
+    """Floor of the latent std: std = 2 * sigmoid(x / 2) + min_std."""
+    lr: float = 3e-4
+    """Adam learning rate of the world model."""
+    eps: float = 1e-5
+    """Adam epsilon."""
+    grad_clip: float = 100.0
+    """Gradient-norm clip of the world model."""
+    weight_decay: float = 1e-6
+    """Weight decay of the world model's optimiser."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Discriminator, reward, actor and twin critics (paper section 5)."""
+
+    alpha: float = 10.0
+    """Weight of the ensemble-disagreement penalty in the reward (eq. 10); 0 for VMAIL."""
+    beta: float = 10.0
+    """Weight of the behaviour-cloning term in the actor loss; 0 for VMAIL."""
+    reward: Literal["logratio", "prob"] = "logratio"
+    """Discriminator reward: 'logratio' = log D - log(1-D) (paper eq. 10); 'prob' = D (authors' code)."""
+    disc_noise_std: float = 1.5811
+    """Std of the Gaussian noise on the discriminator's whole input; paper: sigma^2 = 2.5 (std 1.58), code: std 2.5."""
+    disc_layers: int = 2
+    """Hidden layers of the discriminator MLP."""
+    disc_units: int = 200
+    """Units per discriminator hidden layer."""
+    disc_lr: float = 3e-4
+    """Adam learning rate of the discriminator."""
+    actor_layers: int = 4
+    """Hidden layers of the actor MLP."""
+    actor_units: int = 400
+    """Units per actor hidden layer."""
+    critic_layers: int = 4
+    """Hidden layers of each Q critic MLP."""
+    critic_units: int = 400
+    """Units per critic hidden layer."""
+    actor_lr: float = 8e-5
+    """Adam learning rate of the actor (DreamerV2 default)."""
+    critic_lr: float = 2e-4
+    """Adam learning rate of the critics (DreamerV2 default)."""
+    grad_clip: float = 100.0
+    """Gradient-norm clip of actor, critics and discriminator."""
+    horizon: int = 15
+    """H: imagination horizon."""
+    gamma: float = 0.99
+    """Discount."""
+    lam: float = 0.95
+    """TD(lambda) parameter (eq. 11) and the mixing weight of eq. 12."""
+    entropy: float = 1e-4
+    """Weight of the actor's entropy bonus."""
+    actor_min_std: float = 0.1
+    """Lower bound of the actor's std (truncated normal)."""
+    target_update_every: int = 100
+    """Hard-copy the critics into their targets every this many updates."""
+    critic_target: Literal["min", "random"] = "min"
+    """Critic bootstrap: 'min' of the two target critics (paper), or one drawn at random per update (code)."""
+    real_critic_loss: bool = True
+    """Train the critics on real replay transitions too (eq. 14); off for VMAIL."""
+    imag_starts: int = 0
+    """Imagination starts drawn from the B x L posterior states (0 = all, as in the paper)."""
+
+
+@dataclass(frozen=True)
+class DACConfig:
+    """Model-free pixel DAC (Kostrikov et al. 2019): off-policy actor-critic on a conv encoder."""
+
+    feature_dim: int = 50
+    """Size of the encoder's projected (LayerNorm + tanh) feature."""
+    cnn_depth: int = 32
+    """Channels of the conv encoder's first layer (doubling each layer)."""
+    hidden: int = 256
+    """Units of the actor/critic/discriminator hidden layers."""
+    layers: int = 2
+    """Hidden layers of the actor, each critic and the discriminator MLPs."""
+    batch_size: int = 128
+    """Transitions per update (policy and expert batches each)."""
+    lr: float = 3e-4
+    """Adam learning rate of actor, critics, encoder and entropy temperature."""
+    disc_lr: float = 3e-4
+    """Adam learning rate of the discriminator."""
+    grad_penalty: float = 10.0
+    """Weight of the discriminator's gradient penalty."""
+    tau: float = 0.01
+    """Polyak rate of the target critic (and target encoder)."""
+    init_temperature: float = 0.1
+    """Initial SAC entropy temperature (learnt so that the policy's entropy approaches the target)."""
+    target_entropy: float = -0.5
+    """Target policy entropy per action dimension. SAC's usual -1 is reachable only with means at the action
+    bounds: a truncated normal with std >= 0.1 and an interior mean has entropy >= -0.88 per dimension."""
+    gamma: float = 0.99
+    """Discount of the soft TD target."""
+    actor_min_std: float = 0.1
+    """Lower bound of the actor's std (truncated normal on [-1, 1])."""
+    reward: Literal["logratio", "positive"] = "logratio"
+    """Reward from the discriminator: 'logratio' = log D - log(1-D); 'positive' = -log(1-D) (DAC paper)."""
+    bc_weight: float = 0.0
+    """Weight of an optional BC term in the actor loss (0 = BC-free, the default)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run: task, method, data, schedule, model and agent settings."""
+
+    task: str = "mw-drawer-open"
+    """Task name (see `cmil tasks`)."""
+    method: Method = "cmil"
+    """Learning method: cmil | vmail | bc | dac."""
+    seed: int = 0
+    """Random seed (torch, numpy, env)."""
+    demos: str | None = None
+    """Directory of expert episodes; default: demos/{task} (collected by `cmil main` if missing)."""
+    num_demos: int = 10
+    """How many demo episodes to use (the first N by file name)."""
+    run_dir: str | None = None
+    """Run directory; default: runs/{task}__{method}__seed{seed}__{timestamp}. An existing one is resumed."""
+    init_from: str | None = None
+    """Initialise all networks from this run directory's latest checkpoint (a fresh run otherwise)."""
+    device: str = "cpu"
+    """Torch device: cpu | cuda | auto."""
+    threads: int = 0
+    """Torch CPU threads (0 = one per core)."""
+    image_size: int = 64
+    """Side of the square image observations."""
+    dry_run: bool = False
+    """Run one tiny iteration of everything (seconds), for tests."""
+
+    # --- schedule ---------------------------------------------------------------------------
+    env_steps: int = 20_000
+    """Online environment steps after the seed episodes (the x-axis budget)."""
+    seed_steps: int = 1_000
+    """Environment steps collected by the BC-pretrained policy before online training (0 for VMAIL)."""
+    train_every: int = 5
+    """Run `train_updates` updates every this many environment steps (train ratio)."""
+    train_updates: int = 1
+    """Updates per training round."""
+    batch_size: int = 16
+    """Sequences per replay batch (and per expert batch)."""
+    seq_len: int = 32
+    """Length of each sampled sequence."""
+    pretrain_updates: int = 300
+    """Full agent updates on demos only before seed episodes (CMIL); 0 disables."""
+    pretrain_bc_updates: int = 100
+    """World model + BC updates after the full pretraining (CMIL)."""
+
+    # --- behaviour cloning baseline ----------------------------------------------------------
+    bc_steps: int = 3_000
+    """Gradient steps of the BC baseline."""
+    bc_batch: int = 64
+    """Frames per BC batch."""
+    bc_lr: float = 3e-4
+    """Adam learning rate of BC."""
+    bc_augment: bool = True
+    """Random-shift augmentation (pad 4) of BC's images."""
+
+    # --- evaluation and logging --------------------------------------------------------------
+    eval_every: int = 2_500
+    """Evaluate every this many environment steps."""
+    eval_episodes: int = 10
+    """Episodes per periodic evaluation."""
+    final_eval_episodes: int = 20
+    """Episodes of the final evaluation."""
+    eval_deterministic: bool = True
+    """Evaluate with the policy's mode (True) or sampled actions."""
+    video_episodes: int = 2
+    """Evaluation episodes saved as mp4 per evaluation."""
+    log_every: int = 500
+    """Write training metrics every this many environment steps."""
+    checkpoint_every: int = 2_500
+    """Checkpoint every this many environment steps."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+
+    wm: WorldModelConfig = field(default_factory=WorldModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    dac: DACConfig = field(default_factory=DACConfig)
+
+
+def _paper_world_model() -> WorldModelConfig:
+    return WorldModelConfig(deter=400, hidden=400, stoch=360, ensemble=10, cnn_depth=48)
+
+
+def _paper_agent() -> AgentConfig:
+    return AgentConfig()
+
+
+PRESETS: dict[str, Config] = {
+    # CPU preset for the default task: sizes chosen by measurement (docs/performance.md) so that the
+    # main job finishes in <= 30 min on a 2-core CPU.
+    "default": Config(),
+    # The authors' architecture on the default task.
+    "paper": Config(wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
+                    env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,
+                    pretrain_updates=1_000, pretrain_bc_updates=100),
+    # The authors' configuration for the paper's tasks (reference-facts.md).
+    "kitchen": Config(task="kitchen", wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
+                      env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,
+                      pretrain_updates=1_000, pretrain_bc_updates=100, eval_every=10_000, checkpoint_every=10_000),
+    "baoding": Config(task="baoding", wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=25,
+                      num_demos=20, env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,
+                      pretrain_updates=1_000, pretrain_bc_updates=100, eval_every=10_000, checkpoint_every=10_000),
+}
+
+# Settings a method implies regardless of preset (VMAIL = CMIL without conservatism).
+METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
+    "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
+              "pretrain_updates": 0, "pretrain_bc_updates": 0},
+}
+
+# Fields that may change when a run is resumed (they steer the run, not what it learns).
+RESUMABLE_FIELDS = {"env_steps", "eval_every", "eval_episodes", "final_eval_episodes", "video_episodes",
+                    "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "run_dir"}
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """`dataclasses.replace` that also takes dotted names of nested fields ('wm.deter')."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if "." in key:
+            group, name = key.split(".", 1)
+            nested.setdefault(group, {})[name] = value
+        else:
+            top[key] = value
+    for group, values in nested.items():
+        top[group] = dataclasses.replace(getattr(cfg, group), **values)
+    return dataclasses.replace(cfg, **top)
+
+
+def apply_method(cfg: Config) -> Config:
+    """Apply the settings the method implies (e.g. VMAIL's alpha = beta = 0)."""
+    return replace(cfg, **METHOD_OVERRIDES.get(cfg.method, {}))
+
+
+def dry_run_config(cfg: Config) -> Config:
+    """Shrink everything so that one iteration of every part runs in seconds."""
+    return replace(
+        cfg, env_steps=40, seed_steps=20, train_every=10, batch_size=2, seq_len=8, pretrain_updates=2,
+        pretrain_bc_updates=1, bc_steps=3, bc_batch=4, eval_every=40, eval_episodes=1, final_eval_episodes=1,
+        video_episodes=1, log_every=20, checkpoint_every=20, num_demos=min(cfg.num_demos, 2),
+        **{"wm.deter": 16, "wm.hidden": 16, "wm.stoch": 4, "wm.ensemble": 2, "wm.cnn_depth": 4,
+           "agent.horizon": 3, "agent.actor_units": 16, "agent.critic_units": 16, "agent.disc_units": 16,
+           "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2})
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    data = dict(data)
+    wm = WorldModelConfig(**data.pop("wm", {}))
+    agent = AgentConfig(**data.pop("agent", {}))
+    dac = DACConfig(**data.pop("dac", {}))
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown config fields {sorted(unknown)}")
+    return Config(wm=wm, agent=agent, dac=dac, **data)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """{'task': ..., 'wm.deter': ..., ...}: one entry per leaf field."""
+    flat: dict[str, Any] = {}
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config(path: Path) -> Config:
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def resume_conflicts(saved: Config, requested: Config, preset: Config) -> list[str]:
+    """Fields the user set explicitly (differing from the preset) that differ from the saved run."""
+    saved_f, req_f, pre_f = flatten(saved), flatten(requested), flatten(preset)
+    return [f"{k}: run has {saved_f[k]!r}, command asks {req_f[k]!r}" for k in req_f
+            if req_f[k] != pre_f.get(k) and req_f[k] != saved_f.get(k) and k not in RESUMABLE_FIELDS]

@@ -1,0 +1,49 @@
+"""Collecting expert demonstrations with a task's expert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cmil.data.episodes import EpisodeRecorder, save_episode
+from cmil.envs import make_env, make_expert
+from cmil.evaluate import run_episode
+
+
+def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size: int = 64,
+                  keep_failures: bool = False, max_attempts: int | None = None, quiet: bool = False) -> dict:
+    """Roll out the task's expert until `episodes` episodes are saved in `out`.
+
+    Only successful episodes are kept unless `keep_failures`; every attempt counts towards the
+    expert's success rate, written with the other statistics to `out/expert_stats.json`.
+    """
+    out = Path(out)
+    if out.exists() and any(out.glob("*.npz")):
+        raise FileExistsError(f"{out}: already holds episodes; choose another --out (nothing is overwritten)")
+    max_attempts = max_attempts or 3 * episodes + 5
+    env = make_env(task, seed=seed, image_size=image_size)
+    try:
+        expert = make_expert(task, env)
+        saved = attempts = successes = 0
+        with tqdm(total=episodes, desc=f"demos {task}", unit="ep", disable=quiet, dynamic_ncols=True) as bar:
+            while saved < episodes:
+                if attempts >= max_attempts:
+                    raise RuntimeError(f"expert saved only {saved}/{episodes} successful episodes in {attempts} attempts")
+                recorder = EpisodeRecorder()
+                success, _, length, _, _ = run_episode(env, lambda _obs: expert.act(), expert.reset,
+                                                       seed=seed + attempts, recorder=recorder)
+                attempts += 1
+                successes += int(success)
+                if success or keep_failures:
+                    save_episode(out, recorder.finish(), name=f"{task}-seed{seed + attempts - 1:06d}-{length}.npz")
+                    saved += 1
+                    bar.update(1)
+                bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
+    finally:
+        env.close()
+    stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes,
+             "success_rate": successes / attempts, "seed": seed, "image_size": image_size}
+    (out / "expert_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats

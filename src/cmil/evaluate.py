@@ -1,0 +1,63 @@
+"""Policy evaluation over N episodes: success rate, return, length, task counts, videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from cmil.data.episodes import EpisodeRecorder, episode_success
+
+
+def run_episode(env: gym.Env, act, reset, seed: int | None = None, recorder: EpisodeRecorder | None = None):
+    """Roll out one episode with `act(obs) -> action`; returns (success, return, length, last info, frames)."""
+    obs, info = env.reset(seed=seed)
+    reset()
+    frames = [obs]
+    if recorder is not None:
+        recorder.reset(obs, info)
+    total, steps, success = 0.0, 0, bool(info.get("success", False))
+    while True:
+        action = act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        steps += 1
+        success = success or bool(info.get("success", False))
+        frames.append(obs)
+        if recorder is not None:
+            recorder.step(action, obs, reward, info, terminated)
+        if terminated or truncated:
+            return success, total, steps, info, frames
+
+
+def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, seed: int = 10_000,
+             video_dir: Path | None = None, video_episodes: int = 0, video_name: str = "eval") -> dict[str, float]:
+    """Evaluate `policy` for `episodes` episodes seeded seed, seed+1, ... (the same placements every
+    evaluation, so curves compare like with like). Success = the task's flag held at any step."""
+    results = []
+    for i in range(episodes):
+        success, ret, length, info, frames = run_episode(
+            env, lambda o: policy.act(o, deterministic), policy.reset, seed=seed + i)
+        results.append((success, ret, length, info.get("tasks_completed")))
+        if video_dir is not None and i < video_episodes:
+            save_video(video_dir / f"{video_name}_ep{i}.mp4", frames)
+    succ, rets, lens, tasks = zip(*results, strict=True)
+    out = {"eval/success_rate": float(np.mean(succ)), "eval/return": float(np.mean(rets)),
+           "eval/length": float(np.mean(lens)), "eval/episodes": float(episodes)}
+    if all(t is not None for t in tasks):
+        out["eval/tasks_completed"] = float(np.mean(tasks))
+    return out
+
+
+def save_video(path: Path, frames: list[np.ndarray], fps: int = 20, scale: int = 4) -> None:
+    """mp4 of the frames, upscaled by `scale` (nearest) so 64x64 frames are watchable."""
+    import imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
+    imageio.mimsave(path, big, fps=fps, macro_block_size=1)
+
+
+def demo_success_rate(episodes) -> float:
+    return float(np.mean([episode_success(ep) for ep in episodes]))

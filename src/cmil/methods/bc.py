@@ -1,0 +1,96 @@
+"""Behaviour cloning from pixels: conv encoder + MLP, regressing the expert's actions.
+
+Pairs are (image[t], action[t+1]) of every demo step (the stored `action[t+1]` is the action taken
+at frame t). The policy outputs tanh(mean); the loss is the mean squared error to the expert's
+action. Images get random-shift augmentation, which matters with only ~10 demos.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmil.config import Config
+from cmil.data.replay import SequenceReplay
+from cmil.methods.base import Method
+from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
+
+
+class PixelPolicy(nn.Module):
+    """image uint8 (..., H, W, 3) -> action in [-1, 1]."""
+
+    def __init__(self, action_dim: int, image_size: int = 64, depth: int = 32, layers: int = 2, units: int = 256):
+        super().__init__()
+        self.encoder = ConvEncoder(depth, image_size)
+        self.head = mlp(self.encoder.out_dim, action_dim, layers, units)
+
+    def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        x = preprocess_image(image)
+        if augment:
+            x = random_shift(x)
+        return torch.tanh(self.head(self.encoder(x)))
+
+
+class _BCPolicy:
+    def __init__(self, net: PixelPolicy, device: torch.device):
+        self.net, self.device = net, device
+
+    def reset(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        image = torch.as_tensor(obs, device=self.device)[None]
+        return self.net(image)[0].cpu().numpy()
+
+
+def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
+    """All (image_t, action_{t+1}) pairs of the demos."""
+    images, actions = [], []
+    for ep in expert.episodes:
+        images.append(ep["image"][:-1])
+        actions.append(ep["action"][1:])
+    return np.concatenate(images), np.concatenate(actions).astype(np.float32)
+
+
+class BC(Method):
+    online = False
+    uses_seed_episodes = False
+
+    def __init__(self, cfg: Config, action_dim: int, device: torch.device):
+        super().__init__(cfg, action_dim, device)
+        self.net = PixelPolicy(action_dim, cfg.image_size).to(device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc_lr)
+        self._pairs: tuple[np.ndarray, np.ndarray] | None = None
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"policy": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self.opt}
+
+    def policy(self) -> _BCPolicy:
+        return _BCPolicy(self.net, self.device)
+
+    def pretrain_steps(self) -> int:
+        return self.cfg.bc_steps
+
+    def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
+        images, actions = demo_pairs(expert)
+        metrics: dict[str, float] = {}
+        self.net.train()
+        while self.updates < self.cfg.bc_steps:
+            idx = self.rng.integers(0, len(images), self.cfg.bc_batch)
+            image = torch.as_tensor(images[idx], device=self.device)
+            target = torch.as_tensor(actions[idx], device=self.device)
+            loss = (self.net(image, augment=self.cfg.bc_augment) - target).pow(2).sum(-1).mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.updates += 1
+            metrics = {"train/bc_loss": loss.item()}
+            progress(1)
+        self.net.eval()
+        return metrics

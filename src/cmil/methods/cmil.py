@@ -1,0 +1,250 @@
+"""CMIL (Kolev et al. 2024, section 5) and VMAIL (the same without conservatism).
+
+One `update` = world model step, discriminator step (eq. 8), imagination from every posterior state,
+actor step (eq. 12 + beta * BC - entropy), critic step (eqs. 13-15), target copy every N updates.
+VMAIL is this class with alpha = beta = 0, no real-data critic loss and no BC pretraining
+(`config.METHOD_OVERRIDES`). Notation: a "feature" is concat(stoch, deter) of an RSSM state; the
+stored `action[:, t + 1]` is the action taken at frame t.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmil.config import Config
+from cmil.data.replay import SequenceReplay, batch_to_torch
+from cmil.methods.base import Method
+from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, lambda_returns
+from cmil.models.world_model import WorldModel
+
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    return float(norm)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, L, ...) -> (B * L, ...)."""
+    return x.reshape(-1, *x.shape[2:])
+
+
+class CMIL(Method):
+    def __init__(self, cfg: Config, action_dim: int, device: torch.device):
+        super().__init__(cfg, action_dim, device)
+        a = cfg.agent
+        self.wm = WorldModel(action_dim, cfg.wm, cfg.image_size).to(device)
+        feat = self.wm.feat_dim
+        self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
+        self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
+        self.disc = Discriminator(feat, action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
+        self.wm_opt = self.wm.make_optimizer()
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.q.parameters(), lr=a.critic_lr, eps=1e-5)
+        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=a.disc_lr, eps=1e-5)
+        self._diag: dict[str, list[float]] = defaultdict(list)
+
+    # --- plumbing -------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
+                "discriminator": self.disc_opt}
+
+    def policy(self) -> LatentPolicy:
+        return LatentPolicy(self.wm, self.actor, self.action_dim, self.device)
+
+    def pretrain_steps(self) -> int:
+        return self.cfg.pretrain_updates + self.cfg.pretrain_bc_updates
+
+    def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
+        """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5)."""
+        metrics: dict[str, float] = {}
+        for _ in range(self.cfg.pretrain_updates):
+            metrics = self.update(expert, expert)
+            progress(1)
+        for _ in range(self.cfg.pretrain_bc_updates):
+            metrics = self.update(expert, expert, agent=False)
+            progress(1)
+        return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
+
+    # --- the update -----------------------------------------------------------------------
+    def update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool = True) -> dict[str, float]:
+        cfg, a = self.cfg, self.cfg.agent
+        B = cfg.batch_size
+        exp = batch_to_torch(expert.sample(B), self.device)
+        rep = batch_to_torch(replay.sample(B), self.device)
+        batch = {k: torch.cat([exp[k], rep[k]]) for k in ("image", "action", "is_first")}
+
+        # World model (eq. 1) on expert and replay sequences together.
+        wm_loss, post, m = self.wm.loss(batch)
+        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self.wm.parameters(), cfg.wm.grad_clip)
+        post = {k: v.detach() for k, v in post.items()}
+        feat = self.wm.feat(post)                                   # (2B, L, F)
+        act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
+        exp_feat, exp_act = feat[:B, :-1], act_taken[:B]
+
+        # Behaviour cloning term: -log pi(a^E_t | s^E_t) on expert posterior states.
+        bc_loss = -self.actor(exp_feat).log_prob(exp_act.clamp(-1 + 1e-4, 1 - 1e-4)).mean()
+        if not agent:
+            _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
+            m["train/bc_loss"] = bc_loss.item()
+            return m
+
+        # Imagination from every posterior state (eq. 11 notation: s^0 real, s^1..s^H imagined).
+        start = {k: _flat(v) for k, v in post.items()}
+        if a.imag_starts and a.imag_starts < len(start["deter"]):
+            idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
+            start = {k: v[idx] for k, v in start.items()}
+        with frozen(self.wm, self.critic, self.disc):
+            feats, actions, disagreement, entropy = self.imagine(start, a.horizon)
+            reward = self.reward(feats[:-1], actions[:-1], disagreement)            # (H, N), eq. 10
+            q_min = self.critic(feats, actions).min(0).values                        # V0(s^t) = min_i Q_i
+            returns = lambda_returns(reward, q_min, a.gamma, a.lam)                  # eq. 11
+            # Eq. 12: maximise lambda * V^lambda + (1 - lambda) * V0 over the imagined steps.
+            actor_obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
+            actor_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean() + a.beta * bc_loss
+        m["train/actor_grad_norm"] = _step(self.actor_opt, actor_loss, self.actor.parameters(), a.grad_clip)
+
+        # Discriminator (eq. 8): expert posterior pairs vs imagined pairs, noise on both inputs.
+        feats, actions = feats.detach(), actions.detach()
+        pol_feat, pol_act = feats[:-1], actions[:-1]
+        e_logit = self.disc(_flat(exp_feat), _flat(exp_act), noise=True)
+        p_logit = self.disc(_flat(pol_feat), _flat(pol_act), noise=True)
+        disc_loss = (F.binary_cross_entropy_with_logits(e_logit, torch.ones_like(e_logit))
+                     + F.binary_cross_entropy_with_logits(p_logit, torch.zeros_like(p_logit)))
+        _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
+
+        # Critics (eqs. 13-15) against target-network TD(lambda) targets.
+        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions,
+                                           reward.detach(), start_count=len(start["deter"]))
+        _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
+
+        self.updates += 1
+        if self.updates % a.target_update_every == 0:
+            self.critic.update_target()
+
+        with torch.no_grad():
+            e_prob, p_prob = torch.sigmoid(self.disc(_flat(exp_feat), _flat(exp_act))), torch.sigmoid(self.disc(_flat(pol_feat), _flat(pol_act)))
+        m.update(cm)
+        m.update({
+            "train/actor_loss": actor_loss.item(), "train/bc_loss": bc_loss.item(),
+            "train/critic_loss": critic_loss.item(), "train/disc_loss": disc_loss.item(),
+            "train/imag_reward": reward.mean().item(), "train/imag_return": returns.mean().item(),
+            "train/entropy": entropy.mean().item(), "train/q_mean": q_min.mean().item(),
+            "disc/expert_acc": (e_prob > 0.5).float().mean().item(), "disc/policy_acc": (p_prob < 0.5).float().mean().item(),
+            "disc/expert_prob": e_prob.mean().item(), "disc/policy_prob": p_prob.mean().item(),
+            "model/imag_disagreement": disagreement.mean().item(),
+        })
+        for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
+                    "model/imag_disagreement"):
+            self._diag[key].append(m[key])
+        return m
+
+    def imagine(self, start: dict[str, torch.Tensor], horizon: int):
+        """Roll the policy through the learnt prior for `horizon` steps.
+
+        Returns features (H+1, N, F), actions (H+1, N, A) (a^t ~ pi(s^t), reparameterised),
+        disagreement (H, N) of each transition (s^t, a^t) -> s^{t+1} (eq. 9), and entropies (H+1, N)."""
+        state = start
+        feats, actions, dis, ents = [], [], [], []
+        for t in range(horizon + 1):
+            f = self.wm.feat(state)
+            dist = self.actor(f)
+            action = dist.rsample()
+            feats.append(f)
+            actions.append(action)
+            ents.append(dist.entropy())
+            if t < horizon:
+                state, d = self.wm.imagine_step(state, action)
+                dis.append(d)
+        return torch.stack(feats), torch.stack(actions), torch.stack(dis), torch.stack(ents)
+
+    def reward(self, feat: torch.Tensor, action: torch.Tensor, disagreement: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 10: log D - log(1 - D) (= D's logit) - alpha * disagreement; the penalty only when given
+        (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead."""
+        a = self.cfg.agent
+        if a.reward == "prob":
+            r = torch.sigmoid(self.disc(feat, action, noise=True))
+        else:
+            r = self.disc(feat, action)
+        if disagreement is not None and a.alpha:
+            r = r - a.alpha * disagreement
+        return r
+
+    def _target_values(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        q = self.critic.target_values(feat, action)
+        if self.cfg.agent.critic_target == "random":
+            return q[int(np.random.randint(2))]
+        return q.min(0).values
+
+    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward, start_count: int):
+        """Eq. 13 on imagined steps + eq. 14 on real transitions, summed (eq. 15).
+
+        feat/act_taken/is_first: the real sequences (2B, L, ...); imag_feat/imag_act: (H+1, N, ...)."""
+        a = self.cfg.agent
+        with torch.no_grad():
+            # Targets recomputed with the target critics; the last imagined state bootstraps.
+            v0 = self._target_values(imag_feat, imag_act)                         # (H+1, N)
+            target = lambda_returns(reward, v0, a.gamma, a.lam)                   # (H, N)
+        q = self.critic(imag_feat[:-1], imag_act[:-1])                            # (2, H, N)
+        model_loss = (q - target).pow(2).mean(-1).mean(-1).sum()                  # eq. 13, both critics
+        metrics = {"train/critic_model_loss": model_loss.item()}
+        loss = model_loss
+        if a.real_critic_loss and start_count == feat.shape[0] * feat.shape[1]:
+            # Eq. 14: Q(s_j, a_j) -> r(s_j, a_j) + gamma * ((1 - lam) V0(s_{j+1}) + lam V^lambda(s_{j+1})),
+            # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
+            n_b, n_l = feat.shape[:2]
+            with torch.no_grad():
+                r_real = self.reward(feat[:, :-1], act_taken, None)               # no penalty on real data
+                v0_next = v0[0].reshape(n_b, n_l)[:, 1:]
+                vlam_next = target[0].reshape(n_b, n_l)[:, 1:]
+                y = r_real + a.gamma * ((1 - a.lam) * v0_next + a.lam * vlam_next)
+                valid = (~is_first[:, 1:]).float()                                # no target across episodes
+            q_real = self.critic(feat[:, :-1], act_taken)                         # (2, B, L-1)
+            data_loss = ((q_real - y).pow(2) * valid).sum((-1, -2)).div(valid.sum().clamp_min(1)).sum()
+            loss = loss + data_loss
+            metrics["train/critic_data_loss"] = data_loss.item()
+        return loss, metrics
+
+    def diagnostics(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
+        """Averages since the last evaluation, incl. the paper's Fig. 3 quantities."""
+        out = {k: float(np.mean(v)) for k, v in self._diag.items() if v}
+        self._diag.clear()
+        if "disc/expert_prob" in out:
+            out["bound/distribution_match"] = out["disc/expert_prob"] - out["disc/policy_prob"]
+            out["bound/model_mismatch"] = out["model/imag_disagreement"]
+        return out
+
+
+class LatentPolicy:
+    """Acts in the environment: filters the belief with the posterior, then queries the actor."""
+
+    def __init__(self, wm: WorldModel, actor: Actor, action_dim: int, device: torch.device):
+        self.wm, self.actor, self.action_dim, self.device = wm, actor, action_dim, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.wm.initial(1)
+        self.prev_action = torch.zeros(1, self.action_dim, device=self.device)
+        self.first = True
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
+        image = torch.as_tensor(obs, device=self.device)[None, None]
+        embed = self.wm.encode(image)[:, 0]
+        is_first = torch.tensor([self.first], device=self.device)
+        self.state, _ = self.wm.obs_step(self.state, self.prev_action, embed, is_first)
+        dist = self.actor(self.wm.feat(self.state))
+        action = dist.mode() if deterministic else dist.rsample()
+        self.prev_action = action
+        self.first = False
+        return action[0].cpu().numpy()

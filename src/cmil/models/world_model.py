@@ -1,0 +1,310 @@
+"""The world model: conv encoder, RSSM with an ensemble of prior heads, conv decoder (DreamerV2 + CMIL).
+
+Latent state (a dict of tensors): `deter` h_t (GRU state), `stoch` s_t (a sample), and the `mean`/`std`
+of the Gaussian s_t was drawn from. The feature the agent sees is concat(stoch, deter).
+
+    prior      h_t = GRU(h_{t-1}, ELU(W [s_{t-1}, a_t]))        (a_t: the action that LED to frame t)
+               p_k(s_t | h_t), k = 1..K                         (K heads, one drawn per step)
+    posterior  q(s_t | h_t, embed(x_t))
+    decoder    p(x_t | s_t, h_t) = Normal(mean(s_t, h_t), 1)
+
+At every prior step one head k is drawn uniformly, one index for the whole batch; it alone gives the
+prior sample and the KL term (paper eq. 1 with Rafailov et al.'s latent ensemble), so a head only gets
+gradient at the steps where it was drawn. All K means are computed anyway, so the disagreement
+std_k(mu_k) averaged over latent dims (paper eq. 9) is available at every step.
+
+Speed: in `observe` the prior heads do not feed back into the recurrence (the posterior sample does),
+so the loop runs only the GRU and the posterior, and all K heads are applied after it to every (b, t)
+at once as one batched matmul. The parts of the input layers that do not depend on the recurrent
+state (the action and the image embedding) are also computed for all steps before the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmil.config import WorldModelConfig
+from cmil.models.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    EnsembleLinear,
+    LayerNormGRUCell,
+    diag_gaussian_kl,
+    gaussian_std,
+    preprocess_image,
+)
+
+State = dict[str, torch.Tensor]
+STATE_KEYS = ("deter", "stoch", "mean", "std")
+
+
+class _HalfSquaredError(torch.autograd.Function):
+    """0.5 * sum((pred - target)^2); its backward is a single pass, grad * (pred - target).
+
+    Same value and gradient as 0.5 * F.mse_loss(..., reduction='sum'), which on the CPU spends two
+    extra full-image passes in backward (expanding the scalar gradient, then the elementwise kernel).
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = pred - target
+        ctx.save_for_backward(diff)
+        return 0.5 * torch.linalg.vector_norm(diff).square()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (diff,) = ctx.saved_tensors
+        return diff * grad, None
+
+
+def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Preprocessed float (..., 3, H, W) in [-0.5, 0.5] -> uint8 (..., H, W, 3); inverse of preprocess_image."""
+    x = (image + 0.5).mul(255.0).clamp(0.0, 255.0).round().to(torch.uint8)
+    return x.permute(*range(x.dim() - 3), -2, -1, -3)
+
+
+class WorldModel(nn.Module):
+    """RSSM world model with Gaussian latents and K prior heads, learnt from 64x64 uint8 images."""
+
+    def __init__(self, action_dim: int, cfg: WorldModelConfig, image_size: int = 64):
+        super().__init__()
+        self.cfg, self.action_dim, self.image_size = cfg, action_dim, image_size
+        S, D, H, K = cfg.stoch, cfg.deter, cfg.hidden, cfg.ensemble
+        self.encoder = ConvEncoder(cfg.cnn_depth, image_size)
+        self.embed_dim = self.encoder.out_dim
+        self.img_in = nn.Linear(S + action_dim, H)
+        self.gru = LayerNormGRUCell(H, D)
+        # The K prior heads, each Dense(hidden) -> ELU -> Dense(2 * stoch), as two batched layers.
+        self.prior_hidden = EnsembleLinear(K, D, H)
+        self.prior_out = EnsembleLinear(K, H, 2 * S)
+        self.post_hidden = nn.Linear(D + self.embed_dim, H)
+        self.post_out = nn.Linear(H, 2 * S)
+        self.decoder = ConvDecoder(S + D, cfg.cnn_depth, image_size)
+        self.feat_dim = S + D
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.post_out.weight.device
+
+    # --- small pieces -------------------------------------------------------------------------
+    def initial(self, batch_size: int) -> State:
+        """The all-zeros state an episode starts from."""
+        S, D = self.cfg.stoch, self.cfg.deter
+        dev = self.device
+        return {"deter": torch.zeros(batch_size, D, device=dev), "stoch": torch.zeros(batch_size, S, device=dev),
+                "mean": torch.zeros(batch_size, S, device=dev), "std": torch.zeros(batch_size, S, device=dev)}
+
+    @staticmethod
+    def feat(state: State) -> torch.Tensor:
+        """The agent's feature: concat(stoch, deter)."""
+        return torch.cat([state["stoch"], state["deter"]], -1)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 images (..., H, W, 3) -> embeddings (..., E)."""
+        return self.encoder(preprocess_image(image))
+
+    def decode(self, feat: torch.Tensor) -> torch.Tensor:
+        """Features (..., F) -> image means (..., 3, 64, 64) in the preprocessed space."""
+        return self.decoder(feat)
+
+    def draw_heads(self, n: int | None = None) -> torch.Tensor:
+        """Uniformly drawn head indices (CPU, from torch's global RNG): a scalar, or n of them."""
+        return torch.randint(self.cfg.ensemble, () if n is None else (n,))
+
+    def prior_heads(self, deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All K heads on deter (N, D) -> means and stds, each (K, N, S)."""
+        hidden = F.elu(self.prior_hidden(deter))
+        mean, raw_std = self.prior_out(hidden).chunk(2, -1)
+        return mean, gaussian_std(raw_std, self.cfg.min_std)
+
+    @staticmethod
+    def disagreement(means: torch.Tensor) -> torch.Tensor:
+        """Eq. 9: std over the heads (dim 0, population std) of their means, averaged over latent dims."""
+        return means.std(0, correction=0).mean(-1)
+
+    def _gaussian(self, stats: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        mean, raw_std = stats.chunk(2, -1)
+        std = gaussian_std(raw_std, self.cfg.min_std)
+        stoch = mean if noise is None else torch.addcmul(mean, std, noise)
+        return mean, std, stoch
+
+    @staticmethod
+    def _reset(state: State, action: torch.Tensor, is_first: torch.Tensor) -> tuple[State, torch.Tensor]:
+        keep = (~is_first.bool()).to(action.dtype).unsqueeze(-1)
+        return {k: state[k] * keep for k in STATE_KEYS}, action * keep
+
+    # --- single steps -------------------------------------------------------------------------
+    def imagine_step(self, state: State, action: torch.Tensor, sample: bool = True,
+                     head: int | None = None) -> tuple[State, torch.Tensor]:
+        """One prior step from `state` with `action` (B, A), through a freshly drawn head (or `head`).
+
+        Reparameterised: differentiable w.r.t. state, action and the model. Returns the next state and
+        the disagreement (B,) of all K heads at it (differentiable too: it enters CMIL's reward).
+        `sample=False` takes the head's mean instead of a sample.
+        """
+        x = F.elu(self.img_in(torch.cat([state["stoch"], action], -1)))
+        deter = self.gru(x, state["deter"])
+        means, stds = self.prior_heads(deter)
+        k = int(self.draw_heads()) if head is None else head
+        mean, std = means[k], stds[k]
+        stoch = torch.addcmul(mean, std, torch.randn_like(mean)) if sample else mean
+        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std}, self.disagreement(means)
+
+    def obs_step(self, prev_state: State, prev_action: torch.Tensor, embed: torch.Tensor,
+                 is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
+        """One filtering step; state and action are zeroed where `is_first` (B,). Returns (post, prior).
+
+        The prior also holds 'disagreement' (B,). Used when acting, one env step at a time.
+        """
+        prev_state, prev_action = self._reset(prev_state, prev_action, is_first)
+        prior, disagreement = self.imagine_step(prev_state, prev_action, sample)
+        prior["disagreement"] = disagreement
+        hidden = F.elu(self.post_hidden(torch.cat([prior["deter"], embed], -1)))
+        noise = torch.randn_like(prior["mean"]) if sample else None
+        mean, std, stoch = self._gaussian(self.post_out(hidden), noise)
+        return {"deter": prior["deter"], "stoch": stoch, "mean": mean, "std": std}, prior
+
+    # --- sequences ----------------------------------------------------------------------------
+    def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                state: State | None = None, sample: bool = True) -> tuple[State, State]:
+        """Filter a sequence: embed (B, T, E), action (B, T, A) (action[:, t] led to frame t), is_first (B, T).
+
+        Returns (post, prior) with a time dim on every tensor, equal to T calls of `obs_step`. The prior
+        also holds 'disagreement' (B, T), detached (a diagnostic: CMIL penalises imagined steps only),
+        and 'head' (T,), the head drawn at each step.
+        """
+        B, T = embed.shape[:2]
+        S, D = self.cfg.stoch, self.cfg.deter
+        state = self.initial(B) if state is None else state
+        keep = (~is_first.bool()).to(embed.dtype)  # (B, T)
+        resets = is_first.bool().any(0).tolist()  # one host sync per sequence, none per step
+        # Parts of the input layers that do not depend on the recurrence, for all steps at once (T, B, H).
+        w_in = self.img_in.weight
+        act_term = F.linear(action * keep.unsqueeze(-1), w_in[:, S:], self.img_in.bias).transpose(0, 1)
+        w_stoch = w_in[:, :S].t()
+        w_post = self.post_hidden.weight
+        post_term = F.linear(embed, w_post[:, D:], self.post_hidden.bias).transpose(0, 1)
+        w_post_deter = w_post[:, :D].t()
+        noise = torch.randn(T, B, S, device=embed.device, dtype=embed.dtype) if sample else None
+        keep_tm = keep.t().unsqueeze(-1)  # (T, B, 1)
+
+        deter, stoch = state["deter"], state["stoch"]
+        deters, means, stds, stochs = [], [], [], []
+        for t in range(T):
+            if resets[t]:
+                deter, stoch = deter * keep_tm[t], stoch * keep_tm[t]
+            x = F.elu(torch.addmm(act_term[t], stoch, w_stoch))
+            deter = self.gru(x, deter)
+            hidden = F.elu(torch.addmm(post_term[t], deter, w_post_deter))
+            mean, std, stoch = self._gaussian(self.post_out(hidden), None if noise is None else noise[t])
+            deters.append(deter)
+            means.append(mean)
+            stds.append(std)
+            stochs.append(stoch)
+        deter_seq = torch.stack(deters, 1)
+        post = {"deter": deter_seq, "stoch": torch.stack(stochs, 1), "mean": torch.stack(means, 1),
+                "std": torch.stack(stds, 1)}
+        return post, self._sequence_prior(deter_seq, sample)
+
+    def _sequence_prior(self, deter: torch.Tensor, sample: bool) -> State:
+        """All K heads on every (b, t) of deter (B, T, D); the head drawn for step t gives the prior at t."""
+        B, T, D = deter.shape
+        means, stds = self.prior_heads(deter.reshape(B * T, D))
+        means, stds = means.view(-1, B, T, means.shape[-1]), stds.view(-1, B, T, stds.shape[-1])
+        heads = self.draw_heads(T)
+        idx = heads.to(deter.device)
+        steps = torch.arange(T, device=deter.device)
+        mean = means[idx, :, steps].transpose(0, 1)  # advanced indices first: (T, B, S) -> (B, T, S)
+        std = stds[idx, :, steps].transpose(0, 1)
+        stoch = torch.addcmul(mean, std, torch.randn_like(mean)) if sample else mean
+        with torch.no_grad():
+            disagreement = self.disagreement(means)
+        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std, "disagreement": disagreement,
+                "head": heads}
+
+    # --- training -----------------------------------------------------------------------------
+    def kl_loss(self, post: State, prior: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """Balanced KL with free nats (DreamerV2): returns (loss, mean KL(post || prior) before clamping).
+
+        loss = b * max(mean KL(sg(post) || prior), free) + (1 - b) * max(mean KL(post || sg(prior)), free),
+        b = cfg.kl_balance; the means run over batch and time (free nats on the batch average).
+        """
+        cfg = self.cfg
+        pm, ps, qm, qs = prior["mean"], prior["std"], post["mean"], post["std"]
+        to_prior = diag_gaussian_kl(qm.detach(), qs.detach(), pm, ps).mean()
+        to_post = diag_gaussian_kl(qm, qs, pm.detach(), ps.detach()).mean()
+        loss = (cfg.kl_balance * to_prior.clamp(min=cfg.kl_free)
+                + (1.0 - cfg.kl_balance) * to_post.clamp(min=cfg.kl_free))
+        return loss, to_prior.detach()
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)}.
+
+        loss = reconstruction + kl_scale * KL. Reconstruction is the Normal(mean, 1) negative
+        log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
+        and time. Returns (loss, post, metrics); post keeps its graph (detach it for imagination starts).
+        """
+        image = batch["image"]
+        B, T = image.shape[:2]
+        target = preprocess_image(image)  # computed once, for the encoder and as the target
+        post, prior = self.observe(self.encoder(target), batch["action"], batch["is_first"])
+        pred = self.decode(self.feat(post))
+        # Both are channels-last in memory: compare them as contiguous (..., H, W, 3) views (fast path).
+        recon = _HalfSquaredError.apply(pred.movedim(-3, -1), target.movedim(-3, -1)) / (B * T)
+        kl, kl_raw = self.kl_loss(post, prior)
+        loss = recon + self.cfg.kl_scale * kl
+        values = torch.stack([recon.detach(), kl.detach(), kl_raw, prior["disagreement"].mean(),
+                              prior["std"].detach().mean(), post["std"].detach().mean()]).tolist()
+        keys = ("model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
+                "model/post_std")
+        metrics = dict(zip(keys, values, strict=True))
+        metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / target[0, 0].numel()
+        return loss, post, metrics
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
+
+        AdamW decays by lr * weight_decay, so weight_decay = wd / lr gives DreamerV2's factor.
+        """
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, eps=cfg.eps,
+                                           weight_decay=cfg.weight_decay / cfg.lr)
+        return self.optimizer
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, dict[str, float]]:
+        """One update (loss, backward, clip, step). Returns the detached posterior and the metrics."""
+        opt = self.optimizer if self.optimizer is not None else self.make_optimizer()
+        opt.zero_grad(set_to_none=True)
+        loss, post, metrics = self.loss(batch)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
+        opt.step()
+        metrics["model/loss"] = float(loss.detach())
+        metrics["model/grad_norm"] = float(grad_norm)
+        return {k: v.detach() for k, v in post.items()}, metrics
+
+    # --- diagnostics --------------------------------------------------------------------------
+    @torch.no_grad()
+    def open_loop(self, batch: dict[str, torch.Tensor], context: int, sample: bool = True) -> torch.Tensor:
+        """Observe the first `context` frames, then roll the prior forward on the recorded actions.
+
+        Returns image means (B, T, 3, 64, 64) in the preprocessed space: posterior reconstructions for
+        t < context and open-loop predictions for t >= context. An `is_first` after the context resets
+        the state to zeros, as in filtering.
+        """
+        image, action, is_first = batch["image"], batch["action"], batch["is_first"]
+        T = image.shape[1]
+        if not 0 < context <= T:
+            raise ValueError(f"context must be in [1, {T}], got {context}")
+        post, _ = self.observe(self.encode(image[:, :context]), action[:, :context], is_first[:, :context],
+                               sample=sample)
+        state = {k: post[k][:, -1] for k in STATE_KEYS}
+        feats = [self.feat(post)]
+        for t in range(context, T):
+            state, act = self._reset(state, action[:, t], is_first[:, t])
+            state, _ = self.imagine_step(state, act, sample)
+            feats.append(self.feat(state).unsqueeze(1))
+        return self.decode(torch.cat(feats, 1))

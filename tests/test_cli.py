@@ -1,0 +1,97 @@
+"""End-to-end CLI runs on the tiny point task: dry runs of every method, resume, eval, config."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmil.cli import main
+from cmil.runs import read_metrics
+
+
+def _train(tmp_path: Path, method: str, *extra: str) -> Path:
+    run = tmp_path / f"run_{method}"
+    assert main(["train", "--method", method, "--task", "point", "--dry-run", "--run-dir", str(run), *extra]) == 0
+    return run
+
+
+@pytest.mark.parametrize("method", ["bc", "cmil", "vmail"])
+def test_dry_run_writes_a_complete_run_dir(tmp_path, method, capsys):
+    run = _train(tmp_path, method)
+    out = capsys.readouterr().out
+    assert "success rate" in out
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["method"] == method and cfg["dry_run"] is True
+    final = json.loads((run / "final.json").read_text())
+    assert 0.0 <= final["success_rate"] <= 1.0
+    assert list((run / "checkpoints").glob("step_*.pt"))
+    assert (run / "model.safetensors").stat().st_size > 0
+    assert list((run / "videos").glob("*.mp4"))
+    assert list(run.glob("events.out.tfevents.*"))
+    rows = read_metrics(run)
+    assert any("eval/success_rate" in r for r in rows)
+    if method == "vmail":
+        assert cfg["agent"]["alpha"] == 0.0 and cfg["agent"]["beta"] == 0.0 and cfg["pretrain_updates"] == 0
+
+
+def test_cmil_logs_discriminator_and_bound_diagnostics(tmp_path):
+    run = _train(tmp_path, "cmil")
+    evals = [r for r in read_metrics(run) if "eval/success_rate" in r]
+    for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
+                "bound/distribution_match", "bound/model_mismatch", "bound/oracle_success_gap"):
+        assert any(key in r for r in evals), key
+
+
+def test_rerun_resumes_and_finished_run_is_not_retrained(tmp_path, capsys):
+    run = _train(tmp_path, "cmil")
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
+    episodes = len(list((run / "episodes").glob("*.npz")))
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--run-dir", str(run)]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert sorted((run / "checkpoints").glob("step_*.pt")) == ckpts
+    # Extending the budget resumes from the last checkpoint with the same counters.
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--run-dir", str(run),
+                 "--env-steps", "70"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert final["env_steps"] >= 70 + 20
+    assert len(list((run / "episodes").glob("*.npz"))) > episodes
+
+
+def test_conflicting_override_on_resume_is_an_error(tmp_path):
+    run = _train(tmp_path, "bc")
+    with pytest.raises(SystemExit, match="agent.alpha"):
+        main(["train", "--method", "bc", "--task", "point", "--dry-run", "--run-dir", str(run), "--agent.alpha", "3"])
+
+
+def test_eval_command_reevaluates_a_saved_run(tmp_path, capsys):
+    run = _train(tmp_path, "bc")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "2", "--video-episodes", "0"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["eval/episodes"] == 2.0
+    assert list((run / "eval").glob("*.json"))
+
+
+def test_missing_demos_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no demos at"):
+        main(["train", "--method", "bc", "--task", "point", "--demos", str(tmp_path / "none"),
+              "--run-dir", str(tmp_path / "r")])
+
+
+def test_demos_collect_and_show(tmp_path, capsys):
+    out = tmp_path / "demos"
+    assert main(["demos", "collect", "--task", "point", "--episodes", "3", "--out", str(out)]) == 0
+    stats = json.loads((out / "expert_stats.json").read_text())
+    assert stats["episodes"] == 3 and stats["success_rate"] > 0.5
+    assert main(["demos", "show", str(out)]) == 0
+    assert (out / "contact_sheet.png").exists()
+    # Collecting into a directory that already holds episodes is refused.
+    assert main(["demos", "collect", "--task", "point", "--episodes", "1", "--out", str(out)]) != 0
+
+
+def test_train_help_lists_field_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--agent.alpha" in out and "disagreement penalty" in out
