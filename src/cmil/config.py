@@ -142,7 +142,7 @@ class DACConfig:
 class Config:
     """One training run: task, method, data, schedule, model and agent settings."""
 
-    task: str = "mw-drawer-open"
+    task: str = "mw-push"
     """Task name (see `cmil tasks`)."""
     method: Method = "cmil"
     """Learning method: cmil | vmail | bc | dac."""
@@ -227,7 +227,10 @@ def _paper_agent() -> AgentConfig:
 PRESETS: dict[str, Config] = {
     # CPU preset for the default task: sizes chosen by measurement (docs/performance.md) so that the
     # main job finishes in <= 30 min on a 2-core CPU.
-    "default": Config(),
+    "default": Config(
+        batch_size=4, seq_len=16, wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16),
+        agent=AgentConfig(horizon=10, actor_layers=2, actor_units=128, critic_layers=2, critic_units=128,
+                          disc_units=128)),
     # The authors' architecture on the default task.
     "paper": Config(wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
                     env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,

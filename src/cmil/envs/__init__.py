@@ -96,3 +96,9 @@ register(TaskSpec("kitchen", "cmil.envs.kitchen:make_kitchen_env", "cmil.experts
                   280, "Franka Kitchen: microwave, kettle, light switch, slide cabinet (paper task)"))
 register(TaskSpec("baoding", "cmil.envs.baoding:make_baoding_env", "cmil.experts.baoding:make_baoding_expert",
                   75, "ShadowHand Baoding balls (paper task)"))
+
+# Meta-World v3 tasks ("mw-push", ...); the module imports MuJoCo only when an env is built.
+from cmil.envs.metaworld_env import metaworld_task_specs  # noqa: E402
+
+for _spec in metaworld_task_specs():
+    register(_spec)
