@@ -284,7 +284,8 @@ def dry_run_config(cfg: Config) -> Config:
         video_episodes=1, log_every=20, checkpoint_every=20, num_demos=min(cfg.num_demos, 2),
         **{"wm.deter": 16, "wm.hidden": 16, "wm.stoch": 4, "wm.ensemble": 2, "wm.cnn_depth": 4,
            "agent.horizon": 3, "agent.actor_units": 16, "agent.critic_units": 16, "agent.disc_units": 16,
-           "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2})
+           "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2,
+           "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
