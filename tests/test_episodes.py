@@ -7,7 +7,14 @@ import pytest
 
 from cmil.cli import main
 from cmil.data.dreamer_import import import_dreamer_episodes
-from cmil.data.episodes import EpisodeError, load_episode, load_episodes, save_episode, summarize, validate_episode
+from cmil.data.episodes import (
+    EpisodeError,
+    load_episode,
+    load_episodes,
+    save_episode,
+    summarize,
+    validate_episode,
+)
 
 PAPER_DEMOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper-kitchen-demos"
 

@@ -23,7 +23,15 @@ from cmil.data.replay import SequenceReplay
 from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate, evaluate, run_episode
 from cmil.methods.base import Method
-from cmil.runs import Checkpointer, MetricLogger, export_safetensors, restore, rng_state, set_rng_state, write_json
+from cmil.runs import (
+    Checkpointer,
+    MetricLogger,
+    export_safetensors,
+    restore,
+    rng_state,
+    set_rng_state,
+    write_json,
+)
 
 
 def resolve_device(name: str) -> torch.device:
