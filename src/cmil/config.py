@@ -228,7 +228,7 @@ PRESETS: dict[str, Config] = {
     # CPU preset for the default task: sizes chosen by measurement (docs/performance.md) so that the
     # main job finishes in <= 30 min on a 2-core CPU.
     "default": Config(
-        batch_size=4, seq_len=16, pretrain_updates=1_000, pretrain_bc_updates=100, seed_steps=1_000,
+        threads=1, batch_size=4, seq_len=16, pretrain_updates=1_000, pretrain_bc_updates=100, seed_steps=1_000,
         env_steps=8_000, eval_every=2_000, checkpoint_every=2_000, wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16),
         agent=AgentConfig(horizon=10, actor_layers=2, actor_units=128, critic_layers=2, critic_units=128,
                           disc_units=128)),

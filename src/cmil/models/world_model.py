@@ -14,9 +14,11 @@ gradient at the steps where it was drawn. All K means are computed anyway, so th
 std_k(mu_k) averaged over latent dims (paper eq. 9) is available at every step.
 
 Speed: in `observe` the prior heads do not feed back into the recurrence (the posterior sample does),
-so the loop runs only the GRU and the posterior, and all K heads are applied after it to every (b, t)
-at once as one batched matmul. The parts of the input layers that do not depend on the recurrent
-state (the action and the image embedding) are also computed for all steps before the loop.
+so the loop runs only the GRU and the posterior, and the heads run after it on every (b, t) at once:
+all K as one batched matmul without gradient (for the disagreement), and each drawn head, with
+gradient, on the steps it was drawn for (so backward costs one head, not K). The parts of the input
+layers that do not depend on the recurrent state (the action and the image embedding) are also
+computed for all steps before the loop. See docs/world_model.md.
 """
 
 from __future__ import annotations
@@ -210,20 +212,35 @@ class WorldModel(nn.Module):
         return post, self._sequence_prior(deter_seq, sample)
 
     def _sequence_prior(self, deter: torch.Tensor, sample: bool) -> State:
-        """All K heads on every (b, t) of deter (B, T, D); the head drawn for step t gives the prior at t."""
+        """The prior at every (b, t) of deter (B, T, D) from the head drawn for step t, plus the
+        disagreement of all K heads (computed without gradient: a diagnostic on real data)."""
         B, T, D = deter.shape
-        means, stds = self.prior_heads(deter.reshape(B * T, D))
-        means, stds = means.view(-1, B, T, means.shape[-1]), stds.view(-1, B, T, stds.shape[-1])
         heads = self.draw_heads(T)
-        idx = heads.to(deter.device)
-        steps = torch.arange(T, device=deter.device)
-        mean = means[idx, :, steps].transpose(0, 1)  # advanced indices first: (T, B, S) -> (B, T, S)
-        std = stds[idx, :, steps].transpose(0, 1)
-        stoch = torch.addcmul(mean, std, torch.randn_like(mean)) if sample else mean
         with torch.no_grad():
-            disagreement = self.disagreement(means)
+            means, _ = self.prior_heads(deter.detach().reshape(B * T, D))
+            disagreement = self.disagreement(means).view(B, T)
+        noise = torch.randn(B, T, self.cfg.stoch, device=deter.device, dtype=deter.dtype) if sample else None
+        mean, std, stoch = self._gaussian(self._drawn_heads(deter, heads), noise)
         return {"deter": deter, "stoch": stoch, "mean": mean, "std": std, "disagreement": disagreement,
                 "head": heads}
+
+    def _drawn_heads(self, deter: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Head heads[t] applied to deter[:, t] for every t: (B, T, D) -> raw stats (B, T, 2S).
+
+        Steps are grouped by head, so each drawn head runs once on its steps (forward and backward
+        cost one head, not K; the undrawn heads are not touched)."""
+        B, T, D = deter.shape
+        w1, b1 = self.prior_hidden.weight, self.prior_hidden.bias
+        w2, b2 = self.prior_out.weight, self.prior_out.bias
+        outs, order = [], []
+        for k in heads.unique().tolist():
+            steps = (heads == k).nonzero().squeeze(1)
+            x = deter.index_select(1, steps.to(deter.device)).reshape(-1, D)
+            hidden = F.elu(torch.addmm(b1[k], x, w1[k]))
+            outs.append(torch.addmm(b2[k], hidden, w2[k]).view(B, len(steps), -1))
+            order.append(steps)
+        inverse = torch.argsort(torch.cat(order)).to(deter.device)
+        return torch.cat(outs, 1).index_select(1, inverse)
 
     # --- training -----------------------------------------------------------------------------
     def kl_loss(self, post: State, prior: State) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,310 @@
+"""World model: shapes, filtering equivalences, KL terms, ensemble heads, training, and the `cmil model` tool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cmil.config import WorldModelConfig
+from cmil.data.episodes import save_episode
+from cmil.models.networks import (
+    conv_transpose_stem,
+    conv_transpose_subpixel,
+    diag_gaussian_kl,
+    gaussian_std,
+    preprocess_image,
+)
+from cmil.models.world_model import STATE_KEYS, WorldModel, image_to_uint8
+
+TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
+A = 2
+
+
+def make_batch(B: int = 2, T: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Smooth synthetic frames (a bright square moving with the actions) with episode starts."""
+    g = torch.Generator().manual_seed(seed)
+    action = torch.rand(B, T, A, generator=g) * 2 - 1
+    image = torch.full((B, T, 64, 64, 3), 40, dtype=torch.uint8)
+    pos = torch.cumsum(action, 1).mul(8).round().long() + 28
+    for b in range(B):
+        for t in range(T):
+            y, x = pos[b, t].clamp(0, 56).tolist()
+            image[b, t, y:y + 8, x:x + 8] = torch.tensor([220, 180, 60], dtype=torch.uint8)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    action[:, 0] = 0
+    return {"image": image, "action": action, "is_first": is_first}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread (and OpenMP spinning hurts on a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def wm() -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(A, TINY)
+
+
+def test_shapes_of_every_method(wm):
+    B, T, S, D = 2, 6, TINY.stoch, TINY.deter
+    batch = make_batch(B, T)
+    embed = wm.encode(batch["image"])
+    assert embed.shape == (B, T, wm.embed_dim)
+    state = wm.initial(B)
+    assert {k: v.shape for k, v in state.items()} == {"deter": (B, D), "stoch": (B, S), "mean": (B, S), "std": (B, S)}
+    assert all((v == 0).all() for v in state.values())
+    post, prior = wm.obs_step(state, batch["action"][:, 0], embed[:, 0], batch["is_first"][:, 0])
+    assert post["deter"].shape == (B, D) and post["stoch"].shape == (B, S) and prior["disagreement"].shape == (B,)
+    post, prior = wm.observe(embed, batch["action"], batch["is_first"])
+    for k in STATE_KEYS:
+        assert post[k].shape[:2] == (B, T) and prior[k].shape[:2] == (B, T)
+    assert prior["disagreement"].shape == (B, T) and prior["head"].shape == (T,)
+    feat = wm.feat(post)
+    assert feat.shape == (B, T, wm.feat_dim) and wm.feat_dim == S + D
+    assert wm.decode(feat).shape == (B, T, 3, 64, 64)
+    nxt, dis = wm.imagine_step({k: v[:, -1] for k, v in post.items()}, torch.zeros(B, A))
+    assert nxt["stoch"].shape == (B, S) and dis.shape == (B,)
+    loss, post, metrics = wm.loss(batch)
+    assert loss.dim() == 0 and post["stoch"].shape == (B, T, S)
+    assert {"model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
+            "model/post_std"} <= set(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert wm.open_loop(batch, context=2).shape == (B, T, 3, 64, 64)
+
+
+def test_observe_equals_obs_step_loop_with_resets(wm):
+    batch = make_batch(3, 7)
+    batch["is_first"][1, 4] = True  # an episode starting mid-sequence in one row only
+    embed = wm.encode(batch["image"])
+    post, prior = wm.observe(embed, batch["action"], batch["is_first"], sample=False)
+    state = wm.initial(3)
+    for t in range(7):
+        state, step_prior = wm.obs_step(state, batch["action"][:, t], embed[:, t], batch["is_first"][:, t],
+                                        sample=False)
+        for k in STATE_KEYS:
+            torch.testing.assert_close(post[k][:, t], state[k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prior["disagreement"][:, t], step_prior["disagreement"], atol=1e-5, rtol=1e-5)
+
+
+def test_is_first_resets_state(wm):
+    batch = make_batch(2, 8)
+    batch["is_first"][:, 3] = True
+    embed = wm.encode(batch["image"])
+    post, _ = wm.observe(embed, batch["action"], batch["is_first"], sample=False)
+    fresh, _ = wm.observe(embed[:, 3:], batch["action"][:, 3:], batch["is_first"][:, 3:], sample=False)
+    for k in STATE_KEYS:
+        torch.testing.assert_close(post[k][:, 3:], fresh[k], atol=1e-5, rtol=1e-5)
+
+
+def test_gaussian_kl_values():
+    g = torch.Generator().manual_seed(0)
+    m1, m2 = torch.randn(50, 4, generator=g), torch.randn(50, 4, generator=g)
+    s1, s2 = torch.rand(50, 4, generator=g) + 0.1, torch.rand(50, 4, generator=g) + 0.1
+    assert (diag_gaussian_kl(m1, s1, m2, s2) >= 0).all()
+    torch.testing.assert_close(diag_gaussian_kl(m1, s1, m1, s1), torch.zeros(50))
+    one, zero = torch.ones(1, 3), torch.zeros(1, 3)
+    torch.testing.assert_close(diag_gaussian_kl(zero, one, one, one), torch.tensor([1.5]))  # 0.5 per dim
+    expected = 3 * (math.log(2.0) + 1 / 8 - 0.5)  # KL(N(0,1) || N(0,2)) per dim
+    torch.testing.assert_close(diag_gaussian_kl(zero, one, zero, 2 * one), torch.tensor([expected]))
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(m1, s1), torch.distributions.Normal(m2, s2))
+    torch.testing.assert_close(diag_gaussian_kl(m1, s1, m2, s2), ref.sum(-1))
+
+
+def test_std_transform():
+    torch.testing.assert_close(gaussian_std(torch.zeros(1), 0.1), torch.tensor([1.1]))
+    big = gaussian_std(torch.tensor([-1e4, 1e4]), 0.1)
+    torch.testing.assert_close(big, torch.tensor([0.1, 2.1]))
+
+
+def _states(mean_post, mean_prior, std=1.0):
+    ones = torch.full_like(mean_post, std)
+    return {"mean": mean_post, "std": ones.clone()}, {"mean": mean_prior, "std": ones.clone()}
+
+
+def test_free_nats_clamp_and_balance(wm):
+    # Identical distributions: KL = 0, clamped to the free nats, no gradient.
+    mean = torch.zeros(2, 3, TINY.stoch, requires_grad=True)
+    post, prior = _states(mean, mean.detach().clone().requires_grad_())
+    loss, raw = wm.kl_loss(post, prior)
+    assert raw.item() == 0.0 and loss.item() == pytest.approx(TINY.kl_free)
+    loss.backward()
+    assert (mean.grad == 0).all()
+    # Far apart: loss equals the KL, and the prior gets kl_balance of the gradient, the posterior the rest.
+    q = torch.zeros(2, 3, TINY.stoch, requires_grad=True)
+    p = torch.full((2, 3, TINY.stoch), 2.0, requires_grad=True)
+    post, prior = _states(q, p)
+    loss, raw = wm.kl_loss(post, prior)
+    assert raw.item() == pytest.approx(0.5 * 4 * TINY.stoch) and loss.item() == pytest.approx(raw.item())
+    loss.backward()
+    full = 2.0 / 6  # d/dp of the mean over (b, t) of 0.5 * sum_d (p - q)^2 is (p - q) / (B * T)
+    torch.testing.assert_close(p.grad, torch.full_like(p, TINY.kl_balance * full))
+    torch.testing.assert_close(q.grad, torch.full_like(q, -(1 - TINY.kl_balance) * full))
+
+
+def test_each_head_gets_gradient_only_when_drawn():
+    torch.manual_seed(3)
+    cfg = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=6, cnn_depth=4, kl_free=0.0)
+    wm = WorldModel(A, cfg)
+    batch = make_batch(2, 3)
+    post, prior = wm.observe(wm.encode(batch["image"]), batch["action"], batch["is_first"])
+    drawn = set(prior["head"].tolist())
+    assert 0 < len(drawn) < cfg.ensemble  # 3 steps, 6 heads
+    wm.kl_loss(post, prior)[0].backward()
+    for k in range(cfg.ensemble):
+        norms = [wm.prior_hidden.weight.grad[k].norm(), wm.prior_out.weight.grad[k].norm(),
+                 wm.prior_out.bias.grad[k].norm()]
+        assert all((n > 0) == (k in drawn) for n in norms), (k, drawn, norms)
+    # One imagination step through a chosen head: only that head is reached by its sample.
+    wm.zero_grad()
+    state = {k: v[:, -1].detach() for k, v in post.items()}
+    nxt, _ = wm.imagine_step(state, torch.zeros(2, A), head=4)
+    nxt["stoch"].sum().backward()
+    grads = wm.prior_out.weight.grad.flatten(1).norm(dim=1)
+    assert grads[4] > 0 and (grads[torch.arange(6) != 4] == 0).all()
+
+
+def test_disagreement_zero_iff_heads_equal(wm):
+    batch = make_batch(2, 4)
+    embed = wm.encode(batch["image"])
+    _, prior = wm.observe(embed, batch["action"], batch["is_first"])
+    assert (prior["disagreement"] > 0).all()
+    with torch.no_grad():
+        for p in (wm.prior_hidden.weight, wm.prior_hidden.bias, wm.prior_out.weight, wm.prior_out.bias):
+            p.copy_(p[:1].expand_as(p))
+    _, prior = wm.observe(embed, batch["action"], batch["is_first"])
+    assert prior["disagreement"].abs().max() < 1e-6
+    _, dis = wm.imagine_step(wm.initial(2), torch.ones(2, A))
+    assert dis.abs().max() < 1e-6
+
+
+def test_disagreement_is_std_of_head_means(wm):
+    deter = torch.randn(5, TINY.deter)
+    means, stds = wm.prior_heads(deter)
+    assert means.shape == (TINY.ensemble, 5, TINY.stoch) and (stds > TINY.min_std).all()
+    expected = torch.from_numpy(means.detach().numpy().std(axis=0).mean(-1))
+    torch.testing.assert_close(wm.disagreement(means).detach(), expected)
+
+
+def test_sequence_prior_comes_from_the_drawn_head(wm):
+    batch = make_batch(2, 9)
+    post, prior = wm.observe(wm.encode(batch["image"]), batch["action"], batch["is_first"], sample=False)
+    means, stds = wm.prior_heads(post["deter"].reshape(-1, TINY.deter))
+    means, stds = means.view(TINY.ensemble, 2, 9, -1), stds.view(TINY.ensemble, 2, 9, -1)
+    for t, k in enumerate(prior["head"].tolist()):
+        torch.testing.assert_close(prior["mean"][:, t], means[k, :, t])
+        torch.testing.assert_close(prior["std"][:, t], stds[k, :, t])
+    torch.testing.assert_close(prior["disagreement"], wm.disagreement(means))
+    torch.testing.assert_close(prior["stoch"], prior["mean"])  # sample=False
+
+
+def test_imagine_step_is_differentiable_in_state_and_action(wm):
+    state = {k: v.requires_grad_() for k, v in wm.initial(3).items()}
+    state["stoch"] = torch.randn(3, TINY.stoch, requires_grad=True)
+    action = torch.randn(3, A, requires_grad=True)
+    nxt, dis = wm.imagine_step(state, action)
+    (nxt["stoch"].sum() + dis.sum()).backward()
+    assert action.grad.abs().sum() > 0 and state["stoch"].grad.abs().sum() > 0
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    wm = WorldModel(A, WorldModelConfig(deter=32, hidden=32, stoch=8, ensemble=3, cnn_depth=8, lr=1e-3))
+    batch = make_batch(4, 8)
+    first = wm.loss(batch)[0].item()
+    for _ in range(40):
+        _, metrics = wm.train_step(batch)
+    assert metrics["model/loss"] < 0.5 * first, (first, metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_optimizer_settings(wm):
+    opt = wm.make_optimizer()
+    group = opt.param_groups[0]
+    assert group["lr"] == TINY.lr and group["eps"] == TINY.eps
+    assert group["lr"] * group["weight_decay"] == pytest.approx(TINY.weight_decay)  # w <- (1 - wd) w per step
+    before = wm.post_out.weight.detach().clone()
+    _, metrics = wm.train_step(make_batch())
+    assert metrics["model/grad_norm"] > 0 and not torch.equal(before, wm.post_out.weight)
+
+
+def test_decoder_fast_paths_match_conv_transpose():
+    torch.manual_seed(0)
+    for k, size in [(5, 5), (6, 13), (6, 30), (4, 7)]:
+        layer = nn.ConvTranspose2d(6, 3, k, stride=2)
+        x = torch.randn(2, 6, size, size)
+        torch.testing.assert_close(conv_transpose_subpixel(x, layer), layer(x), atol=1e-5, rtol=1e-5)
+    layer = nn.ConvTranspose2d(8, 5, 5, stride=2)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(conv_transpose_stem(x, layer), layer(x[:, :, None, None]), atol=1e-5, rtol=1e-5)
+
+
+def test_image_roundtrip():
+    image = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    assert torch.equal(image_to_uint8(preprocess_image(image)), image)
+
+
+def _write_demo_dir(path, episodes: int = 3, steps: int = 24):
+    rng = np.random.default_rng(0)
+    for i in range(episodes):
+        batch = make_batch(1, steps + 1, seed=i)
+        rows = steps + 1
+        ep = {"image": batch["image"][0].numpy(), "action": batch["action"][0].numpy().clip(-1, 1),
+              "reward": rng.random(rows).astype(np.float32), "success": np.zeros(rows, bool),
+              "is_first": np.arange(rows) == 0, "is_last": np.arange(rows) == rows - 1,
+              "is_terminal": np.zeros(rows, bool)}
+        save_episode(path, ep, name=f"ep{i:03d}-{steps}.npz")
+
+
+def test_model_tool_fits_and_writes_outputs(tmp_path):
+    import imageio.v3 as iio
+    from safetensors.torch import load_file
+
+    from cmil.model_tool import add_parser, fit
+
+    demos, out = tmp_path / "demos", tmp_path / "out"
+    _write_demo_dir(demos)
+    row = fit(demos, out, updates=4, wm_cfg=TINY, batch_size=2, seq_len=8, context=2, horizon=3,
+              log_every=2, tensorboard=False, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [0, 2, 4] and rows[-1] == row
+    for key in ("model/recon", "model/kl", "model/disagreement", "eval/train_open_loop_mse",
+                "eval/test_open_loop_mse", "eval/test_recon_mse"):
+        assert math.isfinite(rows[-1][key]), key
+    wm = WorldModel(A, TINY)
+    wm.load_state_dict(load_file(str(out / "world_model.safetensors")))
+    grid = iio.imread(out / "open_loop.png")
+    assert grid.shape == (3 * (2 * 64 + 4), 5 * 64 + 2, 3)  # 3 held-out windows, 2 + 3 frames each
+    assert (out / "open_loop.mp4").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["world_model"]["deter"] == TINY.deter
+    with pytest.raises(FileExistsError):
+        fit(demos, out, updates=1, wm_cfg=TINY, batch_size=2, seq_len=8, tensorboard=False, progress=False)
+    # The same through the `cmil model` subcommand (default preset sizes, a tiny batch).
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["model", "--demos", str(demos), "--out", str(tmp_path / "cli"), "--updates", "1",
+                              "--batch-size", "2", "--seq-len", "6", "--context", "2", "--horizon", "2"])
+    assert args.func(args) == 0
+    assert (tmp_path / "cli" / "world_model.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda():
+    torch.manual_seed(0)
+    wm = WorldModel(A, TINY).cuda()
+    batch = {k: v.cuda() for k, v in make_batch().items()}
+    _, metrics = wm.train_step(batch)
+    assert all(math.isfinite(v) for v in metrics.values())
+    nxt, dis = wm.imagine_step(wm.initial(2), torch.zeros(2, A, device="cuda"))
+    assert nxt["stoch"].is_cuda and dis.is_cuda
