@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--task", default=PRESETS["default"].task)
     parser.add_argument("--expert-episodes", type=int, default=50)
     parser.add_argument("--demos", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="BC seeds (none: skip BC)")
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--out", default=None, help="where demos and runs go (default: a temp dir)")
     args = parser.parse_args()
@@ -71,7 +71,7 @@ def main() -> None:
               f" ({time.time() - t0:.0f}s)")
     print(json.dumps({"task": args.task, "env_steps_per_s": round(sps, 1), "expert_success": stats["success_rate"],
                       "expert_episodes": stats["attempts"], "bc_success_per_seed": results,
-                      "bc_success_mean": float(np.mean(results))}))
+                      "bc_success_mean": float(np.mean(results)) if results else None}))
 
 
 if __name__ == "__main__":
