@@ -95,3 +95,13 @@ def test_train_help_lists_field_docs(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--agent.alpha" in out and "disagreement penalty" in out
+
+
+def test_main_job_dry_run(tmp_path, monkeypatch, capsys):
+    """The README's main command end to end (demo collection, CMIL, final line), shrunk by --dry-run."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["main", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cmil on mw-push: success rate" in out and "(expert 1.00)" in out
+    assert len(list((tmp_path / "demos" / "mw-push").glob("*.npz"))) == 10
+    assert (tmp_path / "runs" / "main__mw-push__cmil__seed0" / "final.json").exists()
