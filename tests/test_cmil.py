@@ -1,0 +1,101 @@
+"""CMIL's update pieces: the reward of eq. 10, no penalty on real data, targets, the BC term."""
+
+import copy
+
+import pytest
+import torch
+
+from cmil.config import PRESETS, dry_run_config, replace
+from cmil.data.replay import SequenceReplay
+from cmil.methods.cmil import CMIL
+
+
+@pytest.fixture
+def setup(point_episodes):
+    cfg = replace(dry_run_config(PRESETS["default"]), task="point", **{"agent.target_update_every": 2})
+    torch.manual_seed(0)
+    method = CMIL(cfg, 2, torch.device("cpu"))
+    expert = SequenceReplay(cfg.seq_len, seed=0)
+    replay = SequenceReplay(cfg.seq_len, seed=1)
+    for ep in point_episodes:
+        expert.add_episode(ep)
+        replay.add_episode(ep)
+    return method, expert, replay
+
+
+def _fixed_discriminator(method, prob: float):
+    logit = torch.logit(torch.tensor(prob))
+    method.disc.forward = lambda feat, action, noise=False: logit.expand(feat.shape[:-1])
+
+
+@pytest.mark.parametrize("prob", [0.1, 0.5, 0.9])
+def test_reward_formula_on_known_discriminator_values(setup, prob):
+    method, _, _ = setup
+    _fixed_discriminator(method, prob)
+    feat, action = torch.zeros(3, method.wm.feat_dim), torch.zeros(3, 2)
+    dis = torch.tensor([0.0, 0.1, 0.2])
+    alpha = method.cfg.agent.alpha
+    expected = torch.log(torch.tensor(prob)) - torch.log(torch.tensor(1 - prob)) - alpha * dis
+    torch.testing.assert_close(method.reward(feat, action, dis), expected)
+    # The authors' code's variant: D itself instead of the log-ratio.
+    method.cfg = replace(method.cfg, **{"agent.reward": "prob"})
+    torch.testing.assert_close(method.reward(feat, action, dis), prob - alpha * dis)
+
+
+def test_no_disagreement_penalty_on_real_data(setup):
+    method, expert, replay = setup
+    _fixed_discriminator(method, 0.7)
+    feat, action = torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2)
+    torch.testing.assert_close(method.reward(feat, action, None), torch.logit(torch.tensor(0.7)).expand(4))
+    # The real-data critic loss (eq. 14) is the same whatever alpha is: its reward has no penalty.
+    B, L, H, F = 2, 5, 3, method.wm.feat_dim
+    torch.manual_seed(1)
+    real_feat, act_taken = torch.randn(B, L, F), torch.rand(B, L - 1, 2) * 2 - 1
+    is_first = torch.zeros(B, L, dtype=torch.bool)
+    imag_feat, imag_act = torch.randn(H + 1, B * L, F), torch.rand(H + 1, B * L, 2) * 2 - 1
+    reward = torch.randn(H, B * L)
+    losses = []
+    for alpha in (0.0, 1000.0):
+        method.cfg = replace(method.cfg, **{"agent.alpha": alpha})
+        _, metrics = method.critic_loss(real_feat, act_taken, is_first, imag_feat, imag_act, reward, B * L)
+        losses.append(metrics["train/critic_data_loss"])
+    assert losses[0] == pytest.approx(losses[1])
+
+
+def test_target_critics_copied_every_n_updates(setup):
+    method, expert, replay = setup
+    feat, act = torch.randn(5, method.wm.feat_dim), torch.rand(5, 2)
+    method.update(expert, replay)  # update 1: critics trained, targets not yet copied
+    assert not torch.allclose(method.critic(feat, act), method.critic.target_values(feat, act))
+    method.update(expert, replay)  # update 2 = target_update_every: hard copy
+    torch.testing.assert_close(method.critic(feat, act), method.critic.target_values(feat, act))
+
+
+def test_bc_term_gradient_reaches_the_actor(setup):
+    method, expert, replay = setup
+    before = copy.deepcopy(method.actor.state_dict())
+    metrics = method.update(expert, expert, agent=False)  # world model + BC only
+    assert "train/bc_loss" in metrics
+    changed = [not torch.equal(before[k], v) for k, v in method.actor.state_dict().items()]
+    assert all(changed)
+    # In the full update, beta scales the BC gradient: beta = 0 and beta = 10 move the actor differently.
+    results = []
+    for beta in (0.0, 10.0):
+        m = copy.deepcopy(method)
+        m.cfg = replace(m.cfg, **{"agent.beta": beta})
+        torch.manual_seed(3)
+        e, r = copy.deepcopy(expert), copy.deepcopy(replay)
+        m.update(e, r)
+        results.append(torch.cat([p.flatten() for p in m.actor.parameters()]))
+    assert not torch.allclose(results[0], results[1])
+
+
+def test_update_reports_the_papers_diagnostics(setup):
+    method, expert, replay = setup
+    metrics = method.update(expert, replay)
+    for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
+                "model/imag_disagreement", "train/actor_loss", "train/critic_loss", "train/bc_loss",
+                "train/critic_data_loss", "train/critic_model_loss"):
+        assert key in metrics
+    diag = method.diagnostics(expert, replay)
+    assert diag["bound/distribution_match"] == pytest.approx(diag["disc/expert_prob"] - diag["disc/policy_prob"])
