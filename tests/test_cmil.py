@@ -57,7 +57,7 @@ def test_no_disagreement_penalty_on_real_data(setup):
     losses = []
     for alpha in (0.0, 1000.0):
         method.cfg = replace(method.cfg, **{"agent.alpha": alpha})
-        _, metrics = method.critic_loss(real_feat, act_taken, is_first, imag_feat, imag_act, reward, B * L)
+        _, metrics = method.critic_loss(real_feat, act_taken, is_first, imag_feat, imag_act, reward)
         losses.append(metrics["train/critic_data_loss"])
     assert losses[0] == pytest.approx(losses[1])
 

@@ -98,7 +98,8 @@ class AgentConfig:
     real_critic_loss: bool = True
     """Train the critics on real replay transitions too (eq. 14); off for VMAIL."""
     imag_starts: int = 0
-    """Imagination starts drawn from the B x L posterior states (0 = all, as in the paper)."""
+    """Imagination starts drawn from the B x L posterior states (0 = all, as in the paper; >0 needs
+    real_critic_loss False, since eq. 14 uses the imagined continuation from every real state)."""
 
 
 @dataclass(frozen=True)

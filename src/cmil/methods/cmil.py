@@ -40,6 +40,10 @@ class CMIL(Method):
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
         a = cfg.agent
+        if a.imag_starts and a.real_critic_loss:
+            raise ValueError("agent.imag_starts > 0 subsamples the imagination starts, but the real-data critic "
+                             "loss (eq. 14) needs the imagined continuation from every real next state: "
+                             "set agent.imag_starts 0 or agent.real_critic_loss False")
         self.wm = WorldModel(action_dim, cfg.wm, cfg.image_size).to(device)
         feat = self.wm.feat_dim
         self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
@@ -124,16 +128,16 @@ class CMIL(Method):
         _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
-        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions,
-                                           reward.detach(), start_count=len(start["deter"]))
+        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions, reward.detach())
         _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
         self.updates += 1
         if self.updates % a.target_update_every == 0:
             self.critic.update_target()
 
-        with torch.no_grad():
-            e_prob, p_prob = torch.sigmoid(self.disc(_flat(exp_feat), _flat(exp_act))), torch.sigmoid(self.disc(_flat(pol_feat), _flat(pol_act)))
+        with torch.no_grad():  # diagnostics on clean inputs
+            e_prob = torch.sigmoid(self.disc(_flat(exp_feat), _flat(exp_act)))
+            p_prob = torch.sigmoid(self.disc(_flat(pol_feat), _flat(pol_act)))
         m.update(cm)
         m.update({
             "train/actor_loss": actor_loss.item(), "train/bc_loss": bc_loss.item(),
@@ -186,7 +190,7 @@ class CMIL(Method):
             return q[int(np.random.randint(2))]
         return q.min(0).values
 
-    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward, start_count: int):
+    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward):
         """Eq. 13 on imagined steps + eq. 14 on real transitions, summed (eq. 15).
 
         feat/act_taken/is_first: the real sequences (2B, L, ...); imag_feat/imag_act: (H+1, N, ...)."""
@@ -199,7 +203,7 @@ class CMIL(Method):
         model_loss = (q - target).pow(2).mean(-1).mean(-1).sum()                  # eq. 13, both critics
         metrics = {"train/critic_model_loss": model_loss.item()}
         loss = model_loss
-        if a.real_critic_loss and start_count == feat.shape[0] * feat.shape[1]:
+        if a.real_critic_loss:  # imagination then started from every real state, in (b, t) order
             # Eq. 14: Q(s_j, a_j) -> r(s_j, a_j) + gamma * ((1 - lam) V0(s_{j+1}) + lam V^lambda(s_{j+1})),
             # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
             n_b, n_l = feat.shape[:2]
