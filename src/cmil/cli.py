@@ -14,7 +14,10 @@ TOOL_MODULES = ("cmil.model_tool", "cmil.plot", "cmil.sweep")
 
 
 def _train_config(argv: list[str]):
-    """Parse `--preset NAME` then the Config flags (tyro; field docstrings are the help)."""
+    """Parse `--preset NAME` then the Config flags (tyro; field docstrings are the help).
+
+    Returns the requested config and the preset it started from (both with the method's implied
+    settings), so that a resumed run can tell explicit overrides from preset values."""
     import tyro
 
     from cmil.config import PRESETS, apply_method, dry_run_config, replace
@@ -28,7 +31,7 @@ def _train_config(argv: list[str]):
     cfg = tyro.cli(type(preset), default=preset, args=rest, prog="cmil train",
                    description=f"Train a method (preset: {ns.preset}; `--preset NAME` picks another: "
                                f"{', '.join(sorted(PRESETS))}).")
-    return apply_method(cfg), apply_method(replace(preset, method=cfg.method)), ns.preset
+    return apply_method(cfg), apply_method(replace(preset, method=cfg.method))
 
 
 def resolve_run(cfg, preset_cfg) -> tuple:
@@ -53,7 +56,7 @@ def cmd_train(argv: list[str]) -> int:
     from cmil.config import replace
     from cmil.train import demo_dir, train
 
-    cfg, preset_cfg, _ = _train_config(argv)
+    cfg, preset_cfg = _train_config(argv)
     cfg, run_dir = resolve_run(cfg, preset_cfg)
     finished = run_dir / "final.json"
     if finished.exists():
@@ -100,13 +103,14 @@ def cmd_main(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from cmil.config import load_config, replace
     from cmil.evaluate import evaluate
     from cmil.runs import write_json
     from cmil.train import Trainer
 
     run_dir = Path(args.run_dir)
-    from cmil.config import load_config, replace
-
+    if not (run_dir / "config.yaml").exists():
+        raise SystemExit(f"error: {run_dir} is not a run directory (no config.yaml)")
     cfg = replace(load_config(run_dir / "config.yaml"), video_episodes=args.video_episodes)
     trainer = Trainer(cfg, run_dir, quiet=True)
     if trainer.ckpt.latest() is None:
