@@ -21,6 +21,23 @@ class Policy(Protocol):
         """Action in [-1, 1] for the uint8 image `obs`."""
 
 
+class StatelessPolicy:
+    """A policy that maps each image to an action on its own, with no memory between steps.
+
+    `act_fn(image uint8 (1, H, W, 3), deterministic) -> action (1, A)` runs without gradients."""
+
+    def __init__(self, act_fn, device: torch.device):
+        self.act_fn, self.device = act_fn, device
+
+    def reset(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        image = torch.as_tensor(obs, device=self.device)[None]
+        return self.act_fn(image, deterministic)[0].cpu().numpy()
+
+
 class Method:
     """Base class: networks, optimisers and update rules of one method.
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method
+from cmil.methods.base import Method, StatelessPolicy
 from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
 
 
@@ -30,19 +30,6 @@ class PixelPolicy(nn.Module):
         if augment:
             x = random_shift(x)
         return torch.tanh(self.head(self.encoder(x)))
-
-
-class _BCPolicy:
-    def __init__(self, net: PixelPolicy, device: torch.device):
-        self.net, self.device = net, device
-
-    def reset(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        image = torch.as_tensor(obs, device=self.device)[None]
-        return self.net(image)[0].cpu().numpy()
 
 
 def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +58,8 @@ class BC(Method):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.opt}
 
-    def policy(self) -> _BCPolicy:
-        return _BCPolicy(self.net, self.device)
+    def policy(self) -> StatelessPolicy:
+        return StatelessPolicy(lambda image, _deterministic: self.net(image), self.device)
 
     def pretrain_steps(self) -> int:
         return self.cfg.bc_steps

@@ -30,7 +30,7 @@ from torch import nn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method
+from cmil.methods.base import Method, StatelessPolicy
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen
 from cmil.models.networks import ConvEncoder, preprocess_image, random_shift
 
@@ -132,21 +132,6 @@ class Temperature(nn.Module):
         return self.log_value.exp()
 
 
-class _DACPolicy:
-    def __init__(self, encoder: PixelEncoder, actor: Actor, device: torch.device):
-        self.encoder, self.actor, self.device = encoder, actor, device
-
-    def reset(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        image = torch.as_tensor(obs, device=self.device)[None]
-        feat = self.encoder(image, torch.zeros(1, dtype=torch.bool, device=self.device))
-        dist = self.actor(feat)
-        return (dist.mode() if deterministic else dist.rsample())[0].cpu().numpy()
-
-
 class DAC(Method):
     """Pixel DAC inside the shared loop: seed episodes from the untrained (near-uniform) policy,
     then one SAC + discriminator step per `update`."""
@@ -185,8 +170,13 @@ class DAC(Method):
         return {"critic": self.critic_opt, "actor": self.actor_opt, "temperature": self.temp_opt,
                 "discriminator": self.disc_opt}
 
-    def policy(self) -> _DACPolicy:
-        return _DACPolicy(self.encoder, self.actor, self.device)
+    def policy(self) -> StatelessPolicy:
+        def act(image: torch.Tensor, deterministic: bool) -> torch.Tensor:
+            feat = self.encoder(image, torch.zeros(1, dtype=torch.bool, device=self.device))
+            dist = self.actor(feat)
+            return dist.mode() if deterministic else dist.rsample()
+
+        return StatelessPolicy(act, self.device)
 
     def _batch(self, replay: SequenceReplay, n: int) -> dict[str, torch.Tensor]:
         # The replay's own seeded generator, so DAC draws follow the same seeding as other methods.
