@@ -203,6 +203,7 @@ class Trainer:
                 "train/episode_length": float(length), "train/updates": float(self.method.updates)}
 
     def finish(self) -> dict:
+        """Final evaluation and exported weights; `run` writes the result as final.json last."""
         final = self.evaluate(self.cfg.final_eval_episodes, "final")
         export_safetensors(self.run_dir / "model.safetensors", self.method.modules())
         result = {"task": self.cfg.task, "method": self.cfg.method, "seed": self.cfg.seed,
@@ -210,7 +211,6 @@ class Trainer:
                   "episodes": self.cfg.final_eval_episodes,
                   "success_rate": final["eval/success_rate"], "return": final["eval/return"],
                   "expert_success_rate": self.expert_success}
-        write_json(self.run_dir / "final.json", result)
         return result
 
     def run(self) -> dict:
