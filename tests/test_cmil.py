@@ -99,3 +99,77 @@ def test_update_reports_the_papers_diagnostics(setup):
         assert key in metrics
     diag = method.diagnostics(expert, replay)
     assert diag["bound/distribution_match"] == pytest.approx(diag["disc/expert_prob"] - diag["disc/policy_prob"])
+
+
+def test_actor_gradient_split_into_rl_and_bc_parts(setup):
+    method, expert, replay = setup
+    m = method.update(expert, replay)
+    for key in ("train/actor_grad_rl", "train/actor_grad_bc", "train/actor_grad_cos"):
+        assert key in m
+    # The parts add up to the total gradient, so with beta = 0 the BC part is zero and the RL part is all of it.
+    method.cfg = replace(method.cfg, **{"agent.beta": 0.0, "agent.grad_clip": 1e9})
+    m = method.update(expert, replay)
+    assert m["train/actor_grad_bc"] == 0.0
+    assert m["train/actor_grad_rl"] == pytest.approx(m["train/actor_grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("stop_grad", [True, False])
+def test_stop_gradient_on_the_actors_imagined_input(setup, stop_grad):
+    method, _, _ = setup
+    method.cfg = replace(method.cfg, **{"agent.stop_grad_actor_input": stop_grad})
+    start = {k: v.requires_grad_(True) for k, v in method.wm.initial(3).items()}
+    start = {k: torch.randn_like(v).requires_grad_(True) for k, v in start.items()}
+    start["std"] = start["std"].detach().abs() + 0.1
+    _, actions, _, _ = method.imagine(start, 2)
+    grad = torch.autograd.grad(actions[0].sum(), start["deter"], allow_unused=True)[0]
+    assert (grad is None or torch.all(grad == 0)) == stop_grad
+
+
+def test_bc_loss_can_shape_the_world_model(setup):
+    method, expert, replay = setup
+    params = []
+    for weight in (0.0, 1.0):
+        m = copy.deepcopy(method)
+        m.cfg = replace(m.cfg, **{"agent.bc_model_weight": weight})
+        torch.manual_seed(5)
+        metrics = m.update(copy.deepcopy(expert), copy.deepcopy(replay), agent=False)
+        assert ("model/bc_loss" in metrics) == (weight > 0)
+        params.append((torch.cat([p.flatten() for p in m.wm.encoder.parameters()]),
+                       torch.cat([p.flatten() for p in m.actor.parameters()])))
+    assert not torch.allclose(params[0][0], params[1][0])  # the encoder got the BC gradient
+    torch.testing.assert_close(params[0][1], params[1][1])  # the actor's own BC step is unchanged
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_recurrent_state_carried_between_batches(setup, carry, monkeypatch):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"wm.carry_state": carry})
+    seen = []
+    loss = method.wm.loss
+    monkeypatch.setattr(method.wm, "loss", lambda batch, state=None: (seen.append(state), loss(batch, state))[1])
+    method.update(expert, replay, agent=False)
+    method.update(expert, replay, agent=False)
+    assert seen[0] is None
+    if carry:
+        assert seen[1]["deter"].shape == (2 * method.cfg.batch_size, method.cfg.wm.deter)
+        assert not seen[1]["deter"].requires_grad
+    else:
+        assert seen[1] is None
+
+
+def test_normalised_penalty_and_discriminator_input(setup):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.penalty_norm": True, "agent.disc_input_norm": True,
+                                        "agent.return_norm": True})
+    m = method.update(expert, replay)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    stats = method.stats
+    assert int(stats["disagreement"].count) == 1 and int(stats["disc_input"].count) == 1
+    assert int(stats["returns"].count) == 1
+    # A constant disagreement is removed entirely by the centring: the penalty only ranks steps.
+    _fixed_discriminator(method, 0.5)
+    dis = torch.full((4,), 0.03)
+    stats["disagreement"].mean.fill_(0.03)
+    r = method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
+    assert torch.allclose(r, torch.zeros(4), atol=1e-2)
+    assert "stats" in method.modules()  # the running statistics are checkpointed

@@ -47,6 +47,12 @@ class WorldModelConfig:
     """Gradient-norm clip of the world model."""
     weight_decay: float = 1e-6
     """Weight decay of the world model's optimiser."""
+    augment: bool = False
+    """Random-shift augmentation (pad 4, one shift per sequence) of the world model's images, input and
+    reconstruction target alike; off in the authors' code."""
+    carry_state: bool = True
+    """Start each training batch from the last posterior state of the previous one (detached), as the
+    authors' code does; `is_first` still resets it at episode starts. False starts every window from zeros."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,31 @@ class AgentConfig:
     """Hidden layers of each Q critic MLP."""
     critic_units: int = 400
     """Units per critic hidden layer."""
-    actor_lr: float = 8e-5
-    """Adam learning rate of the actor (DreamerV2 default)."""
-    critic_lr: float = 2e-4
-    """Adam learning rate of the critics (DreamerV2 default)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (authors' code; DreamerV2's default is 8e-5)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (authors' code; DreamerV2's default is 2e-4)."""
+    weight_decay: float = 1e-6
+    """Decoupled weight decay per step of actor, critics and discriminator (authors' code)."""
     grad_clip: float = 100.0
     """Gradient-norm clip of actor, critics and discriminator."""
+    stop_grad_actor_input: bool = True
+    """Query the actor on a stop-gradient copy of each imagined feature (authors' code, DreamerV2), so the
+    actor's gradient reaches it through the dynamics only via its actions; False lets it flow through its input."""
+    bc_loss: Literal["nll", "mse"] = "nll"
+    """BC term: 'nll' = -log pi(a^E | s^E) (authors' code); 'mse' = squared error of the actor's mean action."""
+    bc_model_weight: float = 0.0
+    """Weight of the BC loss in the world model's loss (the BC gradient shapes the representation; the actor's
+    parameters get none of it). 0 = the authors' code, where only the actor learns from BC."""
+    disc_input_norm: bool = False
+    """Standardise the discriminator's input with running per-dimension statistics of the expert and policy
+    pairs before the noise, so `disc_noise_std` is in units of each feature's std (off in the authors' code)."""
+    penalty_norm: bool = False
+    """Centre and scale the disagreement penalty by running statistics of the imagined disagreement, so alpha
+    weighs how much more uncertain a step is than usual rather than adding a near-constant offset."""
+    return_norm: bool = False
+    """Divide the actor's return objective (eq. 12) by max(1, running 5-95% range of the returns), DreamerV3
+    style, so that beta sets the real ratio of the RL and BC parts of the actor loss."""
     horizon: int = 15
     """H: imagination horizon."""
     gamma: float = 0.99

@@ -20,6 +20,7 @@ from cmil.config import Config
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.methods.base import Method
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, lambda_returns
+from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import WorldModel
 
 
@@ -29,6 +30,11 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -
     norm = nn.utils.clip_grad_norm_(params, clip)
     opt.step()
     return float(norm)
+
+
+def _adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam with the authors' per-step decoupled decay w <- (1 - wd) w (AdamW decays by lr * wd)."""
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -49,15 +55,20 @@ class CMIL(Method):
         self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
         self.disc = Discriminator(feat, action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
+        # Running statistics of the optional rescalings (buffers, so they are checkpointed).
+        self.stats = nn.ModuleDict({"disc_input": RunningMeanStd(feat + action_dim),
+                                    "disagreement": RunningMeanStd(), "returns": ReturnScale()}).to(device)
         self.wm_opt = self.wm.make_optimizer()
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr, eps=1e-5)
-        self.critic_opt = torch.optim.Adam(self.critic.q.parameters(), lr=a.critic_lr, eps=1e-5)
-        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=a.disc_lr, eps=1e-5)
+        self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay)
+        self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay)
+        self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay)
         self._diag: dict[str, list[float]] = defaultdict(list)
+        self._carry: dict[str, torch.Tensor] | None = None  # last posterior of the previous batch
 
     # --- plumbing -------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc}
+        return {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
+                "stats": self.stats}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
@@ -87,17 +98,25 @@ class CMIL(Method):
         exp = batch_to_torch(expert.sample(B), self.device)
         rep = batch_to_torch(replay.sample(B), self.device)
         batch = {k: torch.cat([exp[k], rep[k]]) for k in ("image", "action", "is_first")}
+        act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
+        exp_act = act_taken[:B]
 
-        # World model (eq. 1) on expert and replay sequences together.
-        wm_loss, post, m = self.wm.loss(batch)
+        # World model (eq. 1) on expert and replay sequences together; optionally the BC loss shapes
+        # the representation too (the actor is frozen for that term: its own BC step comes below).
+        wm_loss, post, m = self.wm.loss(batch, self._carry if cfg.wm.carry_state else None)
+        if a.bc_model_weight:
+            with frozen(self.actor):
+                bc_model = self.bc_loss(self.wm.feat(post)[:B, :-1], exp_act)
+            wm_loss = wm_loss + a.bc_model_weight * bc_model
+            m["model/bc_loss"] = bc_model.item()
         m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self.wm.parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
+        self._carry = {k: post[k][:, -1] for k in ("deter", "stoch", "mean", "std")}
         feat = self.wm.feat(post)                                   # (2B, L, F)
-        act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
-        exp_feat, exp_act = feat[:B, :-1], act_taken[:B]
+        exp_feat = feat[:B, :-1]
 
-        # Behaviour cloning term: -log pi(a^E_t | s^E_t) on expert posterior states.
-        bc_loss = -self.actor(exp_feat).log_prob(exp_act.clamp(-1 + 1e-4, 1 - 1e-4)).mean()
+        # Behaviour cloning term on expert posterior states (agent.bc_loss: NLL or MSE of the mean).
+        bc_loss = self.bc_loss(exp_feat, exp_act)
         if not agent:
             _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
             m["train/bc_loss"] = bc_loss.item()
@@ -115,14 +134,20 @@ class CMIL(Method):
             returns = lambda_returns(reward, q_min, a.gamma, a.lam)                  # eq. 11
             # Eq. 12: maximise lambda * V^lambda + (1 - lambda) * V0 over the imagined steps.
             actor_obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
-            actor_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean() + a.beta * bc_loss
-        m["train/actor_grad_norm"] = _step(self.actor_opt, actor_loss, self.actor.parameters(), a.grad_clip)
+            if a.return_norm:
+                self.stats["returns"].update(returns)
+                actor_obj = actor_obj / self.stats["returns"].scale
+            rl_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean()
+        m.update(self._actor_step(rl_loss, bc_loss))
 
         # Discriminator (eq. 8): expert posterior pairs vs imagined pairs, noise on both inputs.
         feats, actions = feats.detach(), actions.detach()
         pol_feat, pol_act = feats[:-1], actions[:-1]
-        e_logit = self.disc(_flat(exp_feat), _flat(exp_act), noise=True)
-        p_logit = self.disc(_flat(pol_feat), _flat(pol_act), noise=True)
+        e_in, p_in = (_flat(exp_feat), _flat(exp_act)), (_flat(pol_feat), _flat(pol_act))
+        if a.disc_input_norm:
+            self.stats["disc_input"].update(torch.cat([torch.cat(e_in, -1), torch.cat(p_in, -1)]))
+        e_logit = self.disc_logit(*e_in, noise=True)
+        p_logit = self.disc_logit(*p_in, noise=True)
         disc_loss = (F.binary_cross_entropy_with_logits(e_logit, torch.ones_like(e_logit))
                      + F.binary_cross_entropy_with_logits(p_logit, torch.zeros_like(p_logit)))
         _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
@@ -135,23 +160,60 @@ class CMIL(Method):
         if self.updates % a.target_update_every == 0:
             self.critic.update_target()
 
-        with torch.no_grad():  # diagnostics on clean inputs
-            e_prob = torch.sigmoid(self.disc(_flat(exp_feat), _flat(exp_act)))
-            p_prob = torch.sigmoid(self.disc(_flat(pol_feat), _flat(pol_act)))
+        with torch.no_grad():  # diagnostics on clean inputs (and the actor's std on expert states)
+            e_prob = torch.sigmoid(self.disc_logit(*e_in))
+            p_prob = torch.sigmoid(self.disc_logit(*p_in))
+            actor_std = self.actor(exp_feat).std.mean()
         m.update(cm)
         m.update({
-            "train/actor_loss": actor_loss.item(), "train/bc_loss": bc_loss.item(),
+            "train/actor_loss": (rl_loss + a.beta * bc_loss).item(), "train/bc_loss": bc_loss.item(),
             "train/critic_loss": critic_loss.item(), "train/disc_loss": disc_loss.item(),
             "train/imag_reward": reward.mean().item(), "train/imag_return": returns.mean().item(),
             "train/entropy": entropy.mean().item(), "train/q_mean": q_min.mean().item(),
+            "train/actor_std": actor_std.item(),
             "disc/expert_acc": (e_prob > 0.5).float().mean().item(), "disc/policy_acc": (p_prob < 0.5).float().mean().item(),
             "disc/expert_prob": e_prob.mean().item(), "disc/policy_prob": p_prob.mean().item(),
             "model/imag_disagreement": disagreement.mean().item(),
         })
         for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
-                    "model/imag_disagreement"):
+                    "model/imag_disagreement", "train/q_mean", "train/actor_std", "train/bc_loss"):
             self._diag[key].append(m[key])
         return m
+
+    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The BC term on expert states: -log pi(a^E | s^E), or the squared error of pi's mean action."""
+        dist = self.actor(feat)
+        if self.cfg.agent.bc_loss == "mse":
+            return (dist.mean - action).pow(2).sum(-1).mean()
+        return -dist.log_prob(action.clamp(-1 + 1e-4, 1 - 1e-4)).mean()
+
+    def _actor_step(self, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, float]:
+        """Step on rl_loss + beta * bc_loss; logs the norms (before clipping) of the RL part and of the
+        beta-weighted BC part of the gradient, and their cosine. The BC gradient is a cheap second
+        backward through the actor alone; the RL part is the total minus it (gradients are linear)."""
+        a = self.cfg.agent
+        params = [p for p in self.actor.parameters()]
+        g_bc = torch.autograd.grad(a.beta * bc_loss, params, retain_graph=True, allow_unused=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        (rl_loss + a.beta * bc_loss).backward()
+        total = torch.cat([p.grad.flatten() for p in params])
+        bc = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, g_bc, strict=True)])
+        rl = total - bc
+        cos = F.cosine_similarity(rl, bc, dim=0, eps=1e-12)
+        norm = nn.utils.clip_grad_norm_(params, a.grad_clip)
+        self.actor_opt.step()
+        out = {"train/actor_grad_norm": float(norm), "train/actor_grad_rl": float(rl.norm()),
+               "train/actor_grad_bc": float(bc.norm()), "train/actor_grad_cos": float(cos)}
+        for key, value in out.items():
+            self._diag[key].append(value)
+        return out
+
+    def disc_logit(self, feat: torch.Tensor, action: torch.Tensor, noise: bool = False) -> torch.Tensor:
+        """D's logit on (feature, action), standardised first when agent.disc_input_norm."""
+        if not self.cfg.agent.disc_input_norm:
+            return self.disc(feat, action, noise=noise)
+        x = self.stats["disc_input"].normalize(torch.cat([feat, action], -1))
+        return self.disc(x[..., : feat.shape[-1]], x[..., feat.shape[-1]:], noise=noise)
 
     def imagine(self, start: dict[str, torch.Tensor], horizon: int):
         """Roll the policy through the learnt prior for `horizon` steps.
@@ -162,7 +224,7 @@ class CMIL(Method):
         feats, actions, dis, ents = [], [], [], []
         for t in range(horizon + 1):
             f = self.wm.feat(state)
-            dist = self.actor(f)
+            dist = self.actor(f.detach() if self.cfg.agent.stop_grad_actor_input else f)
             action = dist.rsample()
             feats.append(f)
             actions.append(action)
@@ -177,10 +239,13 @@ class CMIL(Method):
         (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead."""
         a = self.cfg.agent
         if a.reward == "prob":
-            r = torch.sigmoid(self.disc(feat, action, noise=True))
+            r = torch.sigmoid(self.disc_logit(feat, action, noise=True))
         else:
-            r = self.disc(feat, action)
+            r = self.disc_logit(feat, action)
         if disagreement is not None and a.alpha:
+            if a.penalty_norm:  # only how much more uncertain than usual a step is
+                self.stats["disagreement"].update(disagreement)
+                disagreement = self.stats["disagreement"].normalize(disagreement)
             r = r - a.alpha * disagreement
         return r
 

@@ -36,6 +36,7 @@ from cmil.models.networks import (
     diag_gaussian_kl,
     gaussian_std,
     preprocess_image,
+    random_shift,
 )
 
 State = dict[str, torch.Tensor]
@@ -257,17 +258,24 @@ class WorldModel(nn.Module):
                 + (1.0 - cfg.kl_balance) * to_post.clamp(min=cfg.kl_free))
         return loss, to_prior.detach()
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, State, dict[str, float]]:
-        """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)}.
+    def loss(self, batch: dict[str, torch.Tensor], state: State | None = None
+             ) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)},
+        filtered from `state` (zeros if None).
 
         loss = reconstruction + kl_scale * KL. Reconstruction is the Normal(mean, 1) negative
         log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
-        and time. Returns (loss, post, metrics); post keeps its graph (detach it for imagination starts).
+        and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
+        dynamics see a consistent scene). Returns (loss, post, metrics); post keeps its graph (detach it
+        for imagination starts).
         """
         image = batch["image"]
         B, T = image.shape[:2]
         target = preprocess_image(image)  # computed once, for the encoder and as the target
-        post, prior = self.observe(self.encoder(target), batch["action"], batch["is_first"])
+        if self.cfg.augment:
+            shape = target.shape
+            target = random_shift(target.reshape(B, T * shape[2], *shape[3:])).reshape(shape)
+        post, prior = self.observe(self.encoder(target), batch["action"], batch["is_first"], state)
         pred = self.decode(self.feat(post))
         # Both are channels-last in memory: compare them as contiguous (..., H, W, 3) views (fast path).
         recon = _HalfSquaredError.apply(pred.movedim(-3, -1), target.movedim(-3, -1)) / (B * T)

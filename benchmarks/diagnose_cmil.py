@@ -1,0 +1,252 @@
+"""Fast offline diagnosis of a CMIL recipe (issue 9): what the pretrained agent knows before any env step.
+
+    python benchmarks/diagnose_cmil.py [--preset default] [--set agent.bc_model_weight=1 ...]
+                                       [--seed 100] [--name NAME]
+
+Pretrains CMIL exactly as `cmil train` does (demos only), then measures, and prints as a table:
+  1. the pretrained policy's success over `--episodes` episodes (eval seeds 20000+, never the
+     10000+ seeds of the benchmark's final evaluations);
+  2. the actor's action error on held-out demo frames (expert episodes the agent never saw), against
+     always predicting the demos' mean action;
+  3. the held-out accuracy of a *fresh* discriminator on the frozen features, expert vs the pretrained
+     policy's own frames, at several input-noise levels, raw and standardised;
+  4. the ensemble disagreement for expert, policy and uniformly random actions, on real states and on
+     states imagined by the policy;
+  5. over `--updates` online updates (replay = the policy's episodes): the norms of the RL part and of
+     the beta-weighted BC part of the actor gradient and their cosine, and the reward/Q scale.
+Writes everything to benchmarks/results/diagnose/{name}.json. Tune with seeds other than 0-2 (the
+benchmark's training seeds); the default --seed is 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from cmil.config import PRESETS, apply_method, flatten, replace
+from cmil.data.collect import collect_demos
+from cmil.data.episodes import EpisodeRecorder, episode_success, load_episodes
+from cmil.data.replay import SequenceReplay
+from cmil.envs import make_env
+from cmil.evaluate import run_episode
+from cmil.methods.cmil import CMIL
+from cmil.models.actor_critic import Discriminator
+
+HELDOUT_SEED = 3_000_000  # expert episodes for held-out measurements (the training demos use 1_000_000)
+EVAL_SEED = 20_000
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for kv in pairs:
+        key, value = kv.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@torch.no_grad()
+def episode_features(agent: CMIL, ep: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states."""
+    wm = agent.wm
+    image = torch.as_tensor(ep["image"], device=agent.device)[None]
+    action = torch.as_tensor(ep["action"], device=agent.device)[None]
+    is_first = torch.as_tensor(ep["is_first"], device=agent.device)[None]
+    post, _ = wm.observe(wm.encode(image), action, is_first, sample=False)
+    post = {k: v[0, :-1] for k, v in post.items()}
+    return wm.feat(post), action[0, 1:], post
+
+
+def rollouts(env, agent: CMIL, episodes: int, deterministic: bool) -> list[dict]:
+    policy = agent.policy()
+    out = []
+    for i in tqdm(range(episodes), desc="pretrained policy", leave=False):
+        rec = EpisodeRecorder()
+        run_episode(env, lambda o: policy.act(o, deterministic), policy.reset, seed=EVAL_SEED + i, recorder=rec)
+        out.append(rec.finish())
+    return out
+
+
+def fresh_disc_accuracy(train_e, train_p, test_e, test_p, noise: float, standardise: bool, units: int,
+                        steps: int = 1500, seed: int = 0) -> float:
+    """Held-out balanced accuracy of a new discriminator trained with input noise `noise`."""
+    torch.manual_seed(seed)
+    if standardise:
+        both = torch.cat([train_e, train_p])
+        mean, std = both.mean(0), both.std(0) + 1e-2
+        train_e, train_p, test_e, test_p = [(x - mean) / std for x in (train_e, train_p, test_e, test_p)]
+    dim = train_e.shape[1]
+    disc = Discriminator(dim, 0, 2, units, noise)
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-4)
+    empty = train_e[:, :0]
+    for _ in range(steps):
+        e = train_e[torch.randint(len(train_e), (128,))]
+        p = train_p[torch.randint(len(train_p), (128,))]
+        le, lp = disc(e, empty[:128], noise=True), disc(p, empty[:128], noise=True)
+        loss = F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
+            F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc_e = (disc(test_e, test_e[:, :0]) > 0).float().mean()
+        acc_p = (disc(test_p, test_p[:, :0]) < 0).float().mean()
+    return float((acc_e + acc_p) / 2)
+
+
+@torch.no_grad()
+def disagreement_by_action(agent: CMIL, states: dict, expert_act: torch.Tensor | None, horizon: int) -> dict:
+    """Mean disagreement of the step taken from `states` with expert / policy / random actions; then the
+    same for policy vs random actions on the states the policy imagines from there."""
+    wm, out = agent.wm, {}
+    feat = wm.feat(states)
+    pol = agent.actor(feat).mean
+    rnd = torch.rand_like(pol) * 2 - 1
+    choices = {"policy": pol, "random": rnd} | ({"expert": expert_act} if expert_act is not None else {})
+    for name, act in choices.items():
+        out[f"real/{name}"] = float(wm.imagine_step(states, act, head=0)[1].mean())
+    state, pol_d, rnd_d = states, [], []
+    for _ in range(horizon):
+        f = wm.feat(state)
+        a = agent.actor(f).mean
+        rnd_d.append(float(wm.imagine_step(state, torch.rand_like(a) * 2 - 1, head=0)[1].mean()))
+        state, d = wm.imagine_step(state, a, head=0)
+        pol_d.append(float(d.mean()))
+    out["imagined/policy"], out["imagined/random"] = float(np.mean(pol_d)), float(np.mean(rnd_d))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--heldout", type=int, default=5, help="held-out expert episodes")
+    parser.add_argument("--updates", type=int, default=30, help="online updates for the gradient split")
+    parser.add_argument("--demos", default=None)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--out", default="benchmarks/results/diagnose")
+    args = parser.parse_args()
+
+    sets = parse_sets(args.set)
+    cfg = apply_method(replace(PRESETS[args.preset], method="cmil", seed=args.seed, **sets))
+    torch.set_num_threads(cfg.threads or 1)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    name = args.name or ("_".join(f"{k}={v}" for k, v in sets.items()) or "base")
+    demo_dir = Path(args.demos or cfg.demos or f"demos/{cfg.task}")
+    heldout_dir = demo_dir.with_name(demo_dir.name + "-heldout")
+    if not heldout_dir.exists():
+        collect_demos(cfg.task, args.heldout, heldout_dir, seed=HELDOUT_SEED, image_size=cfg.image_size, quiet=True)
+    t0 = time.time()
+    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    A = env.action_space.shape[0]
+    demos = load_episodes(demo_dir, cfg.image_size, A, limit=cfg.num_demos)
+    heldout = load_episodes(heldout_dir, cfg.image_size, A, limit=args.heldout)
+    expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
+    for ep in demos:
+        expert.add_episode(ep)
+    agent = CMIL(cfg, A, torch.device("cpu"))
+    with tqdm(total=agent.pretrain_steps(), desc="pretrain", leave=False) as bar:
+        pre = agent.pretrain(expert, bar.update)
+    t_pre = time.time() - t0
+    result: dict = {"name": name, "preset": args.preset, "overrides": sets, "seed": cfg.seed,
+                    "pretrain_s": round(t_pre, 1), "pretrain_metrics": pre}
+
+    # 1. The pretrained policy in the env.
+    policy_eps = rollouts(env, agent, args.episodes, cfg.eval_deterministic)
+    env.close()
+    result["pretrained_success"] = float(np.mean([episode_success(ep) for ep in policy_eps]))
+    result["pretrained_return"] = float(np.mean([ep["reward"].sum() for ep in policy_eps]))
+
+    # 2. Action error on held-out demo frames.
+    feats = {k: [episode_features(agent, ep) for ep in eps] for k, eps in
+             (("train", demos), ("heldout", heldout), ("policy", policy_eps))}
+    mean_action = torch.cat([a for _, a, _ in feats["train"]]).mean(0)
+    with torch.no_grad():
+        for split in ("train", "heldout"):
+            f = torch.cat([x for x, _, _ in feats[split]])
+            a = torch.cat([y for _, y, _ in feats[split]])
+            result[f"action_mse_{split}"] = float((agent.actor(f).mean - a).pow(2).mean())
+            result[f"action_mse_{split}_mean_baseline"] = float((mean_action - a).pow(2).mean())
+
+    # 3. A fresh discriminator on the frozen features (expert vs the policy's frames), held out.
+    def pairs(items):
+        return torch.cat([torch.cat([f, a], -1) for f, a, _ in items])
+
+    half = len(feats["policy"]) // 2
+    train_e, test_e = pairs(feats["train"]), pairs(feats["heldout"])
+    train_p, test_p = pairs(feats["policy"][:half]), pairs(feats["policy"][half:])
+    result["feature_centred_norm"] = float((train_e - train_e.mean(0)).norm(dim=1).mean())
+    result["feature_dim_std_mean"] = float(train_e.std(0).mean())
+    disc = {}
+    for noise in sorted({0.0, 0.3, cfg.agent.disc_noise_std}):
+        for std in (False, True):
+            disc[f"noise{noise:g}{'_std' if std else ''}"] = fresh_disc_accuracy(
+                train_e, train_p, test_e, test_p, noise, std, cfg.agent.disc_units)
+    result["fresh_disc_heldout_acc"] = disc
+
+    # 4. Disagreement by action source.
+    def stack(items, n=400):
+        states = {k: torch.cat([s[k] for _, _, s in items]) for k in ("deter", "stoch", "mean", "std")}
+        acts = torch.cat([a for _, a, _ in items])
+        idx = torch.randperm(len(acts))[:n]
+        return {k: v[idx] for k, v in states.items()}, acts[idx]
+
+    s_e, a_e = stack(feats["heldout"])
+    s_p, _ = stack(feats["policy"])
+    result["disagreement_expert_states"] = disagreement_by_action(agent, s_e, a_e, cfg.agent.horizon)
+    result["disagreement_policy_states"] = disagreement_by_action(agent, s_p, None, cfg.agent.horizon)
+
+    # 5. The actor's gradient split over a few online updates (replay = the policy's episodes).
+    replay = SequenceReplay(cfg.seq_len, seed=cfg.seed + 1)
+    for ep in policy_eps:
+        replay.add_episode(ep)
+    ms = [agent.update(expert, replay) for _ in tqdm(range(args.updates), desc="updates", leave=False)]
+    keys = ("train/actor_grad_rl", "train/actor_grad_bc", "train/actor_grad_cos", "train/imag_reward",
+            "train/q_mean", "train/imag_return", "disc/expert_prob", "disc/policy_prob", "train/actor_std")
+    result["online"] = {k: float(np.mean([m[k] for m in ms])) for k in keys}
+    result["online"]["rl_to_bc_ratio"] = result["online"]["train/actor_grad_rl"] / max(
+        result["online"]["train/actor_grad_bc"], 1e-12)
+    result["wall_s"] = round(time.time() - t0, 1)
+    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                      text=True).stdout.strip()
+    result["config"] = {k: v for k, v in flatten(cfg).items() if not k.startswith("dac.")}
+    out = Path(args.out) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print_report(result)
+    print(f"written: {out}")
+
+
+def print_report(r: dict) -> None:
+    print(f"== {r['name']} (preset {r['preset']}, seed {r['seed']}, commit {r['commit']}): "
+          f"pretrain {r['pretrain_s']:.0f} s, total {r['wall_s']:.0f} s")
+    print(f"pretrained success        {r['pretrained_success']:.2f}  (return {r['pretrained_return']:.1f})")
+    print(f"action MSE held-out       {r['action_mse_heldout']:.4f}  (mean-action baseline "
+          f"{r['action_mse_heldout_mean_baseline']:.4f}; train {r['action_mse_train']:.4f})")
+    print("fresh disc held-out acc   " + ", ".join(f"{k} {v:.2f}" for k, v in r["fresh_disc_heldout_acc"].items()))
+    print(f"feature scale             centred norm {r['feature_centred_norm']:.2f}, mean per-dim std "
+          f"{r['feature_dim_std_mean']:.3f}")
+    for key in ("disagreement_expert_states", "disagreement_policy_states"):
+        print(f"{key:26s}" + ", ".join(f"{k} {v:.4f}" for k, v in r[key].items()))
+    o = r["online"]
+    print(f"actor grad (online)       RL {o['train/actor_grad_rl']:.2f}, beta*BC {o['train/actor_grad_bc']:.2f}, "
+          f"ratio {o['rl_to_bc_ratio']:.2f}, cos {o['train/actor_grad_cos']:+.2f}")
+    print(f"online scale              reward {o['train/imag_reward']:.3f}, Q {o['train/q_mean']:.2f}, "
+          f"D(expert) {o['disc/expert_prob']:.2f}, D(policy) {o['disc/policy_prob']:.2f}, "
+          f"actor std {o['train/actor_std']:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

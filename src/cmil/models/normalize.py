@@ -1,0 +1,72 @@
+"""Running statistics that rescale CMIL's learning signals (options of the CPU preset).
+
+Each is an `nn.Module` whose state lives in buffers, so it is checkpointed with the method and a
+resumed run continues with the same statistics. All updates are exponential moving averages: the
+quantities they track (latent features, disagreement, returns) drift as the world model trains.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RunningMeanStd(nn.Module):
+    """Per-dimension EMA of mean and variance; `normalize(x) = (x - mean) / std`."""
+
+    def __init__(self, shape: int | tuple[int, ...] = (), decay: float = 0.99, eps: float = 1e-4):
+        super().__init__()
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.decay, self.eps = decay, eps
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """x: (..., *shape); the leading dims are samples."""
+        flat = x.detach().reshape(-1, *self.mean.shape).float()
+        mean, var = flat.mean(0), flat.var(0, correction=0)
+        if int(self.count) == 0:  # the first batch sets the statistics instead of pulling zeros towards them
+            self.mean.copy_(mean)
+            self.var.copy_(var)
+        else:
+            self.mean.lerp_(mean, 1 - self.decay)
+            self.var.lerp_(var, 1 - self.decay)
+        self.count += 1
+
+    @property
+    def std(self) -> torch.Tensor:
+        return (self.var + self.eps).sqrt()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ReturnScale(nn.Module):
+    """DreamerV3's return normalisation: S = EMA of the 95th minus the 5th percentile of returns.
+
+    Dividing the actor's return objective by max(1, S) keeps its gradient O(1) whatever the reward
+    scale, so that `beta` sets a real ratio between the RL and BC parts of the actor loss; returns
+    smaller than 1 in range are not scaled up (that would amplify noise)."""
+
+    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
+        super().__init__()
+        self.decay, self.low, self.high = decay, low, high
+        self.register_buffer("range", torch.zeros(()))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, returns: torch.Tensor) -> None:
+        flat = returns.detach().float().flatten()
+        q = torch.quantile(flat, torch.tensor([self.low, self.high], device=flat.device))
+        spread = q[1] - q[0]
+        if int(self.count) == 0:
+            self.range.copy_(spread)
+        else:
+            self.range.lerp_(spread, 1 - self.decay)
+        self.count += 1
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.range.clamp_min(1.0)

@@ -1,0 +1,26 @@
+"""Running statistics used to rescale CMIL's signals."""
+
+import torch
+
+from cmil.models.normalize import ReturnScale, RunningMeanStd
+
+
+def test_running_mean_std_tracks_and_standardises():
+    torch.manual_seed(0)
+    stats = RunningMeanStd(3, decay=0.9)
+    x = torch.randn(5000, 3) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([3.0, -1.0, 0.0])
+    stats.update(x)  # the first batch sets the statistics
+    z = stats.normalize(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(3), atol=1e-2, rtol=0)
+    stats.update(x + 10)  # later batches move it by 1 - decay
+    torch.testing.assert_close(stats.mean, x.mean(0) + 1.0, atol=1e-3, rtol=0)
+
+
+def test_return_scale_is_the_5_to_95_percent_range_floored_at_one():
+    scale = ReturnScale(decay=0.0)
+    scale.update(torch.linspace(0, 100, 10001))
+    assert abs(float(scale.scale) - 90.0) < 0.1
+    scale.update(torch.linspace(0, 0.5, 101))
+    assert float(scale.scale) == 1.0
+    assert set(dict(scale.named_buffers())) == {"range", "count"}
