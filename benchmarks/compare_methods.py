@@ -13,6 +13,7 @@ This script needs no Ray (`cmil sweep` does the same on a Ray cluster).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override for every run, e.g. --set env_steps=5000")
+    parser.add_argument("--json", default=None, help="summary JSON (default benchmarks/results/compare_methods.json)")
     args = parser.parse_args()
     demos = args.demos or f"demos/{args.task}"
     root = Path(args.root)
@@ -57,10 +59,53 @@ def main() -> None:
         for name, code, wall in pool.map(lambda job: run(*job), jobs):
             print(f"{'ok    ' if code == 0 else 'FAILED'} {name} ({wall:.0f} s)", flush=True)
     print(f"all runs: {time.time() - start:.0f} s")
+    write_summary_json(root, args, jobs)
     report([root / f"{args.task}__{m}__seed{s}" for m, s in jobs
                       if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()], root / "summary")
     print((root / "summary" / "results.md").read_text())
     print(f"plots: {root / 'summary'}")
+
+
+def run_record(run_dir: Path) -> dict:
+    """Per-run facts for the JSON summary: final success, wall time, curve, pretrained-policy success."""
+    final = json.loads((run_dir / "final.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [(r["env_step"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r]
+    record = {"seed": final["seed"], "final_success": final["success_rate"], "final_return": final["return"],
+              "episodes": final["episodes"], "wall_time_s": final.get("wall_time_s"), "evaluations": evals,
+              "best_evaluation": max((s for _, s in evals), default=None)}
+    pretrained = [r["eval/success_rate"] for r in rows if r.get("env_step") == 0 and "eval/success_rate" in r]
+    if pretrained:
+        record["pretrained_success"] = pretrained[0]
+    return record
+
+
+def write_summary_json(root: Path, args, jobs) -> None:
+    """benchmarks/results/compare_methods.json: every run's per-seed numbers and the commit."""
+    import numpy as np
+
+    from cmil.stats import bootstrap_ci
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    methods: dict[str, dict] = {}
+    for method, seed in jobs:
+        run_dir = root / f"{args.task}__{method}__seed{seed}"
+        if (run_dir / "final.json").exists():
+            methods.setdefault(method, {"runs": []})["runs"].append(run_record(run_dir))
+    for entry in methods.values():
+        finals = [r["final_success"] for r in entry["runs"]]
+        ci = bootstrap_ci(finals)
+        entry.update({"mean_final_success": ci.mean, "ci95": [ci.low, ci.high]})
+        if all("pretrained_success" in r for r in entry["runs"]):
+            entry["mean_pretrained_success"] = float(np.mean([r["pretrained_success"] for r in entry["runs"]]))
+        bests = [r["best_evaluation"] for r in entry["runs"] if r["best_evaluation"] is not None]
+        if bests:
+            entry["final_over_best"] = float(np.mean(finals) / max(np.mean(bests), 1e-9))
+    out = Path(args.json or "benchmarks/results/compare_methods.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"task": args.task, "commit": commit, "root": str(root), "overrides": args.set,
+                               "methods": methods}, indent=2))
+    print(f"summary: {out}")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,15 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 @torch.no_grad()
-def episode_features(agent: CMIL, ep: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states."""
+def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states.
+    `zero_actions` filters with the actions replaced by zeros (the images alone tell the state)."""
     wm = agent.wm
     image = torch.as_tensor(ep["image"], device=agent.device)[None]
     action = torch.as_tensor(ep["action"], device=agent.device)[None]
     is_first = torch.as_tensor(ep["is_first"], device=agent.device)[None]
-    post, _ = wm.observe(wm.encode(image), action, is_first, sample=False)
+    seen = torch.zeros_like(action) if zero_actions else action
+    post, _ = wm.observe(wm.encode(image), seen, is_first, sample=False)
     post = {k: v[0, :-1] for k, v in post.items()}
     return wm.feat(post), action[0, 1:], post
 
@@ -136,6 +138,9 @@ def main() -> None:
     parser.add_argument("--demos", default=None)
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", default="benchmarks/results/diagnose")
+    parser.add_argument("--save", action="store_true", help="also save the pretrained agent's weights (.pt)")
+    parser.add_argument("--bc-reference", action="store_true",
+                        help="instead: pixel BC (`--method bc`) measured the same way (success, held-out action error)")
     args = parser.parse_args()
 
     sets = parse_sets(args.set)
@@ -156,10 +161,14 @@ def main() -> None:
     expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
     for ep in demos:
         expert.add_episode(ep)
+    if args.bc_reference:
+        return bc_reference(cfg, env, demos, heldout, expert, args, name, t0)
     agent = CMIL(cfg, A, torch.device("cpu"))
     with tqdm(total=agent.pretrain_steps(), desc="pretrain", leave=False) as bar:
         pre = agent.pretrain(expert, bar.update)
     t_pre = time.time() - t0
+    pretrained = {k: {n: v.clone() for n, v in m.state_dict().items()} for k, m in agent.modules().items()} \
+        if args.save else None
     result: dict = {"name": name, "preset": args.preset, "overrides": sets, "seed": cfg.seed,
                     "pretrain_s": round(t_pre, 1), "pretrain_metrics": pre}
 
@@ -179,6 +188,13 @@ def main() -> None:
             a = torch.cat([y for _, y, _ in feats[split]])
             result[f"action_mse_{split}"] = float((agent.actor(f).mean - a).pow(2).mean())
             result[f"action_mse_{split}_mean_baseline"] = float((mean_action - a).pow(2).mean())
+        # Copycat check: the expert's actions are smooth, and the latent state carries the previous action.
+        # If the error jumps when the filter sees zeros instead of the actions, the actor copies its history.
+        f0 = torch.cat([episode_features(agent, ep, zero_actions=True)[0] for ep in heldout])
+        a0 = torch.cat([y for _, y, _ in feats["heldout"]])
+        result["action_mse_heldout_actions_zeroed"] = float((agent.actor(f0).mean - a0).pow(2).mean())
+        result["action_mse_heldout_previous_action_baseline"] = float(np.mean(
+            [np.square(ep["action"][2:] - ep["action"][1:-1]).mean() for ep in heldout]))
 
     # 3. A fresh discriminator on the frozen features (expert vs the policy's frames), held out.
     def pairs(items):
@@ -225,7 +241,45 @@ def main() -> None:
     out = Path(args.out) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if args.save:  # the pretrained agent (before the online probe updates), for further offline checks
+        torch.save(pretrained, out.with_suffix(".pt"))
     print_report(result)
+    print(f"written: {out}")
+
+
+def bc_reference(cfg, env, demos, heldout, expert, args, name, t0) -> None:
+    """The same success and held-out action error for pixel BC, the baseline the pretrained CMIL
+    policy must reach (so that 'action MSE x' can be read as 'about BC-level' or not)."""
+    from cmil.methods.bc import BC, demo_pairs
+
+    bc = BC(replace(cfg, method="bc"), env.action_space.shape[0], torch.device("cpu"))
+    with tqdm(total=bc.pretrain_steps(), desc="bc", leave=False) as bar:
+        bc.pretrain(expert, bar.update)
+    policy = bc.policy()
+    eps = []
+    for i in range(args.episodes):
+        rec = EpisodeRecorder()
+        run_episode(env, lambda o: policy.act(o, True), policy.reset, seed=EVAL_SEED + i, recorder=rec)
+        eps.append(rec.finish())
+    env.close()
+    held = SequenceReplay(cfg.seq_len)
+    for ep in heldout:
+        held.add_episode(ep)
+    images, actions = demo_pairs(held)
+    train_actions = demo_pairs(expert)[1]
+    with torch.no_grad():
+        pred = bc.net(torch.as_tensor(images))
+    result = {"name": name, "method": "bc", "seed": cfg.seed, "bc_steps": cfg.bc_steps,
+              "success": float(np.mean([episode_success(ep) for ep in eps])),
+              "action_mse_heldout": float((pred - torch.as_tensor(actions)).pow(2).mean()),
+              "action_mse_heldout_mean_baseline": float(
+                  (torch.as_tensor(train_actions).mean(0) - torch.as_tensor(actions)).pow(2).mean()),
+              "wall_s": round(time.time() - t0, 1)}
+    out = Path(args.out) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"== pixel BC reference (seed {cfg.seed}): success {result['success']:.2f}, held-out action MSE "
+          f"{result['action_mse_heldout']:.4f} (mean-action baseline {result['action_mse_heldout_mean_baseline']:.4f})")
     print(f"written: {out}")
 
 
@@ -235,6 +289,8 @@ def print_report(r: dict) -> None:
     print(f"pretrained success        {r['pretrained_success']:.2f}  (return {r['pretrained_return']:.1f})")
     print(f"action MSE held-out       {r['action_mse_heldout']:.4f}  (mean-action baseline "
           f"{r['action_mse_heldout_mean_baseline']:.4f}; train {r['action_mse_train']:.4f})")
+    print(f"copycat check             held-out MSE {r['action_mse_heldout_actions_zeroed']:.4f} with the filter's "
+          f"actions zeroed (repeat-previous-action baseline {r['action_mse_heldout_previous_action_baseline']:.4f})")
     print("fresh disc held-out acc   " + ", ".join(f"{k} {v:.2f}" for k, v in r["fresh_disc_heldout_acc"].items()))
     print(f"feature scale             centred norm {r['feature_centred_norm']:.2f}, mean per-dim std "
           f"{r['feature_dim_std_mean']:.3f}")

@@ -173,3 +173,25 @@ def test_normalised_penalty_and_discriminator_input(setup):
     r = method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
     assert torch.allclose(r, torch.zeros(4), atol=1e-2)
     assert "stats" in method.modules()  # the running statistics are checkpointed
+
+
+def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monkeypatch):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.bc_action_noise": 0.5})
+    seen = {}
+    loss = method.wm.loss
+    monkeypatch.setattr(method.wm, "loss", lambda batch, state=None: (seen.update(batch), loss(batch, state))[1])
+    bc_targets = []
+    bc = method.bc_loss
+    monkeypatch.setattr(method, "bc_loss", lambda feat, act: (bc_targets.append(act), bc(feat, act))[1])
+    torch.manual_seed(0)
+    np_state = (copy.deepcopy(expert.rng), copy.deepcopy(replay.rng))
+    method.update(expert, replay, agent=False)
+    expert.rng, replay.rng = np_state
+    B = method.cfg.batch_size
+    clean_exp = torch.as_tensor(expert.sample(B)["action"])
+    clean_rep = torch.as_tensor(replay.sample(B)["action"])
+    assert not torch.allclose(seen["action"][:B], clean_exp)          # the expert half is perturbed
+    assert seen["action"][:B].abs().max() <= 1.0
+    torch.testing.assert_close(seen["action"][B:], clean_rep)          # the replay half is not
+    torch.testing.assert_close(bc_targets[-1], clean_exp[:, 1:])       # BC regresses the clean actions

@@ -142,11 +142,14 @@ class Trainer:
             metrics = self.method.pretrain(self.expert, bar.update)
         if metrics:
             self.logger.log(0, metrics)
+        if total and self.method.online:  # where the online phase starts from (logged at env step 0)
+            pre = self.evaluate(self.cfg.eval_episodes, "pretrained")
+            self._say(f"pretrained policy: success {pre['eval/success_rate']:.2f} over {self.cfg.eval_episodes} episodes")
         self.counters["pretrained"] = 1
         self.checkpoint()
 
     def evaluate(self, episodes: int, tag: str) -> dict[str, float]:
-        metrics = evaluate(self.env, self.policy, episodes, self.cfg.eval_deterministic,
+        metrics = evaluate(self.env, self.policy, episodes, self.cfg.eval_deterministic, seed=self.cfg.eval_seed,
                            video_dir=self.run_dir / "videos", video_episodes=self.cfg.video_episodes,
                            video_name=f"{tag}_{self.counters['env_step']:08d}")
         metrics.update(self.method.diagnostics(self.expert, self.replay))

@@ -100,6 +100,9 @@ class CMIL(Method):
         batch = {k: torch.cat([exp[k], rep[k]]) for k in ("image", "action", "is_first")}
         act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
         exp_act = act_taken[:B]
+        if a.bc_action_noise:  # the filter sees noisy expert actions; every loss keeps the clean ones
+            noisy = exp["action"] + a.bc_action_noise * torch.randn_like(exp["action"])
+            batch["action"] = torch.cat([noisy.clamp(-1, 1), rep["action"]])
 
         # World model (eq. 1) on expert and replay sequences together; optionally the BC loss shapes
         # the representation too (the actor is frozen for that term: its own BC step comes below).
