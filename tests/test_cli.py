@@ -33,6 +33,8 @@ def test_dry_run_writes_a_complete_run_dir(tmp_path, method, capsys):
     assert any("eval/success_rate" in r for r in rows)
     if method == "vmail":
         assert cfg["agent"]["alpha"] == 0.0 and cfg["agent"]["beta"] == 0.0 and cfg["pretrain_updates"] == 0
+        # No behaviour cloning of any kind: neither in the actor nor shaping the world model.
+        assert cfg["agent"]["bc_model_weight"] == 0.0 and cfg["agent"]["bc_action_noise"] == 0.0
 
 
 def test_cmil_logs_discriminator_and_bound_diagnostics(tmp_path):

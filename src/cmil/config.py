@@ -287,6 +287,7 @@ PRESETS: dict[str, Config] = {
 # Settings a method implies regardless of preset (VMAIL = CMIL without conservatism).
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
+              "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0},
 }
 
