@@ -50,9 +50,9 @@ class CMIL(Method):
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
         self.disc = Discriminator(feat, action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
         self.wm_opt = self.wm.make_optimizer()
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr, eps=1e-5)
-        self.critic_opt = torch.optim.Adam(self.critic.q.parameters(), lr=a.critic_lr, eps=1e-5)
-        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=a.disc_lr, eps=1e-5)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr, eps=1e-5, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.q.parameters(), lr=a.critic_lr, eps=1e-5, fused=True)
+        self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=a.disc_lr, eps=1e-5, fused=True)
         self._diag: dict[str, list[float]] = defaultdict(list)
 
     # --- plumbing -------------------------------------------------------------------------
