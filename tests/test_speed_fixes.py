@@ -100,7 +100,7 @@ def test_fused_world_model_optimizer_steps_like_the_old_one():
     cfg = TINY
     opt_old = torch.optim.AdamW(old.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay / cfg.lr)
     assert opt_new.defaults["fused"] and not opt_old.defaults["fused"]
-    for step in range(3):
+    for _ in range(3):
         grads = [torch.randn_like(p) for p in new.parameters()]
         for model, opt in ((new, opt_new), (old, opt_old)):
             for p, g in zip(model.parameters(), grads, strict=True):
