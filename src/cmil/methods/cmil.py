@@ -53,6 +53,8 @@ class CMIL(Method):
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=a.actor_lr, eps=1e-5, fused=True)
         self.critic_opt = torch.optim.Adam(self.critic.q.parameters(), lr=a.critic_lr, eps=1e-5, fused=True)
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=a.disc_lr, eps=1e-5, fused=True)
+        if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
+            self.imagine = torch.compile(self.imagine)
         self._diag: dict[str, list[float]] = defaultdict(list)
 
     # --- plumbing -------------------------------------------------------------------------
