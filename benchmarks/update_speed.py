@@ -3,6 +3,8 @@
 One record per (method, preset, device, threads, precision), each measured in a fresh subprocess:
   s_per_update      median seconds of `--updates` full updates after `--warmup` ones (CMIL/VMAIL: world
                     model + discriminator + imagination + actor + critics; DAC: one update; BC: one step)
+  cpu_s_per_update  the same in process CPU time: on a shared CPU at one thread this counts only the
+                    time the update ran, not the time it waited for a core, so old/new ratios use it
   gflop             FLOPs of one update (torch.utils.flop_counter: matmuls and convs, forward + backward)
   gflops            gflop / the best update time
   peak_fp32/bf16    best GFLOP/s of square float32 / bfloat16 matmuls in the same process, probed before
@@ -192,18 +194,19 @@ def child(args: argparse.Namespace) -> dict:
         flops = count_flops(update) if args.flops else None
         gflop = None if flops is None else flops / 1e9
         timer = PhaseTimer(method, device)
-        times, phases, peaks = [], [], {"fp32": [], "bf16": []}
+        times, cpu_times, phases, peaks = [], [], [], {"fp32": [], "bf16": []}
         for _ in range(args.updates):
             if args.peaks:
                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                     peaks[name].append(matmul_peak(device, dtype))
             timer.marks.clear()
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             update()
             sync(device)
             end = time.perf_counter()
             times.append(end - start)
+            cpu_times.append(time.process_time() - cpu_start)
             phases.append(timer.split(start, end))
     load.append(os.getloadavg()[0])
     rec = {"method": cfg.method, "preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),
@@ -211,6 +214,7 @@ def child(args: argparse.Namespace) -> dict:
            "batch": [cfg.batch_size, cfg.seq_len], "torch": torch.__version__,
            "params_m": sum(p.numel() for m in method.modules().values() for p in m.parameters()) / 1e6,
            "s_per_update": statistics.median(times), "s_per_update_best": min(times), "times": times,
+           "cpu_s_per_update": statistics.median(cpu_times),
            "phases": {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]},
            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "load_avg_1min": [round(x, 2) for x in load], "src": str(Path(sys.modules["cmil"].__file__).parent)}
@@ -260,18 +264,18 @@ def project_run(cfg: Config, method, s_per_update: float, device: torch.device, 
 
 
 def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, precision: str,
-              src: str | None) -> dict:
+              src: str, baseline: bool = False) -> dict:
+    """One case in a fresh process running the cmil under `src`; a baseline gets no new-code options."""
     cmd = [sys.executable, __file__, "--child", "--methods", method, "--presets", preset,
            "--threads", str(threads), "--precision", precision, "--device", args.device,
            "--updates", str(args.updates), "--warmup", str(args.warmup)]
-    for flag in ("project", "compile"):
-        if getattr(args, flag):
-            cmd.append(f"--{flag}")
+    if args.project:
+        cmd.append("--project")
+    if args.compile and not baseline:
+        cmd.append("--compile")
     if not args.flops:
         cmd.append("--no-flops")
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src
+    env = {**os.environ, "PYTHONPATH": src}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
@@ -280,7 +284,8 @@ def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, 
 
 def line(rec: dict) -> str:
     text = (f"{rec['method']:6s} {rec['preset']:8s} {rec['device']:5s} t{rec['threads']} {rec['precision']:4s}"
-            f"{' compiled' if rec.get('compile') else ''}  {rec['s_per_update']:8.3f} s/update")
+            f"{' compiled' if rec.get('compile') else ''}  {rec['s_per_update']:8.3f} s/update"
+            f" (cpu {rec['cpu_s_per_update']:.3f})")
     if "gflop" in rec:
         text += f"  {rec['gflop']:8.1f} GFLOP  {rec['gflops']:6.1f} GFLOP/s"
     if "frac_fp32" in rec:
@@ -324,6 +329,8 @@ def main() -> None:
     print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}", flush=True)
     new_src = str(Path(sys.modules["cmil"].__file__).parent.parent)
     records, ratios = [], []
+    # CPU time at one thread (robust to other jobs on a shared CPU); wall time otherwise.
+    key = "cpu_s_per_update" if args.device == "cpu" and args.threads == [1] else "s_per_update"
     for preset in args.presets:
         for method in args.methods:
             for threads in args.threads:
@@ -333,10 +340,10 @@ def main() -> None:
                         records.append(rec)
                         print(line(rec), flush=True)
                         if args.baseline_src:
-                            old = run_child(args, method, preset, threads, "fp32", args.baseline_src)
+                            old = run_child(args, method, preset, threads, "fp32", args.baseline_src, baseline=True)
                             old["baseline"] = True
                             records.append(old)
-                            ratio = old["s_per_update"] / rec["s_per_update"]
+                            ratio = old[key] / rec[key]
                             ratios.append({"method": method, "preset": preset, "threads": threads,
                                            "precision": rec["precision"], "old_over_new": ratio})
                             print(line(old) + f"  (old)  -> new is {ratio:.2f}x faster", flush=True)
@@ -347,7 +354,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / (f"update_speed_{args.device}"
                                                      + ("_vs_baseline" if args.baseline_src else "") + ".json")
-    out.write_text(json.dumps({"argv": sys.argv[1:], "records": records, "ratios": summary}, indent=1) + "\n")
+    out.write_text(json.dumps({"argv": sys.argv[1:], "ratio_of": key, "records": records, "ratios": summary},
+                              indent=1) + "\n")
     print(f"wrote {out}")
 
 
