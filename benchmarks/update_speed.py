@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, replace
+from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
 from cmil.data.replay import SequenceReplay
 from cmil.train import build_method
 
@@ -61,10 +61,11 @@ OPT_PHASE = {"world_model": "world_model", "actor": "actor", "critic": "critics"
 
 def presets() -> dict[str, Config]:
     """The measured sizes: the shipped presets, plus `dv2`, a DreamerV2-like size (deter 200, cnn 32,
-    2 x 8 x 50 frames, H 15, 4 x 400 actor and critics)."""
+    2 x 8 x 50 frames, H 15, 4 x 400 actor and critics), and `tiny` (the dry-run sizes, for tests)."""
     dv2 = replace(PRESETS["default"], batch_size=8, seq_len=50, wm=WorldModelConfig(cnn_depth=32),
                   agent=AgentConfig())
-    return {"default": PRESETS["default"], "dv2": dv2, "paper": PRESETS["paper"], "kitchen": PRESETS["kitchen"]}
+    return {"default": PRESETS["default"], "dv2": dv2, "paper": PRESETS["paper"], "kitchen": PRESETS["kitchen"],
+            "tiny": dry_run_config(PRESETS["default"])}
 
 
 def action_dim(cfg: Config) -> int:
