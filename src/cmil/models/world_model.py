@@ -161,13 +161,13 @@ class WorldModel(nn.Module):
         """
         x = F.elu(self.img_in(torch.cat([state["stoch"], action], -1)))
         deter = self.gru(x, state["deter"])
-        stats = self.prior_stats(deter)                                    # (K, B, 2S)
+        stats = self.prior_stats(deter)  # (K, B, 2S)
         k = self.draw_heads() if head is None else torch.as_tensor(head)
-        drawn = stats.index_select(0, k.reshape(1).to(stats.device))[0]  # (B, 2S)
-        mean, raw_std = drawn.chunk(2, -1)
+        mean, raw_std = stats.index_select(0, k.reshape(1).to(stats.device))[0].chunk(2, -1)
         std = gaussian_std(raw_std, self.cfg.min_std)  # the drawn head's only: the others need no std
         stoch = torch.addcmul(mean, std, torch.randn_like(mean)) if sample else mean
-        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std}, self.disagreement(stats[..., : self.cfg.stoch])
+        disagreement = self.disagreement(stats[..., : self.cfg.stoch])
+        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std}, disagreement
 
     def obs_step(self, prev_state: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
