@@ -166,8 +166,8 @@ class Config:
     fp32); auto = bf16 where the device runs it natively (CUDA, CPUs with AVX512-BF16 or AMX), else
     fp32. The run's config.yaml records the resolved choice. See cmil.precision."""
     compile: bool = False
-    """torch.compile CMIL's imagination rollout (the whole horizon becomes one graph; compiling costs
-    a minute or more once, at the first update)."""
+    """torch.compile CMIL's imagination rollout (the whole horizon becomes one graph; compiling takes
+    minutes once, at the first update: ~4.5 min on a 2-core CPU)."""
     image_size: int = 64
     """Side of the square image observations."""
     dry_run: bool = False
