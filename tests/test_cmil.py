@@ -12,7 +12,11 @@ from cmil.methods.cmil import CMIL
 
 @pytest.fixture
 def setup(point_episodes):
-    cfg = replace(dry_run_config(PRESETS["default"]), task="point", **{"agent.target_update_every": 2})
+    # The paper's forms (the CPU preset's rescalings off); tests of those options switch them on.
+    cfg = replace(dry_run_config(PRESETS["default"]), task="point", **{
+        "agent.target_update_every": 2, "agent.disc_input_norm": False, "agent.penalty_norm": False,
+        "agent.return_norm": False, "agent.bc_loss": "nll", "agent.bc_model_weight": 0.0,
+        "agent.bc_action_noise": 0.0})
     torch.manual_seed(0)
     method = CMIL(cfg, 2, torch.device("cpu"))
     expert = SequenceReplay(cfg.seq_len, seed=0)

@@ -294,9 +294,11 @@ def test_model_tool_fits_and_writes_outputs(tmp_path):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["model", "--demos", str(demos), "--out", str(tmp_path / "cli"), "--updates", "1",
-                              "--batch-size", "2", "--seq-len", "6", "--context", "2", "--horizon", "2"])
+                              "--batch-size", "2", "--seq-len", "6", "--context", "2", "--horizon", "2",
+                              "--precision", "bf16"])
     assert args.func(args) == 0
     assert (tmp_path / "cli" / "world_model.safetensors").exists()
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["precision"] == "bf16"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

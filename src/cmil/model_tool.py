@@ -34,6 +34,7 @@ from cmil.config import PRESETS, WorldModelConfig
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.models.world_model import WorldModel, image_to_uint8
+from cmil.precision import PRECISIONS, resolve_precision, use_precision
 
 OUTPUT_FILES = ("metrics.jsonl", "world_model.safetensors", "open_loop.png")
 
@@ -55,6 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100, help="updates between metric rows")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 | bf16 | auto (bf16 where the hardware runs it natively; see cmil.precision)")
     p.add_argument("--force", action="store_true", help="overwrite the outputs of an earlier fit in --out")
     p.set_defaults(func=run)
     return p
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     row = fit(args.demos, args.out, args.updates, cfg.wm, args.batch_size or cfg.batch_size,
               args.seq_len or cfg.seq_len, seed=args.seed, holdout=args.holdout, context=args.context,
               horizon=args.horizon, log_every=args.log_every, device=device, force=args.force,
-              extra_config={"preset": args.preset})
+              precision=args.precision, extra_config={"preset": args.preset})
     print(json.dumps(row))
     out = Path(args.out)
     print(f"weights: {out / 'world_model.safetensors'}  open loop: {out / 'open_loop.png'}, {out / 'open_loop.mp4'}")
@@ -170,8 +173,11 @@ def save_open_loop_media(wm: WorldModel, batch: dict[str, torch.Tensor], context
 def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConfig, batch_size: int,
         seq_len: int, seed: int = 0, holdout: int = 1, context: int = 5, horizon: int = 15,
         log_every: int = 100, device: str = "cpu", force: bool = False, tensorboard: bool = True,
-        progress: bool = True, extra_config: dict | None = None) -> dict[str, float]:
-    """Fit a world model on the demos in `demos`, logging to `out`; returns the last metric row."""
+        progress: bool = True, precision: str = "fp32", extra_config: dict | None = None) -> dict[str, float]:
+    """Fit a world model on the demos in `demos`, logging to `out`; returns the last metric row.
+
+    `precision` applies to the training updates (the evaluations run in fp32); config.json records
+    the resolved one."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -190,6 +196,7 @@ def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConf
     action_dim = episodes[0]["action"].shape[1]
     wm = WorldModel(action_dim, wm_cfg, episodes[0]["image"].shape[1]).to(device)
     wm.make_optimizer()
+    precision = resolve_precision(precision, wm.device)
     window = context + horizon
     eval_sets = {"train": fixed_windows(train_eps, window, 1)}
     if test_eps:
@@ -198,7 +205,7 @@ def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConf
     config = {"world_model": dataclasses.asdict(wm_cfg), "demos": str(demos), "demo_format": fmt,
               "episodes_train": len(train_eps), "episodes_test": len(test_eps), "updates": updates,
               "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "context": context,
-              "horizon": horizon, "device": device, "threads": torch.get_num_threads(),
+              "horizon": horizon, "device": device, "precision": precision, "threads": torch.get_num_threads(),
               "parameters": sum(p.numel() for p in wm.parameters()), **(extra_config or {})}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     writer = None
@@ -223,7 +230,8 @@ def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConf
     count, interval_start = 0, time.time()
     bar = tqdm(range(1, updates + 1), desc="world model", disable=not progress, dynamic_ncols=True)
     for update in bar:
-        _, metrics = wm.train_step(batch_to_torch(replay.sample(batch_size), device))
+        with use_precision(precision):
+            _, metrics = wm.train_step(batch_to_torch(replay.sample(batch_size), device))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
         count += 1

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmil.config import Config, save_config
+from cmil.config import Config, replace, save_config
 from cmil.data.episodes import EpisodeRecorder, episode_paths, load_episode, load_episodes, save_episode
 from cmil.data.replay import SequenceReplay
 from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate, evaluate, run_episode
 from cmil.methods.base import Method
+from cmil.precision import resolve_precision, use_precision
 from cmil.runs import (
     Checkpointer,
     MetricLogger,
@@ -70,6 +71,8 @@ def expert_success(directory: Path, demos) -> float:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False):
+        self.device = resolve_device(cfg.device)
+        cfg = replace(cfg, precision=resolve_precision(cfg.precision, self.device))  # saved resolved
         self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -77,7 +80,6 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
-        self.device = resolve_device(cfg.device)
         self.env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
         action_dim = self.env.action_space.shape[0]
 
@@ -139,7 +141,8 @@ class Trainer:
             return
         total = self.method.pretrain_steps()
         with tqdm(total=total, desc="pretrain", disable=self.quiet or total == 0, dynamic_ncols=True) as bar:
-            metrics = self.method.pretrain(self.expert, bar.update)
+            with use_precision(self.cfg.precision):
+                metrics = self.method.pretrain(self.expert, bar.update)
         if metrics:
             self.logger.log(0, metrics)
         if total and self.method.online:  # where the online phase starts from (logged at env step 0)
@@ -191,8 +194,9 @@ class Trainer:
             action = self.policy.act(obs, deterministic=False)
             c["env_step"] += 1
             if not seeding and c["env_step"] % cfg.train_every == 0 and len(self.replay) > 0:
-                for _ in range(cfg.train_updates):
-                    train_metrics.update(self.method.update(self.expert, self.replay))
+                with use_precision(cfg.precision):
+                    for _ in range(cfg.train_updates):
+                        train_metrics.update(self.method.update(self.expert, self.replay))
             return action
 
         recorder = EpisodeRecorder()

@@ -34,7 +34,7 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -
 
 def _adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam with the authors' per-step decoupled decay w <- (1 - wd) w (AdamW decays by lr * wd)."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr)
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr, fused=True)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +62,8 @@ class CMIL(Method):
         self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay)
         self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay)
         self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay)
+        if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
+            self.imagine = torch.compile(self.imagine)
         self._diag: dict[str, list[float]] = defaultdict(list)
         self._carry: dict[str, torch.Tensor] | None = None  # last posterior of the previous batch
 

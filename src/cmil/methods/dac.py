@@ -154,10 +154,10 @@ class DAC(Method):
         self.disc = Discriminator(feat, action_dim, d.layers, d.hidden, noise_std=0.0).to(device)
         self.temperature = Temperature(d.init_temperature).to(device)
         self.target_entropy = d.target_entropy * action_dim
-        self.critic_opt = torch.optim.Adam([*self.encoder.parameters(), *self.critic.q.parameters()], lr=d.lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=d.lr)
-        self.temp_opt = torch.optim.Adam(self.temperature.parameters(), lr=d.lr)
-        self.disc_opt = torch.optim.Adam([*self.disc_encoder.parameters(), *self.disc.parameters()], lr=d.disc_lr)
+        self.critic_opt = torch.optim.Adam([*self.encoder.parameters(), *self.critic.q.parameters()], lr=d.lr, fused=True)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=d.lr, fused=True)
+        self.temp_opt = torch.optim.Adam(self.temperature.parameters(), lr=d.lr, fused=True)
+        self.disc_opt = torch.optim.Adam([*self.disc_encoder.parameters(), *self.disc.parameters()], lr=d.disc_lr, fused=True)
         self.rng = np.random.default_rng(cfg.seed + 7)
 
     # --- plumbing -------------------------------------------------------------------------

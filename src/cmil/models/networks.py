@@ -1,13 +1,27 @@
-"""Building blocks shared by every method: MLPs, the conv image encoder, image preprocessing."""
+"""Building blocks shared by every method: MLPs, the conv image encoder, image preprocessing.
+
+The MLPs and the conv encoder and decoder are the autocast regions of `cmil.precision`: in bf16 under
+`use_precision("bf16")`, returning float32 either way."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from cmil.precision import autocast_region
+
+
+class MLP(nn.Sequential):
+    """An `nn.Sequential` (same parameters and state-dict keys) whose forward is an autocast region."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast_region(x):
+            out = super().forward(x)
+        return out.to(x.dtype)
+
 
 def mlp(in_dim: int, out_dim: int, layers: int, units: int, act: type[nn.Module] = nn.ELU,
-        norm: bool = False) -> nn.Sequential:
+        norm: bool = False) -> MLP:
     """`layers` hidden layers of `units` (optionally LayerNorm) then a linear output."""
     mods: list[nn.Module] = []
     dim = in_dim
@@ -18,12 +32,28 @@ def mlp(in_dim: int, out_dim: int, layers: int, units: int, act: type[nn.Module]
         mods.append(act())
         dim = units
     mods.append(nn.Linear(dim, out_dim))
-    return nn.Sequential(*mods)
+    return MLP(*mods)
+
+
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixel values -> float in [-0.5, 0.5] (any layout), as DreamerV2 feeds its encoder."""
+    return image.float().div(255.0).sub(0.5)
 
 
 def preprocess_image(image: torch.Tensor) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-0.5, 0.5], as DreamerV2 feeds its encoder."""
-    return image.permute(*range(image.dim() - 3), -1, -3, -2).float().div(255.0).sub(0.5)
+    return to_unit_range(image.permute(*range(image.dim() - 3), -1, -3, -2))
+
+
+def subpixel_layout(image: torch.Tensor) -> torch.Tensor:
+    """Channels-last images (..., 2h, 2w, C) -> (..., h, w, 2, 2, C): pixel (2q + p_h, 2r + p_w) moved to
+    [q, r, p_h, p_w], the layout `conv_transpose_subpixel(..., interleave=False)` computes in.
+
+    A sum over pixels is the same in either layout, so a loss can compare the decoder's raw output
+    with the target moved into its layout (one cheap copy of the target) instead of interleaving the
+    output (two strided copies of the prediction: forward and backward)."""
+    *lead, h2, w2, c = image.shape
+    return image.reshape(*lead, h2 // 2, 2, w2 // 2, 2, c).transpose(-4, -3).contiguous()
 
 
 class ConvEncoder(nn.Module):
@@ -48,8 +78,9 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-3]
-        x = x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last)
-        return self.net(x).reshape(*lead, self.out_dim)
+        with autocast_region(x):
+            out = self.net(x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last))
+        return out.to(x.dtype).reshape(*lead, self.out_dim)
 
 
 def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -80,7 +111,7 @@ def conv_transpose_stem(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Ten
     return (y.view(-1, k, k, cout) + layer.bias).permute(0, 3, 1, 2)
 
 
-def conv_transpose_subpixel(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:
+def conv_transpose_subpixel(x: torch.Tensor, layer: nn.ConvTranspose2d, interleave: bool = True) -> torch.Tensor:
     """A stride-2, padding-0 transposed conv computed as a conv with 4x the channels + pixel shuffle.
 
     Output pixel 2q + p (per axis, phase p in {0, 1}) sums x[q - j] * w[2j + p] over taps j < ceil(k/2),
@@ -88,6 +119,9 @@ def conv_transpose_subpixel(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch
     phases are interleaved into the channels-last output and odd kernels are cropped by one. Same result
     as `layer(x)` up to float rounding, and much faster on the CPU when C_out is small (oneDNN's
     deconvolution is slow for the decoder's last, 3-channel layer).
+
+    `interleave=False` skips the interleave and returns the phases as (N, h, w, 2, 2, C_out), pixel
+    (2q + p_h, 2r + p_w) at [q, r, p_h, p_w] (see `subpixel_layout`); only for even kernels (no crop).
     """
     w = layer.weight
     cin, cout, k, _ = w.shape
@@ -99,8 +133,13 @@ def conv_transpose_subpixel(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch
     w = w.flip(2, 4).permute(3, 5, 1, 0, 2, 4).reshape(4 * cout, cin, taps, taps)
     y = nn.functional.conv2d(x, w, layer.bias.repeat(4), padding=taps - 1)
     n, _, h, wd = y.shape
+    phases = y.permute(0, 2, 3, 1).reshape(n, h, wd, 2, 2, cout)  # a view of the channels-last memory
+    if not interleave:
+        if k % 2:
+            raise ValueError("interleave=False needs an even kernel (odd ones crop the interleaved output)")
+        return phases
     # A pixel shuffle done on the channels-last memory (nn.functional.pixel_shuffle is ~7x slower here).
-    y = y.permute(0, 2, 3, 1).reshape(n, h, wd, 2, 2, cout).transpose(2, 3).reshape(n, 2 * h, 2 * wd, cout)
+    y = phases.transpose(2, 3).reshape(n, 2 * h, 2 * wd, cout)
     size = 2 * (x.shape[-1] - 1) + k
     return y[:, :size, :size].permute(0, 3, 1, 2)
 
@@ -125,15 +164,18 @@ class ConvDecoder(nn.Module):
         self.deconvs = nn.ModuleList(nn.ConvTranspose2d(cin, cout, k, stride=2)
                                      for cin, cout, k in zip(chans[:-1], chans[1:], kernels, strict=True))
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, subpixel: bool = False) -> torch.Tensor:
+        """`subpixel=True` returns the last layer's phases (..., 32, 32, 2, 2, 3) uninterleaved (for a
+        loss against a target in `subpixel_layout`); otherwise the images (..., 3, 64, 64)."""
         lead = feat.shape[:-1]
         first, *middle, last = self.deconvs
-        x = self.linear(feat.reshape(-1, feat.shape[-1]))
-        x = nn.functional.elu(conv_transpose_stem(x, first), inplace=True)
-        for layer in middle:
-            x = nn.functional.elu(layer(x.contiguous(memory_format=torch.channels_last)), inplace=True)
-        x = conv_transpose_subpixel(x, last)
-        return x.reshape(*lead, *x.shape[-3:])
+        with autocast_region(feat):
+            x = self.linear(feat.reshape(-1, feat.shape[-1]))
+            x = nn.functional.elu(conv_transpose_stem(x, first), inplace=True)
+            for layer in middle:
+                x = nn.functional.elu(layer(x.contiguous(memory_format=torch.channels_last)), inplace=True)
+            x = conv_transpose_subpixel(x, last, interleave=not subpixel)
+        return x.to(feat.dtype).reshape(*lead, *x.shape[1:])
 
 
 class EnsembleLinear(nn.Module):
@@ -176,7 +218,10 @@ class LayerNormGRUCell(nn.Module):
         self.norm = nn.LayerNorm(3 * size)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        parts = self.norm(self.linear(torch.cat([x, state], -1)))
+        # Under autocast the dense layer runs in bf16; the LayerNorm, the gates and the new state stay
+        # in the state's dtype, so rounding does not accumulate along the recurrence (and `lerp`, which
+        # needs one dtype, gets one).
+        parts = self.norm(self.linear(torch.cat([x, state], -1)).to(state.dtype))
         reset, cand, update = parts.chunk(3, -1)
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update + self.update_bias)

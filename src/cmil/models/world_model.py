@@ -37,6 +37,8 @@ from cmil.models.networks import (
     gaussian_std,
     preprocess_image,
     random_shift,
+    subpixel_layout,
+    to_unit_range,
 )
 
 State = dict[str, torch.Tensor]
@@ -60,6 +62,16 @@ class _HalfSquaredError(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (diff,) = ctx.saved_tensors
         return diff * grad, None
+
+
+def _shift_sequences(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> the same with one random shift (pad 4, replicated edges) per sequence.
+
+    Shifting moves pixels without changing their values, so the uint8 round trip is exact."""
+    B, T, H, W, C = image.shape
+    x = image.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()
+    x = random_shift(x).round().to(torch.uint8)
+    return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2)
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -117,16 +129,23 @@ class WorldModel(nn.Module):
         """Uniformly drawn head indices (CPU, from torch's global RNG): a scalar, or n of them."""
         return torch.randint(self.cfg.ensemble, () if n is None else (n,))
 
+    def prior_stats(self, deter: torch.Tensor) -> torch.Tensor:
+        """All K heads on deter (N, D) -> raw stats (K, N, 2S): means, then pre-activation stds."""
+        return self.prior_out(F.elu(self.prior_hidden(deter)))
+
     def prior_heads(self, deter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All K heads on deter (N, D) -> means and stds, each (K, N, S)."""
-        hidden = F.elu(self.prior_hidden(deter))
-        mean, raw_std = self.prior_out(hidden).chunk(2, -1)
+        mean, raw_std = self.prior_stats(deter).chunk(2, -1)
         return mean, gaussian_std(raw_std, self.cfg.min_std)
 
     @staticmethod
     def disagreement(means: torch.Tensor) -> torch.Tensor:
-        """Eq. 9: std over the heads (dim 0, population std) of their means, averaged over latent dims."""
-        return means.std(0, correction=0).mean(-1)
+        """Eq. 9: std over the heads (dim 0, population std) of their means, averaged over latent dims.
+
+        Written out as sqrt(mean of squared deviations): the same values as `means.std(0, correction=0)`,
+        whose CPU kernel is ~20x slower for these small (K, N, S) shapes (a generic Welford reduction)."""
+        centred = means - means.mean(0)
+        return centred.square().mean(0).sqrt().mean(-1)
 
     def _gaussian(self, stats: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         mean, raw_std = stats.chunk(2, -1)
@@ -141,20 +160,25 @@ class WorldModel(nn.Module):
 
     # --- single steps -------------------------------------------------------------------------
     def imagine_step(self, state: State, action: torch.Tensor, sample: bool = True,
-                     head: int | None = None) -> tuple[State, torch.Tensor]:
+                     head: int | torch.Tensor | None = None) -> tuple[State, torch.Tensor]:
         """One prior step from `state` with `action` (B, A), through a freshly drawn head (or `head`).
 
         Reparameterised: differentiable w.r.t. state, action and the model. Returns the next state and
         the disagreement (B,) of all K heads at it (differentiable too: it enters CMIL's reward).
         `sample=False` takes the head's mean instead of a sample.
+
+        The head index stays a tensor (no `int()`): a host read would break a `torch.compile` graph at
+        every step, and on a GPU it would wait for the device.
         """
         x = F.elu(self.img_in(torch.cat([state["stoch"], action], -1)))
         deter = self.gru(x, state["deter"])
-        means, stds = self.prior_heads(deter)
-        k = int(self.draw_heads()) if head is None else head
-        mean, std = means[k], stds[k]
+        stats = self.prior_stats(deter)  # (K, B, 2S)
+        k = self.draw_heads() if head is None else torch.as_tensor(head)
+        mean, raw_std = stats.index_select(0, k.reshape(1).to(stats.device))[0].chunk(2, -1)
+        std = gaussian_std(raw_std, self.cfg.min_std)  # the drawn head's only: the others need no std
         stoch = torch.addcmul(mean, std, torch.randn_like(mean)) if sample else mean
-        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std}, self.disagreement(means)
+        disagreement = self.disagreement(stats[..., : self.cfg.stoch])
+        return {"deter": deter, "stoch": stoch, "mean": mean, "std": std}, disagreement
 
     def obs_step(self, prev_state: State, prev_action: torch.Tensor, embed: torch.Tensor,
                  is_first: torch.Tensor, sample: bool = True) -> tuple[State, State]:
@@ -218,7 +242,7 @@ class WorldModel(nn.Module):
         B, T, D = deter.shape
         heads = self.draw_heads(T)
         with torch.no_grad():
-            means, _ = self.prior_heads(deter.detach().reshape(B * T, D))
+            means = self.prior_stats(deter.detach().reshape(B * T, D))[..., : self.cfg.stoch]
             disagreement = self.disagreement(means).view(B, T)
         noise = torch.randn(B, T, self.cfg.stoch, device=deter.device, dtype=deter.dtype) if sample else None
         mean, std, stoch = self._gaussian(self._drawn_heads(deter, heads), noise)
@@ -271,14 +295,14 @@ class WorldModel(nn.Module):
         """
         image = batch["image"]
         B, T = image.shape[:2]
-        target = preprocess_image(image)  # computed once, for the encoder and as the target
         if self.cfg.augment:
-            shape = target.shape
-            target = random_shift(target.reshape(B, T * shape[2], *shape[3:])).reshape(shape)
-        post, prior = self.observe(self.encoder(target), batch["action"], batch["is_first"], state)
-        pred = self.decode(self.feat(post))
-        # Both are channels-last in memory: compare them as contiguous (..., H, W, 3) views (fast path).
-        recon = _HalfSquaredError.apply(pred.movedim(-3, -1), target.movedim(-3, -1)) / (B * T)
+            image = _shift_sequences(image)
+        post, prior = self.observe(self.encoder(preprocess_image(image)), batch["action"], batch["is_first"], state)
+        # The decoder's raw sub-pixel phases against the target moved into their layout: the sum over
+        # pixels is the same, and the prediction is never interleaved (see `subpixel_layout`).
+        pred = self.decoder(self.feat(post), subpixel=True)
+        target = to_unit_range(subpixel_layout(image))
+        recon = _HalfSquaredError.apply(pred, target) / (B * T)
         kl, kl_raw = self.kl_loss(post, prior)
         loss = recon + self.cfg.kl_scale * kl
         values = torch.stack([recon.detach(), kl.detach(), kl_raw, prior["disagreement"].mean(),
@@ -286,7 +310,7 @@ class WorldModel(nn.Module):
         keys = ("model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
                 "model/post_std")
         metrics = dict(zip(keys, values, strict=True))
-        metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / target[0, 0].numel()
+        metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
         return loss, post, metrics
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -296,7 +320,7 @@ class WorldModel(nn.Module):
         """
         cfg = self.cfg
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay / cfg.lr)
+                                           weight_decay=cfg.weight_decay / cfg.lr, fused=True)
         return self.optimizer
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, dict[str, float]]:

@@ -1,0 +1,372 @@
+"""Full-update speed of every method: seconds, FLOPs, fraction of the matmul peak, memory, phase split.
+
+One record per (method, preset, device, threads, precision), each measured in a fresh subprocess:
+  s_per_update      median seconds of `--updates` full updates after `--warmup` ones (CMIL/VMAIL: world
+                    model + discriminator + imagination + actor + critics; DAC: one update; BC: one step)
+  cpu_s_per_update  the same in process CPU time: on a shared CPU at one thread this counts only the
+                    time the update ran, not the time it waited for a core, so old/new ratios use it
+  gflop             FLOPs of one update (torch.utils.flop_counter: matmuls and convs, forward + backward)
+  gflops            gflop / the best update time
+  peak_fp32/bf16    best GFLOP/s of square float32 / bfloat16 matmuls in the same process, probed before
+                    every timed update (the machine is shared: the probes track its load)
+  frac_fp32/bf16    gflops / peak_fp32, gflops / peak_bf16
+  maxrss_mb         the subprocess's peak resident memory; on CUDA also cuda_peak_mb
+  phases            seconds per update by phase, cut at each optimiser step (and around CMIL's
+                    imagination): world_model, imagination (forward), actor (reward, critics on the
+                    imagined steps and the backward pass through imagination), discriminator, critics,
+                    other (diagnostics); DAC: critic, actor, temperature, discriminator
+Data are synthetic uint8 episodes (the update's cost does not depend on the pixels). With
+`--project`, the run's wall time is projected: updates x s_per_update + env steps x (env step with
+rendering + acting), the env step timed on the preset's task in the same process.
+
+With `--baseline-src OLD/src` every case also runs against an older checkout of cmil (always fp32),
+the two alternating A B A B in fresh processes, and old/new ratios are reported pair by pair.
+
+    python benchmarks/update_speed.py --presets default --threads 1                # CPU, one thread
+    python benchmarks/update_speed.py --presets default dv2 paper --precision fp32 bf16 --updates 2
+    python benchmarks/update_speed.py --device cuda --presets kitchen --precision bf16 --project
+    python benchmarks/update_speed.py --presets default dv2 --baseline-src /path/to/old/src --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
+from cmil.data.replay import SequenceReplay
+from cmil.train import build_method
+
+try:  # absent in checkouts older than the precision field (then only fp32 can run)
+    from cmil.precision import resolve_precision, use_precision
+except ImportError:
+    resolve_precision = use_precision = None
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("cmil", "vmail", "dac", "bc")
+OPT_PHASE = {"world_model": "world_model", "actor": "actor", "critic": "critics", "discriminator": "discriminator"}
+
+
+def presets() -> dict[str, Config]:
+    """The measured sizes: the shipped presets, plus `dv2`, a DreamerV2-like size (deter 200, cnn 32,
+    2 x 8 x 50 frames, H 15, 4 x 400 actor and critics), and `tiny` (the dry-run sizes, for tests)."""
+    dv2 = replace(PRESETS["default"], batch_size=8, seq_len=50, wm=WorldModelConfig(cnn_depth=32),
+                  agent=AgentConfig())
+    return {"default": PRESETS["default"], "dv2": dv2, "paper": PRESETS["paper"], "kitchen": PRESETS["kitchen"],
+            "tiny": dry_run_config(PRESETS["default"])}
+
+
+def action_dim(cfg: Config) -> int:
+    return 9 if cfg.task == "kitchen" else 4  # kitchen's, the Meta-World tasks'
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of an n x n matmul in `dtype` on the current threads (or GPU)."""
+    n, reps = (8192, 10) if device.type == "cuda" else (1024, 5)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def synthetic_replay(cfg: Config, episodes: int, length: int, seed: int) -> SequenceReplay:
+    rng = np.random.default_rng(seed)
+    replay = SequenceReplay(cfg.seq_len, seed=seed)
+    A, n = action_dim(cfg), length + 1
+    for _ in range(episodes):
+        flags = np.zeros(n, bool)
+        ep = {"image": rng.integers(0, 256, (n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8),
+              "action": rng.uniform(-1, 1, (n, A)).astype(np.float32), "reward": np.zeros(n, np.float32),
+              "success": flags.copy(), "is_first": flags.copy(), "is_last": flags.copy(),
+              "is_terminal": flags.copy()}
+        ep["is_first"][0], ep["is_last"][-1] = True, True
+        ep["action"][0] = 0
+        replay.add_episode(ep)
+    return replay
+
+
+class PhaseTimer:
+    """Cuts each update into phases at the end of every optimiser step and around `method.imagine`."""
+
+    def __init__(self, method, device: torch.device):
+        self.device, self.marks = device, []
+        for name, opt in method.optimizers().items():
+            opt.step = self._after(opt.step, OPT_PHASE.get(name, name))
+        if hasattr(method, "imagine"):
+            imagine = method.imagine
+
+            def timed_imagine(*args, **kwargs):
+                self.mark("actor")  # since the world-model step: the BC term's actor forward
+                out = imagine(*args, **kwargs)
+                self.mark("imagination")
+                return out
+
+            method.imagine = timed_imagine
+
+    def _after(self, fn, label: str):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.mark(label)
+            return out
+        return wrapped
+
+    def mark(self, label: str) -> None:
+        sync(self.device)
+        self.marks.append((label, time.perf_counter()))
+
+    def split(self, start: float, end: float) -> dict[str, float]:
+        """Seconds per phase between start and end from the marks taken in between (then cleared)."""
+        out: dict[str, float] = defaultdict(float)
+        prev = start
+        for label, t in self.marks:
+            out[label] += t - prev
+            prev = t
+        out["other"] += end - prev
+        self.marks.clear()
+        return dict(out)
+
+
+def one_update(method, cfg: Config, expert: SequenceReplay, replay: SequenceReplay) -> None:
+    if cfg.method == "bc":  # BC trains offline in `pretrain`: run it for exactly one more step
+        method.cfg = replace(cfg, bc_steps=method.updates + 1)
+        method.pretrain(expert, lambda _n: None)
+    else:
+        method.update(expert, replay)
+
+
+def count_flops(fn) -> float | None:
+    """FLOPs of one call of fn; None where the counter cannot follow it (its module tracker rejects
+    `torch.autograd.grad` inside backward hooks, which DAC's gradient penalty uses)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    except RuntimeError as err:
+        if "autograd.grad" not in str(err):
+            raise
+        return None
+    return counter.get_total_flops()
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Measure one case in this fresh process; returns its record."""
+    device = torch.device(args.device)
+    cfg = apply_method(replace(presets()[args.preset], method=args.method))
+    if use_precision is None and args.precision != "fp32":
+        raise SystemExit("this cmil checkout has no precision field: only fp32 can run")
+    precision = resolve_precision(args.precision, device) if resolve_precision else "fp32"
+    scope = (lambda: use_precision(precision)) if use_precision else contextlib.nullcontext
+    if args.compile:
+        cfg = replace(cfg, compile=True)
+    torch.manual_seed(0)
+    length = max(100, 2 * cfg.seq_len)
+    expert = synthetic_replay(cfg, 10, length, seed=0)
+    replay = synthetic_replay(cfg, 10, length, seed=1)
+    method = build_method(cfg, action_dim(cfg), device)
+    update = lambda: one_update(method, cfg, expert, replay)  # noqa: E731
+    load = [os.getloadavg()[0]]
+    with scope():
+        for _ in range(args.warmup):
+            update()
+        flops = count_flops(update) if args.flops else None
+        gflop = None if flops is None else flops / 1e9
+        timer = PhaseTimer(method, device)
+        times, cpu_times, phases, peaks = [], [], [], {"fp32": [], "bf16": []}
+        for _ in range(args.updates):
+            if args.peaks:
+                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                    peaks[name].append(matmul_peak(device, dtype))
+            timer.marks.clear()
+            sync(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            update()
+            sync(device)
+            end = time.perf_counter()
+            times.append(end - start)
+            cpu_times.append(time.process_time() - cpu_start)
+            phases.append(timer.split(start, end))
+    load.append(os.getloadavg()[0])
+    rec = {"method": cfg.method, "preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),
+           "precision": precision, "compile": bool(args.compile), "updates": args.updates,
+           "batch": [cfg.batch_size, cfg.seq_len], "torch": torch.__version__,
+           "params_m": sum(p.numel() for m in method.modules().values() for p in m.parameters()) / 1e6,
+           "s_per_update": statistics.median(times), "s_per_update_best": min(times), "times": times,
+           "cpu_s_per_update": statistics.median(cpu_times),
+           "phases": {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]},
+           "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "load_avg_1min": [round(x, 2) for x in load], "src": str(Path(sys.modules["cmil"].__file__).parent)}
+    if args.peaks:
+        for name in ("fp32", "bf16"):
+            rec[f"peak_{name}"] = max(peaks[name])
+    if gflop is not None:
+        rec["gflop"] = gflop
+        rec["gflops"] = gflop / min(times)
+        for name in ("fp32", "bf16") if args.peaks else ():
+            rec[f"frac_{name}"] = rec["gflops"] / rec[f"peak_{name}"]
+    if device.type == "cuda":
+        rec["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        rec["gpu"] = torch.cuda.get_device_name(device)
+    if args.project:
+        rec["projection"] = project_run(cfg, method, rec["s_per_update"], device)
+    return rec
+
+
+def project_run(cfg: Config, method, s_per_update: float, device: torch.device, steps: int = 100) -> dict:
+    """Projected wall time of the preset's whole run: its updates plus its env steps with rendering and
+    acting, the env step and the act timed here over `steps` steps of the preset's task."""
+    from cmil.envs import make_env
+
+    env = make_env(cfg.task, seed=0, image_size=cfg.image_size)
+    policy = method.policy()
+    obs, _ = env.reset(seed=0)
+    policy.reset()
+    env_s = act_s = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        action = policy.act(obs, deterministic=False)
+        sync(device)
+        t1 = time.perf_counter()
+        obs, _, terminated, truncated, _ = env.step(action)
+        env_s += time.perf_counter() - t1
+        act_s += t1 - t0
+        if terminated or truncated:
+            obs, _ = env.reset()
+            policy.reset()
+    env.close()
+    env_steps = cfg.env_steps + cfg.seed_steps
+    updates = cfg.pretrain_updates + cfg.pretrain_bc_updates + cfg.env_steps // cfg.train_every * cfg.train_updates
+    hours = (updates * s_per_update + env_steps * (env_s + act_s) / steps) / 3600
+    return {"env_steps": env_steps, "updates": updates, "s_per_env_step": env_s / steps,
+            "s_per_act": act_s / steps, "hours": hours}
+
+
+def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, precision: str,
+              src: str, baseline: bool = False) -> dict:
+    """One case in a fresh process running the cmil under `src`; a baseline gets no new-code options."""
+    cmd = [sys.executable, __file__, "--child", "--methods", method, "--presets", preset,
+           "--threads", str(threads), "--precision", precision, "--device", args.device,
+           "--updates", str(args.updates), "--warmup", str(args.warmup)]
+    if args.project:
+        cmd.append("--project")
+    if args.compile and not baseline:
+        cmd.append("--compile")
+    if not args.flops:
+        cmd.append("--no-flops")
+    env = {**os.environ, "PYTHONPATH": src}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def line(rec: dict) -> str:
+    text = (f"{rec['method']:6s} {rec['preset']:8s} {rec['device']:5s} t{rec['threads']} {rec['precision']:4s}"
+            f"{' compiled' if rec.get('compile') else ''}  {rec['s_per_update']:8.3f} s/update"
+            f" (cpu {rec['cpu_s_per_update']:.3f})")
+    if "gflop" in rec:
+        text += f"  {rec['gflop']:8.1f} GFLOP  {rec['gflops']:6.1f} GFLOP/s"
+    if "frac_fp32" in rec:
+        text += f" = {100 * rec['frac_fp32']:3.0f}% fp32 / {100 * rec['frac_bf16']:3.0f}% bf16 peak"
+    text += f"  rss {rec['maxrss_mb']:6.0f} MB"
+    if "cuda_peak_mb" in rec:
+        text += f"  cuda {rec['cuda_peak_mb']:.0f} MB"
+    total = sum(rec["phases"].values()) or 1.0
+    text += "  [" + " ".join(f"{k} {100 * v / total:.0f}%" for k, v in rec["phases"].items()) + "]"
+    if "projection" in rec:
+        text += f"  run {rec['projection']['hours']:.1f} h"
+    return text + f"  load {rec['load_avg_1min']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--presets", nargs="+", default=["default"], choices=list(presets()))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1], help="torch threads (0: all cores)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto"])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--updates", type=int, default=3, help="timed updates per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
+    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count and peaks")
+    parser.add_argument("--compile", action="store_true", help="torch.compile CMIL's imagination (new code)")
+    parser.add_argument("--project", action="store_true", help="project the preset's whole run (env steps too)")
+    parser.add_argument("--baseline-src", default=None, help="src/ of an older cmil checkout to compare with")
+    parser.add_argument("--rounds", type=int, default=1, help="A B rounds per case with --baseline-src")
+    parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/update_speed_*.json)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        torch.set_num_threads(args.threads[0] or os.cpu_count() or 1)
+        args.method, args.preset, args.precision = args.methods[0], args.presets[0], args.precision[0]
+        args.peaks = args.flops
+        print(json.dumps(child(args)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available on this machine: the CUDA cases are skipped.")
+        return
+    print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()}", flush=True)
+    new_src = str(Path(sys.modules["cmil"].__file__).parent.parent)
+    records, ratios = [], []
+    # CPU time at one thread (robust to other jobs on a shared CPU); wall time otherwise.
+    key = "cpu_s_per_update" if args.device == "cpu" and args.threads == [1] else "s_per_update"
+    for preset in args.presets:
+        for method in args.methods:
+            for threads in args.threads:
+                for precision in args.precision:
+                    for _ in range(args.rounds if args.baseline_src else 1):
+                        rec = run_child(args, method, preset, threads, precision, new_src)
+                        records.append(rec)
+                        print(line(rec), flush=True)
+                        if args.baseline_src:
+                            old = run_child(args, method, preset, threads, "fp32", args.baseline_src, baseline=True)
+                            old["baseline"] = True
+                            records.append(old)
+                            ratio = old[key] / rec[key]
+                            ratios.append({"method": method, "preset": preset, "threads": threads,
+                                           "precision": rec["precision"], "old_over_new": ratio})
+                            print(line(old) + f"  (old)  -> new is {ratio:.2f}x faster", flush=True)
+    summary = summarise(ratios)
+    for row in summary:
+        print(f"{row['method']} {row['preset']} t{row['threads']} {row['precision']}: new is "
+              f"{row['median_old_over_new']:.2f}x faster (pairs {[round(r, 2) for r in row['pairs']]})")
+    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / (f"update_speed_{args.device}"
+                                                     + ("_vs_baseline" if args.baseline_src else "") + ".json")
+    out.write_text(json.dumps({"argv": sys.argv[1:], "ratio_of": key, "records": records, "ratios": summary},
+                              indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def summarise(ratios: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for r in ratios:
+        groups[(r["method"], r["preset"], r["threads"], r["precision"])].append(r["old_over_new"])
+    return [{"method": m, "preset": p, "threads": t, "precision": q, "pairs": v,
+             "median_old_over_new": statistics.median(v)} for (m, p, t, q), v in groups.items()]
+
+
+if __name__ == "__main__":
+    main()
