@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cmil.errors import UsageError
+
 Episode = dict[str, np.ndarray]
 
 REQUIRED_KEYS = ("image", "action", "reward", "success", "is_first", "is_last", "is_terminal")
 FLAG_KEYS = ("success", "is_first", "is_last", "is_terminal")
 
 
-class EpisodeError(ValueError):
+class EpisodeError(UsageError, ValueError):
     """A malformed, truncated or mismatched episode file; the message names the file and the problem."""
 
 
@@ -142,7 +144,8 @@ def save_episode(directory: str | os.PathLike, ep: Episode, name: str | None = N
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (name or episode_filename(ep))
     validate_episode(ep, str(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    # A hidden ".part" name: an interrupted write can never be mistaken for an episode (`*.npz`).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **ep)

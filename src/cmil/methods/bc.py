@@ -13,7 +13,7 @@ from torch import nn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method, StatelessPolicy
+from cmil.methods.base import Method, StatelessPolicy, register
 from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
 
 
@@ -41,6 +41,7 @@ def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(actions).astype(np.float32)
 
 
+@register("bc")
 class BC(Method):
     online = False
     uses_seed_episodes = False
@@ -48,7 +49,7 @@ class BC(Method):
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
         self.net = PixelPolicy(action_dim, cfg.image_size).to(device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc_lr)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc.lr)
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -62,17 +63,17 @@ class BC(Method):
         return StatelessPolicy(lambda image, _deterministic: self.net(image), self.device)
 
     def pretrain_steps(self) -> int:
-        return self.cfg.bc_steps
+        return self.cfg.bc.steps
 
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         images, actions = demo_pairs(expert)
         metrics: dict[str, float] = {}
         self.net.train()
-        while self.updates < self.cfg.bc_steps:
-            idx = self.rng.integers(0, len(images), self.cfg.bc_batch)
+        while self.updates < self.cfg.bc.steps:
+            idx = self.rng.integers(0, len(images), self.cfg.bc.batch)
             image = torch.as_tensor(images[idx], device=self.device)
             target = torch.as_tensor(actions[idx], device=self.device)
-            loss = (self.net(image, augment=self.cfg.bc_augment) - target).pow(2).sum(-1).mean()
+            loss = (self.net(image, augment=self.cfg.bc.augment) - target).pow(2).sum(-1).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

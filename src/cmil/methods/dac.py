@@ -30,7 +30,7 @@ from torch import nn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method, StatelessPolicy
+from cmil.methods.base import Method, StatelessPolicy, register
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen
 from cmil.models.networks import ConvEncoder, preprocess_image, random_shift
 
@@ -132,6 +132,7 @@ class Temperature(nn.Module):
         return self.log_value.exp()
 
 
+@register("dac")
 class DAC(Method):
     """Pixel DAC inside the shared loop: seed episodes from the untrained (near-uniform) policy,
     then one SAC + discriminator step per `update`."""
