@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
+from cmil.errors import UsageError
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -48,9 +50,16 @@ def _load(path: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
+class UnknownTaskError(UsageError, KeyError):
+    """A task name that is not registered (a KeyError too, as a failed lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def task_spec(name: str) -> TaskSpec:
     if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 
