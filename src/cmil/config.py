@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from cmil.errors import UsageError
+from cmil.fileio import atomic_write_bytes
 
 Method = Literal["cmil", "vmail", "bc", "dac"]
 
@@ -341,7 +342,9 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write config.yaml atomically: a run killed mid-write keeps a readable config (or none)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+    atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def load_config(path: Path) -> Config:

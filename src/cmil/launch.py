@@ -15,6 +15,7 @@ command's resolved value (the method included); steering fields take the command
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +78,8 @@ def say(msg: str, quiet: bool = False) -> None:
 
 
 def warn(msg: str) -> None:
-    tqdm.write(msg)  # warnings are shown even when quiet: they report something the user should know
+    """One line on stderr, even when quiet: it reports something the user should know."""
+    tqdm.write(msg, file=sys.stderr)
 
 
 # --- config and state --------------------------------------------------------------------------------
@@ -129,7 +131,8 @@ def plan_run(cfg: Config) -> RunPlan:
     cfg = resolve_paths(cfg, run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"run_dir: {run_dir} exists and is not a directory")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    # Empty, or holding only the temporary file of a config.yaml whose write was interrupted: new.
+    if not run_dir.exists() or all(p.name.startswith(".config.yaml.") for p in run_dir.iterdir()):
         _check_init_from(cfg)
         return RunPlan(cfg, run_dir, "new")
     saved_path = run_dir / "config.yaml"

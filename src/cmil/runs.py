@@ -20,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,24 +28,12 @@ import numpy as np
 import torch
 
 from cmil.config import Config
+from cmil.fileio import atomic_write_bytes
 
 
 def default_run_dir(cfg: Config, root: str = "runs") -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{cfg.task}__{cfg.method}__seed{cfg.seed}__{stamp}"
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -105,9 +92,9 @@ def truncate_lines(path: Path, keep: int) -> int:
 
 
 # Temporary files that an interrupted atomic write can leave behind, by folder of the run directory
-# (see atomic_write_bytes and data.episodes.save_episode); none of them matches a glob that reads data.
+# (fileio.atomic_write_bytes); none of them matches a glob that reads data.
 STALE_TEMP_PATTERNS = {".": (".config.yaml.*", ".final.json.*", ".model.safetensors.*"),
-                       "checkpoints": (".step_*",), "episodes": ("tmp*.npz", ".*.part")}
+                       "checkpoints": (".step_*",), "episodes": (".*.npz.*", "tmp*.npz")}  # tmp*.npz: older versions
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cmil.errors import UsageError
+from cmil.fileio import atomic_write_bytes
 
 Episode = dict[str, np.ndarray]
 
@@ -144,15 +144,8 @@ def save_episode(directory: str | os.PathLike, ep: Episode, name: str | None = N
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (name or episode_filename(ep))
     validate_episode(ep, str(path))
-    # A hidden ".part" name: an interrupted write can never be mistaken for an episode (`*.npz`).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **ep)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The temporary file is hidden and does not end in .npz: it never passes for an episode.
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **ep))
     return path
 
 
