@@ -176,12 +176,15 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
     return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
 
 
-def _collectdry_run_demo_dir(cfg: Config) -> None:
-    """A dry run's own few demos, in RUN/demos."""
+def _collect_dry_run_demos(cfg: Config) -> None:
+    """A dry run's own few demos, in RUN/demos, collected as if before anything else: the torch RNG
+    is put back afterwards, so the run goes on exactly as one whose demos were already there."""
     from cmil.data.collect import collect_demos
 
+    torch_state = torch.get_rng_state()
     collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, image_size=cfg.image_size,
                   keep_failures=True, quiet=True)
+    torch.set_rng_state(torch_state)
 
 
 def expert_success(directory: Path, demos: list[Episode]) -> float:
@@ -229,8 +232,10 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
         save_config(cfg, run_dir / "config.yaml")
-        if demos is None:
-            _collectdry_run_demo_dir(cfg)
+        if demos is None:  # the expert's env needs the process's renderer (one per process): lend it
+            env.close()
+            _collect_dry_run_demos(cfg)
+            env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
             demos = load_demos(cfg, action_dim)
         restored = ckpt.load_latest(warn) if plan.state == "resume" else None
         if plan.state == "resume" and restored is None and _has_episodes(run_dir):
@@ -273,7 +278,14 @@ def launch(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
         return plan.result
     from cmil.train import Trainer
 
-    return Trainer(plan.cfg, plan.run_dir, build(plan, quiet), quiet).run()
+    parts = build(plan, quiet)
+    try:
+        trainer = Trainer(plan.cfg, plan.run_dir, parts, quiet)
+    except BaseException:  # from here on `Trainer.run` closes them
+        parts.env.close()
+        parts.logger.close()
+        raise
+    return trainer.run()
 
 
 def result_line(result: dict[str, Any], run_dir: Path) -> str:
