@@ -140,6 +140,9 @@ def plan_run(cfg: Config) -> RunPlan:
         raise UsageError(f"run_dir: {run_dir} is not empty and is not a run (no config.yaml); "
                          "pick another --run-dir")
     saved = load_config(saved_path)
+    # Older runs saved relative paths (relative to where they were started, as they were read then).
+    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", "init_from")
+                              if (v := getattr(saved, k)) and not Path(v).is_absolute()})
     conflicts = resume_conflicts(saved, cfg)
     if conflicts:
         raise UsageError(f"{run_dir} is an existing run with other settings ({'; '.join(conflicts)}); "
