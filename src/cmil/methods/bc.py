@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cmil.config import Config
-from cmil.data.replay import SequenceReplay
+from cmil.data.replay import SequenceReplay, demo_pairs
 from cmil.methods.base import Method, StatelessPolicy, register
 from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
 
@@ -30,15 +30,6 @@ class PixelPolicy(nn.Module):
         if augment:
             x = random_shift(x)
         return torch.tanh(self.head(self.encoder(x)))
-
-
-def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
-    """All (image_t, action_{t+1}) pairs of the demos."""
-    images, actions = [], []
-    for ep in expert.episodes:
-        images.append(ep["image"][:-1])
-        actions.append(ep["action"][1:])
-    return np.concatenate(images), np.concatenate(actions).astype(np.float32)
 
 
 @register("bc")
