@@ -9,9 +9,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cmil.data.episodes import EpisodeRecorder, save_episode
-from cmil.envs import make_env, make_expert
+from cmil.envs import make_env
 from cmil.errors import OutputExistsError
 from cmil.evaluate import run_episode
+from cmil.experts import make_expert
 
 
 def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size: int = 64,
