@@ -45,6 +45,8 @@ def main() -> None:
 
     def run(method: str, seed: int) -> tuple[str, int, float]:
         run_dir = root / f"{args.task}__{method}__seed{seed}"
+        if (run_dir / "final.json").exists():  # finished (possibly by an older commit): reported as it is
+            return run_dir.name, 0, 0.0
         cmd = [sys.executable, "-m", "cmil.cli", "train", "--method", method, "--task", args.task, "--seed", str(seed),
                "--demos", demos, "--run-dir", str(run_dir), "--threads", str(args.threads), "--device", args.device,
                *overrides]

@@ -250,7 +250,8 @@ def main() -> None:
 def bc_reference(cfg, env, demos, heldout, expert, args, name, t0) -> None:
     """The same success and held-out action error for pixel BC, the baseline the pretrained CMIL
     policy must reach (so that 'action MSE x' can be read as 'about BC-level' or not)."""
-    from cmil.methods.bc import BC, demo_pairs
+    from cmil.data.replay import demo_pairs
+    from cmil.methods.bc import BC
 
     bc = BC(replace(cfg, method="bc"), env.action_space.shape[0], torch.device("cpu"))
     with tqdm(total=bc.pretrain_steps(), desc="bc", leave=False) as bar:
@@ -269,7 +270,7 @@ def bc_reference(cfg, env, demos, heldout, expert, args, name, t0) -> None:
     train_actions = demo_pairs(expert)[1]
     with torch.no_grad():
         pred = bc.net(torch.as_tensor(images))
-    result = {"name": name, "method": "bc", "seed": cfg.seed, "bc_steps": cfg.bc_steps,
+    result = {"name": name, "method": "bc", "seed": cfg.seed, "bc_steps": cfg.bc.steps,
               "success": float(np.mean([episode_success(ep) for ep in eps])),
               "action_mse_heldout": float((pred - torch.as_tensor(actions)).pow(2).mean()),
               "action_mse_heldout_mean_baseline": float(

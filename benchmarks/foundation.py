@@ -20,7 +20,7 @@ import numpy as np
 from cmil.config import PRESETS, replace
 from cmil.data.collect import collect_demos
 from cmil.envs import make_env
-from cmil.train import train
+from cmil.launch import train
 
 
 def env_steps_per_second(task: str, steps: int = 500) -> float:

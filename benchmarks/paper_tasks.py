@@ -30,7 +30,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from cmil.data.episodes import EpisodeRecorder, save_episode  # noqa: E402
-from cmil.envs import make_env, make_expert  # noqa: E402
+from cmil.envs import make_env  # noqa: E402
+from cmil.experts import make_expert  # noqa: E402
 
 PAPER_KITCHEN_DEMOS = Path("/work/shared/data/paper-kitchen-demos")
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cmil.data.episodes import EpisodeRecorder
-from cmil.envs import make_env, make_expert
+from cmil.envs import make_env
 from cmil.evaluate import run_episode
+from cmil.experts import make_expert
 
 
 def record_episodes(task: str, n: int, seed: int = 0):

@@ -12,7 +12,8 @@ pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium_robotics")
 
 from cmil.envs import baoding as B  # noqa: E402
-from cmil.envs import make_env, make_expert, task_spec  # noqa: E402
+from cmil.envs import make_env, task_spec  # noqa: E402
+from cmil.experts import make_expert  # noqa: E402
 
 
 @pytest.fixture

@@ -60,25 +60,48 @@ def test_rerun_resumes_and_finished_run_is_not_retrained(tmp_path, capsys):
     assert len(list((run / "episodes").glob("*.npz"))) > episodes
 
 
-def test_conflicting_override_on_resume_is_an_error(tmp_path):
-    run = _train(tmp_path, "bc")
-    with pytest.raises(SystemExit, match="agent.alpha"):
-        main(["train", "--method", "bc", "--task", "point", "--dry-run", "--run-dir", str(run), "--agent.alpha", "3"])
-
-
-def test_eval_command_reevaluates_a_saved_run(tmp_path, capsys):
+def test_conflicting_override_on_resume_is_an_error(tmp_path, capsys):
     run = _train(tmp_path, "bc")
     capsys.readouterr()
-    assert main(["eval", str(run), "--episodes", "2", "--video-episodes", "0"]) == 0
+    argv = ["train", "--method", "bc", "--task", "point", "--dry-run", "--run-dir", str(run)]
+    assert main([*argv, "--agent.alpha", "3", "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "agent.alpha: run has 10.0, command asks 3.0" in err and "seed: run has 0" in err
+    assert len(err.splitlines()) == 1
+    # The method is a learning setting too, and an override equal to the preset's value still counts.
+    assert main([*argv[:2], "cmil", *argv[3:]]) == 2
+    assert "method: run has 'bc'" in capsys.readouterr().err
+    # Steering fields may change: a longer budget or more final-evaluation episodes resume the run.
+    assert main([*argv, "--final-eval-episodes", "2", "--env-steps", "41"]) == 0
+
+
+def test_eval_command_is_read_only_and_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    run = _train(tmp_path, "bc")
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(run), "--episodes", "2", "--video-episodes", "1"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["eval/episodes"] == 2.0
-    assert list((run / "eval").glob("*.json"))
+    assert metrics["eval/episodes"] == 2.0 and metrics["eval/expert_success_rate"] == 1.0
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert {p: t for p, t in after.items() if p in before} == before  # nothing rewritten
+    new = sorted(p.relative_to(run).as_posix() for p in set(after) - set(before))
+    assert new == ["eval", "eval/eval_2ep_seed20000.json", "eval/videos", "eval/videos/eval_2ep_seed20000_ep0.mp4"]
+    assert list(elsewhere.iterdir()) == []
+    # Neither the demos nor the replay are needed.
+    import shutil
+
+    shutil.rmtree(run / "demos")
+    assert main(["eval", str(run), "--episodes", "1", "--video-episodes", "0"]) == 0
 
 
-def test_missing_demos_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no demos at"):
-        main(["train", "--method", "bc", "--task", "point", "--demos", str(tmp_path / "none"),
-              "--run-dir", str(tmp_path / "r")])
+def test_missing_demos_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--method", "bc", "--task", "point", "--demos", str(tmp_path / "none"),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "no demos at" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_demos_collect_and_show(tmp_path, capsys):

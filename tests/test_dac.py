@@ -80,10 +80,11 @@ def _episode(steps: int, terminal: bool, value: int, action_dim: int = 2):
 
 
 def test_absorbing_transitions_of_terminated_and_timed_out_episodes():
-    dac = _dac()
+    from cmil.data import replay
+
     terminated, timed_out = _episode(3, True, 10), _episode(3, False, 100)
-    assert dac.episode_transition_count(terminated) == 4 and dac.episode_transition_count(timed_out) == 3
-    batch = dac.sample_transitions([terminated, timed_out], 400, np.random.default_rng(0))
+    assert replay.episode_transition_count(terminated) == 4 and replay.episode_transition_count(timed_out) == 3
+    batch = replay.sample_transitions([terminated, timed_out], 400, np.random.default_rng(0))
     kinds = set()
     for i in range(400):
         img, nxt, act = int(batch["image"][i, 0, 0, 0]), int(batch["next_image"][i, 0, 0, 0]), batch["action"][i]

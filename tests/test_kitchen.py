@@ -12,7 +12,8 @@ pytest.importorskip("mujoco")
 pytest.importorskip("gymnasium_robotics")
 
 from cmil.envs import kitchen as K  # noqa: E402
-from cmil.envs import make_env, make_expert, task_spec  # noqa: E402
+from cmil.envs import make_env, task_spec  # noqa: E402
+from cmil.experts import make_expert  # noqa: E402
 
 # D4RL goals of the four tasks, by qpos index (gymnasium-robotics' OBS_ELEMENT_INDICES/GOALS).
 DONE = {22: -0.75, 17: -0.69, 18: -0.05, 19: 0.37}

@@ -128,8 +128,9 @@ def test_task_specs_and_factories():
 
 
 def test_registry_integration():
-    """The specs work through cmil.envs.make_env / make_expert (the lead registers them there)."""
-    from cmil.envs import list_tasks, make_env, make_expert, register
+    """The specs work through cmil.envs.make_env / cmil.experts.make_expert (the lead registers them there)."""
+    from cmil.envs import list_tasks, make_env, register
+    from cmil.experts import make_expert
 
     if "mw-push" not in list_tasks():
         for spec in metaworld_task_specs():

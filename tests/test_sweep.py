@@ -109,12 +109,23 @@ def test_sweep_runs_trials_then_skips_them_on_rerun(ray_local, tmp_path, capsys)
 
 def test_a_failing_trial_is_reported_and_does_not_stop_the_others(ray_local, tmp_path, capsys):
     root = tmp_path / "sweep"
-    rc = main(["sweep", "--tasks", "no-such-task", "point", "--methods", "bc", "--dry-run", "--root", str(root),
+    stray = root / "point__bc__dry__seed1" / "notes.txt"  # not a run: that trial must refuse to touch it
+    stray.parent.mkdir(parents=True)
+    stray.write_text("mine")
+    rc = main(["sweep", "--tasks", "point", "--methods", "bc", "--seeds", "0", "1", "--dry-run", "--root", str(root),
                "--no-plot"])
     assert rc == 1
-    assert _statuses(root) == {"no-such-task__bc__dry__seed0": "failed", "point__bc__dry__seed0": "done"}
-    failed = json.loads((root / "sweep.json").read_text())[0]
-    assert "no-such-task" in failed["error"]
-    assert "Traceback" in (root / "no-such-task__bc__dry__seed0" / "error.txt").read_text()
+    assert _statuses(root) == {"point__bc__dry__seed0": "done", "point__bc__dry__seed1": "failed"}
+    failed = json.loads((root / "sweep.json").read_text())[1]
+    assert "is not a run (no config.yaml)" in failed["error"]
+    assert sorted(p.name for p in stray.parent.iterdir()) == ["notes.txt"]  # no error.txt written into it
     out = capsys.readouterr().out
-    assert "FAILED   no-such-task__bc__dry__seed0" in out and "1 done, 0 skipped (already finished), 1 failed" in out
+    assert "FAILED   point__bc__dry__seed1" in out and "1 done, 0 skipped (already finished), 1 failed" in out
+
+
+def test_unknown_task_or_method_fails_the_sweep_before_anything_runs(tmp_path, capsys):
+    pytest.importorskip("ray")
+    for argv in (["--tasks", "no-such-task", "point", "--methods", "bc"], ["--tasks", "point", "--methods", "bcc"]):
+        assert main(["sweep", *argv, "--dry-run", "--root", str(tmp_path / "r")]) == 2
+        assert capsys.readouterr().err.startswith("error: unknown ")
+    assert not (tmp_path / "r").exists()

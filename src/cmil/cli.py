@@ -7,137 +7,142 @@ import json
 import sys
 from pathlib import Path
 
-from cmil.data.episodes import EpisodeError
+from cmil.errors import UsageError
 
 # Subcommands that live in their own modules; each exposes add_parser(subparsers) setting `func`.
 TOOL_MODULES = ("cmil.model_tool", "cmil.plot", "cmil.sweep")
 
 
-def _train_config(argv: list[str]):
-    """Parse `--preset NAME` then the Config flags (tyro; field docstrings are the help).
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors (one line, exit 2 from `main`) instead of usage + exit.
 
-    Returns the requested config and the preset it started from (both with the method's implied
-    settings), so that a resumed run can tell explicit overrides from preset values."""
+    Subparsers inherit the class, so every subcommand reports alike."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _tyro_message(box: str) -> str:
+    """The first paragraph of tyro's error box (its title is the kind, its first section the problem)."""
+    lines = []
+    for line in box.splitlines()[1:]:
+        text = line.strip().strip("│").strip()
+        if text.startswith("─") or line.startswith("╰"):
+            break
+        lines.append(text)
+    return " ".join(lines) or box.strip().splitlines()[0]
+
+
+def _train_config(argv: list[str]):
+    """`--preset NAME` then the Config flags (tyro; field docstrings are the help), with the
+    method's implied settings applied. A parse error becomes one UsageError line."""
+    import contextlib
+    import io
+
     import tyro
 
-    from cmil.config import PRESETS, apply_method, dry_run_config, replace
+    from cmil.config import PRESETS, apply_method
+    from cmil.launch import dry_run_preset
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="cmil train", add_help=False)
     pre.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ns, rest = pre.parse_known_args(argv)
     preset = PRESETS[ns.preset]
     if "--dry-run" in rest:  # shrink the preset, so that explicit flags still win
-        preset = dry_run_config(replace(preset, dry_run=True))
-    cfg = tyro.cli(type(preset), default=preset, args=rest, prog="cmil train",
-                   description=f"Train a method (preset: {ns.preset}; `--preset NAME` picks another: "
-                               f"{', '.join(sorted(PRESETS))}).")
-    return apply_method(cfg), apply_method(replace(preset, method=cfg.method))
-
-
-def resolve_run(cfg, preset_cfg) -> tuple:
-    """Pick the run directory; an existing one is resumed with its saved config."""
-    from cmil.config import RESUMABLE_FIELDS, flatten, load_config, replace, resume_conflicts
-    from cmil.runs import default_run_dir
-
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    saved_path = run_dir / "config.yaml"
-    if saved_path.exists():
-        saved = load_config(saved_path)
-        conflicts = resume_conflicts(saved, cfg, preset_cfg)
-        if conflicts:
-            raise SystemExit(f"error: {run_dir} is an existing run; these overrides conflict with it:\n  "
-                             + "\n  ".join(conflicts))
-        requested = flatten(cfg)
-        cfg = replace(saved, **{k: requested[k] for k in RESUMABLE_FIELDS if k in requested})
-    return cfg, run_dir
+        preset = dry_run_preset(preset)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            cfg = tyro.cli(type(preset), default=preset, args=rest, prog="cmil train",
+                           description=f"Train a method (preset: {ns.preset}; `--preset NAME` picks another: "
+                                       f"{', '.join(sorted(PRESETS))}).")
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help
+            sys.stderr.write(errors.getvalue())
+            raise
+        raise UsageError(f"cmil train: {_tyro_message(errors.getvalue())}") from None
+    return apply_method(cfg)
 
 
 def cmd_train(argv: list[str]) -> int:
-    from cmil.config import replace
-    from cmil.train import demo_dir, train
+    from cmil.launch import plan_run
 
-    cfg, preset_cfg = _train_config(argv)
-    cfg, run_dir = resolve_run(cfg, preset_cfg)
-    finished = run_dir / "final.json"
-    if finished.exists():
-        result = json.loads(finished.read_text())
-        if result.get("target_env_steps") == cfg.env_steps:
-            print(f"{run_dir} already finished.")
-            print(_result_line(result, run_dir))
-            return 0
-    if cfg.dry_run and not demo_dir(cfg).exists():
-        from cmil.data.collect import collect_demos
+    return _run(plan_run(_train_config(argv)))
 
-        cfg = replace(cfg, demos=str(run_dir / "demos"))
-        if not (run_dir / "demos").exists():
-            collect_demos(cfg.task, cfg.num_demos, run_dir / "demos", seed=cfg.seed, image_size=cfg.image_size,
-                          keep_failures=True, quiet=True)
-    elif not demo_dir(cfg).exists():
-        raise SystemExit(f"error: no demos at {demo_dir(cfg)}; collect them with\n"
-                         f"  cmil demos collect --task {cfg.task} --episodes {cfg.num_demos} --out {demo_dir(cfg)}\n"
-                         "or pass --demos DIR")
-    result = train(cfg, run_dir)
-    print(_result_line(result, run_dir))
+
+def _run(plan) -> int:
+    from cmil.launch import launch, result_line
+
+    if plan.state == "finished":
+        print(f"{plan.run_dir} already finished.")
+    print(result_line(launch(plan), plan.run_dir))
     return 0
-
-
-def _result_line(result: dict, run_dir: Path) -> str:
-    return (f"{result['method']} on {result['task']}: success rate {result['success_rate']:.2f} over "
-            f"{result['episodes']} episodes (expert {result['expert_success_rate']:.2f}), "
-            f"return {result['return']:.1f}, {result['env_steps']} env steps; run: {run_dir}")
 
 
 def cmd_main(args: argparse.Namespace, rest: list[str]) -> int:
     """The README's main job: demos for the default task (once), then CMIL with the default preset."""
     from cmil.config import PRESETS
     from cmil.data.collect import collect_demos
+    from cmil.launch import plan_run
 
     task = PRESETS["default"].task
     demos = Path("demos") / task
-    if not demos.exists():
+    run_dir = Path("runs") / f"main__{task}__cmil__seed{args.seed}"
+    plan = plan_run(_train_config(["--preset", "default", "--method", "cmil", "--seed", str(args.seed),
+                                   "--demos", str(demos), "--run-dir", str(run_dir), *rest]))
+    if plan.state != "finished" and not demos.exists():  # every flag is checked before this long step
         print(f"collecting {PRESETS['default'].num_demos} expert demos of {task} into {demos}")
         collect_demos(task, PRESETS["default"].num_demos, demos, seed=1_000_000)
-    run_dir = Path("runs") / f"main__{task}__cmil__seed{args.seed}"
-    return cmd_train(["--preset", "default", "--method", "cmil", "--seed", str(args.seed),
-                      "--demos", str(demos), "--run-dir", str(run_dir), *rest])
+    return _run(plan)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cmil.config import load_config, replace
+    """Re-evaluate a saved run: reads its config and latest checkpoint, writes only under RUN/eval/."""
     from cmil.evaluate import evaluate
+    from cmil.launch import open_policy
     from cmil.runs import write_json
-    from cmil.train import Trainer
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise SystemExit(f"error: {run_dir} is not a run directory (no config.yaml)")
-    cfg = replace(load_config(run_dir / "config.yaml"), video_episodes=args.video_episodes)
-    trainer = Trainer(cfg, run_dir, quiet=True)
-    if trainer.ckpt.latest() is None:
-        raise SystemExit(f"error: {run_dir} has no checkpoint to evaluate")
+    _at_least(args, episodes=1, video_episodes=0, seed=0)
+    run_dir = Path(args.run_dir).resolve()
+    parts = open_policy(run_dir)
+    name = f"eval_{args.episodes}ep_seed{args.seed}{'_stochastic' if args.stochastic else ''}"
     try:
-        metrics = evaluate(trainer.env, trainer.policy, args.episodes, deterministic=not args.stochastic,
-                           seed=args.seed, video_dir=run_dir / "videos", video_episodes=args.video_episodes,
-                           video_name="reeval")
+        metrics = evaluate(parts.env, parts.policy, args.episodes, deterministic=not args.stochastic,
+                           seed=args.seed, video_dir=run_dir / "eval" / "videos",
+                           video_episodes=args.video_episodes, video_name=name)
     finally:
-        trainer.env.close()
-        trainer.logger.close()
-    metrics["eval/expert_success_rate"] = trainer.expert_success
-    write_json(run_dir / "eval" / f"eval_{args.episodes}ep_seed{args.seed}.json", metrics)
+        parts.env.close()
+    if parts.expert_success is not None:
+        metrics["eval/expert_success_rate"] = parts.expert_success
+    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
     print(json.dumps(metrics, indent=2))
     return 0
 
 
+def _at_least(args: argparse.Namespace, **minimums: int) -> None:
+    """A one-line error for the first integer option below its minimum (`--video-episodes` etc.)."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def cmd_demos(args: argparse.Namespace) -> int:
     if args.demos_cmd == "collect":
+        from cmil.config import MIN_IMAGE_SIZE
         from cmil.data.collect import collect_demos
+        from cmil.envs import task_spec
 
+        task_spec(args.task)
+        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0)
         stats = collect_demos(args.task, args.episodes, Path(args.out), seed=args.seed, image_size=args.image_size,
                               keep_failures=args.keep_failures)
         print(json.dumps(stats, indent=2))
     elif args.demos_cmd == "import":
+        from cmil.config import MIN_IMAGE_SIZE
         from cmil.data.dreamer_import import import_dreamer_episodes
 
+        _at_least(args, image_size=MIN_IMAGE_SIZE, action_dim=1)
         success_fn = None
         if args.success_reward is not None:
             def success_fn(raw):
@@ -149,8 +154,10 @@ def cmd_demos(args: argparse.Namespace) -> int:
         from cmil.data.sheet import contact_sheet
 
         episodes = load_episodes(args.dir)
-        print(json.dumps(summarize(episodes), indent=2))
         out = Path(args.sheet) if args.sheet else Path(args.dir) / "contact_sheet.png"
+        if not out.parent.is_dir() or out.is_dir():
+            raise UsageError(f"--sheet: cannot write {out} (no such directory, or it is one)")
+        print(json.dumps(summarize(episodes), indent=2))
         contact_sheet(episodes, out)
         print(f"contact sheet: {out}")
     return 0
@@ -166,7 +173,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cmil", description=__doc__)
+    parser = ArgumentParser(prog="cmil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a method (cmil, vmail, bc, dac); `cmil train --help` lists every field",
                    add_help=False)
@@ -208,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A UsageError is one line `error: ...` on stderr and exit status 2; any other
+    exception is a bug and propagates with its traceback (exit status 1)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "train":
@@ -221,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"eval": cmd_eval, "demos": cmd_demos, "tasks": cmd_tasks}
         handler = handlers.get(args.command) or args.func
         return handler(args) or 0
-    except (EpisodeError, FileExistsError, FileNotFoundError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+    except UsageError as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        print("error: " + " ".join(message.split()), file=sys.stderr)
         return 2
 
 

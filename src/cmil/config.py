@@ -8,11 +8,17 @@ The resolved config is saved as `config.yaml` in the run directory and reloaded 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from cmil.errors import UsageError
+from cmil.fileio import atomic_write_bytes
 
 Method = Literal["cmil", "vmail", "bc", "dac"]
 
@@ -170,6 +176,20 @@ class DACConfig:
 
 
 @dataclass(frozen=True)
+class BCConfig:
+    """Behaviour-cloning baseline: conv encoder + MLP regressing the expert's actions."""
+
+    steps: int = 3_000
+    """Gradient steps of the BC baseline."""
+    batch: int = 64
+    """Frames per BC batch."""
+    lr: float = 3e-4
+    """Adam learning rate of BC."""
+    augment: bool = True
+    """Random-shift augmentation (pad 4) of BC's images."""
+
+
+@dataclass(frozen=True)
 class Config:
     """One training run: task, method, data, schedule, model and agent settings."""
 
@@ -221,16 +241,6 @@ class Config:
     pretrain_bc_updates: int = 100
     """World model + BC updates after the full pretraining (CMIL)."""
 
-    # --- behaviour cloning baseline ----------------------------------------------------------
-    bc_steps: int = 3_000
-    """Gradient steps of the BC baseline."""
-    bc_batch: int = 64
-    """Frames per BC batch."""
-    bc_lr: float = 3e-4
-    """Adam learning rate of BC."""
-    bc_augment: bool = True
-    """Random-shift augmentation (pad 4) of BC's images."""
-
     # --- evaluation and logging --------------------------------------------------------------
     eval_every: int = 2_500
     """Evaluate every this many environment steps."""
@@ -255,6 +265,7 @@ class Config:
     wm: WorldModelConfig = field(default_factory=WorldModelConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     dac: DACConfig = field(default_factory=DACConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
 
 
 def _paper_world_model() -> WorldModelConfig:
@@ -298,10 +309,11 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
               "pretrain_updates": 0, "pretrain_bc_updates": 0},
 }
 
-# Fields that may change when a run is resumed (they steer the run, not what it learns).
-RESUMABLE_FIELDS = {"env_steps", "eval_every", "eval_episodes", "final_eval_episodes", "video_episodes",
-                    "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "run_dir",
-                    "precision", "compile"}
+# Fields that only steer a run (how long, how often it reports, where and in which precision it runs),
+# not what it learns: they may change when a run is resumed. Every other field must match its config.yaml.
+STEERING_FIELDS = {"env_steps", "eval_every", "eval_episodes", "final_eval_episodes", "video_episodes",
+                   "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "run_dir",
+                   "precision", "compile"}
 
 
 def replace(cfg: Config, **changes: Any) -> Config:
@@ -328,28 +340,45 @@ def dry_run_config(cfg: Config) -> Config:
     """Shrink everything so that one iteration of every part runs in seconds."""
     return replace(
         cfg, env_steps=40, seed_steps=20, train_every=10, batch_size=2, seq_len=8, pretrain_updates=2,
-        pretrain_bc_updates=1, bc_steps=3, bc_batch=4, eval_every=40, eval_episodes=1, final_eval_episodes=1,
+        pretrain_bc_updates=1, eval_every=40, eval_episodes=1, final_eval_episodes=1,
         video_episodes=1, log_every=20, checkpoint_every=20, num_demos=min(cfg.num_demos, 2),
         **{"wm.deter": 16, "wm.hidden": 16, "wm.stoch": 4, "wm.ensemble": 2, "wm.cnn_depth": 4,
            "agent.horizon": 3, "agent.actor_units": 16, "agent.critic_units": 16, "agent.disc_units": 16,
            "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2,
-           "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
+           "bc.steps": 3, "bc.batch": 4, "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict[str, Any]) -> Config:
+GROUPS: dict[str, type] = {"wm": WorldModelConfig, "agent": AgentConfig, "dac": DACConfig, "bc": BCConfig}
+
+
+def from_dict(data: Any, where: str = "config") -> Config:
+    """A Config from its `to_dict` form (config.yaml); unknown or missing groups and fields are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config fields, got {type(data).__name__}")
     data = dict(data)
-    wm = WorldModelConfig(**data.pop("wm", {}))
-    agent = AgentConfig(**data.pop("agent", {}))
-    dac = DACConfig(**data.pop("dac", {}))
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = set(data) - known
+    # Runs saved before BC had its own group kept its settings as bc_steps, bc_batch, bc_lr, bc_augment.
+    old_bc = {k.removeprefix("bc_"): data.pop(k) for k in ("bc_steps", "bc_batch", "bc_lr", "bc_augment") if k in data}
+    if old_bc and "bc" not in data:
+        data["bc"] = old_bc
+    groups = {}
+    for name, cls in GROUPS.items():
+        values = data.pop(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: {name} must be a mapping of fields, got {values!r}")
+        _reject_unknown(values, cls, where, f"{name}.")
+        groups[name] = cls(**values)
+    _reject_unknown(data, Config, where, "")
+    return Config(**groups, **data)
+
+
+def _reject_unknown(values: dict[str, Any], cls: type, where: str, prefix: str) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}")
-    return Config(wm=wm, agent=agent, dac=dac, **data)
+        raise ConfigError(f"{where}: unknown config fields {[prefix + k for k in unknown]}")
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -364,15 +393,125 @@ def flatten(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write config.yaml atomically: a run killed mid-write keeps a readable config (or none)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+    atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def load_config(path: Path) -> Config:
-    return from_dict(yaml.safe_load(path.read_text()))
+    """The config saved in a run directory, validated; a damaged file is a ConfigError naming it."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read ({type(exc).__name__})") from None
+    cfg = from_dict(data, str(path))
+    validate(cfg, str(path))
+    return cfg
 
 
-def resume_conflicts(saved: Config, requested: Config, preset: Config) -> list[str]:
-    """Fields the user set explicitly (differing from the preset) that differ from the saved run."""
-    saved_f, req_f, pre_f = flatten(saved), flatten(requested), flatten(preset)
+def resume_conflicts(saved: Config, requested: Config) -> list[str]:
+    """Every learning-relevant field (all but STEERING_FIELDS) whose requested value differs from the run's."""
+    saved_f, req_f = flatten(saved), flatten(requested)
     return [f"{k}: run has {saved_f[k]!r}, command asks {req_f[k]!r}" for k in req_f
-            if req_f[k] != pre_f.get(k) and req_f[k] != saved_f.get(k) and k not in RESUMABLE_FIELDS]
+            if k not in STEERING_FIELDS and req_f[k] != saved_f.get(k)]
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+class ConfigError(UsageError):
+    """A config value out of range, of the wrong type, or unknown; the message names the field."""
+
+
+# Range rules by leaf name; fields not named here get the type and finiteness checks only.
+AT_LEAST_ONE = {
+    "num_demos", "train_every", "train_updates", "batch_size", "seq_len", "eval_every", "eval_episodes",
+    "final_eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints", "bc.steps", "bc.batch",
+    "wm.deter", "wm.hidden", "wm.stoch", "wm.ensemble", "wm.cnn_depth",
+    "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.critic_layers",
+    "agent.critic_units", "agent.horizon", "agent.target_update_every",
+    "dac.feature_dim", "dac.cnn_depth", "dac.hidden", "dac.layers", "dac.batch_size"}
+AT_LEAST_ZERO = {
+    "seed", "threads", "env_steps", "seed_steps", "pretrain_updates", "pretrain_bc_updates", "video_episodes",
+    "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std",
+    "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight"}
+POSITIVE = {"wm.lr", "wm.eps", "wm.grad_clip", "wm.min_std", "agent.disc_lr", "agent.actor_lr", "agent.critic_lr",
+            "agent.grad_clip", "agent.actor_min_std", "dac.lr", "dac.disc_lr", "dac.init_temperature",
+            "dac.actor_min_std", "bc.lr"}
+FRACTION = {"wm.kl_balance", "agent.gamma", "agent.lam", "dac.gamma", "dac.tau"}
+# The conv encoder's four stride-2 kernel-4 layers need at least 46 pixels; the world model's
+# decoder draws exactly 64x64 images, so the model-based methods need 64.
+MIN_IMAGE_SIZE = 46
+WORLD_MODEL_METHODS = ("cmil", "vmail")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def validate(cfg: Config, where: str = "") -> None:
+    """Raise ConfigError naming the first bad field (type, range, or a combination that cannot run)."""
+    prefix = f"{where}: " if where else ""
+
+    def fail(name: str, problem: str) -> None:
+        raise ConfigError(f"{prefix}{name} {problem}")
+
+    flat = flatten(cfg)
+    for name, hint in _leaf_hints().items():
+        value = flat[name]
+        problem = _type_problem(value, hint)
+        if problem:
+            fail(name, problem)
+    for name in AT_LEAST_ONE:
+        if flat[name] < 1:
+            fail(name, f"must be >= 1, got {flat[name]!r}")
+    for name in AT_LEAST_ZERO:
+        if flat[name] < 0:
+            fail(name, f"must be >= 0, got {flat[name]!r}")
+    for name in POSITIVE:
+        if not flat[name] > 0:
+            fail(name, f"must be > 0, got {flat[name]!r}")
+    for name in FRACTION:
+        if not 0 <= flat[name] <= 1:
+            fail(name, f"must be in [0, 1], got {flat[name]!r}")
+    for name in ("demos", "run_dir", "init_from"):
+        if flat[name] is not None and not str(flat[name]).strip():
+            fail(name, "must not be empty")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        fail("image_size", f"must be >= {MIN_IMAGE_SIZE} (the conv encoder's smallest input), got {cfg.image_size}")
+    if cfg.method in WORLD_MODEL_METHODS and cfg.image_size != 64:
+        fail("image_size", f"must be 64 for {cfg.method} (the world model's decoder draws 64x64 images), "
+                           f"got {cfg.image_size}")
+    if cfg.device not in DEVICES and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
+        fail("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {cfg.device!r}")
+    if cfg.agent.imag_starts and cfg.agent.real_critic_loss:
+        fail("agent.imag_starts", "> 0 needs agent.real_critic_loss False (eq. 14 uses the imagined "
+                                  "continuation from every real state)")
+
+
+@functools.cache
+def _leaf_hints() -> dict[str, Any]:
+    """{'seed': int, 'wm.deter': int, ...}: the declared type of every leaf field."""
+    hints: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        if name in GROUPS:
+            hints.update({f"{name}.{k}": v for k, v in typing.get_type_hints(GROUPS[name]).items()})
+        else:
+            hints[name] = hint
+    return hints
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit the annotation `hint` (None if it does)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(map(repr, args))}, got {value!r}"
+    if type(None) in args:  # `X | None`
+        return None if value is None else _type_problem(value, next(a for a in args if a is not type(None)))
+    if hint is bool:
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"must be an integer, got {value!r}"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {value!r}"
+        return None if math.isfinite(value) else f"must be finite, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"must be a string, got {value!r}"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -10,8 +11,19 @@ import numpy as np
 from cmil.data.episodes import EpisodeRecorder, episode_success
 
 
-def run_episode(env: gym.Env, act, reset, seed: int | None = None, recorder: EpisodeRecorder | None = None):
-    """Roll out one episode with `act(obs) -> action`; returns (success, return, length, last info, frames)."""
+class Rollout(NamedTuple):
+    """One episode: whether the task's success flag ever held, return, steps, last info, frames."""
+
+    success: bool
+    ret: float
+    length: int
+    info: dict[str, Any]
+    frames: list[np.ndarray]
+
+
+def run_episode(env: gym.Env, act, reset, seed: int | None = None,
+                recorder: EpisodeRecorder | None = None) -> Rollout:
+    """Roll out one episode with `act(obs) -> action`."""
     obs, info = env.reset(seed=seed)
     reset()
     frames = [obs]
@@ -28,7 +40,7 @@ def run_episode(env: gym.Env, act, reset, seed: int | None = None, recorder: Epi
         if recorder is not None:
             recorder.step(action, obs, reward, info, terminated)
         if terminated or truncated:
-            return success, total, steps, info, frames
+            return Rollout(success, total, steps, info, frames)
 
 
 def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, seed: int = 10_000,
@@ -37,11 +49,10 @@ def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, se
     evaluation, so curves compare like with like). Success = the task's flag held at any step."""
     results = []
     for i in range(episodes):
-        success, ret, length, info, frames = run_episode(
-            env, lambda o: policy.act(o, deterministic), policy.reset, seed=seed + i)
-        results.append((success, ret, length, info.get("tasks_completed")))
+        r = run_episode(env, lambda o: policy.act(o, deterministic), policy.reset, seed=seed + i)
+        results.append((r.success, r.ret, r.length, r.info.get("tasks_completed")))
         if video_dir is not None and i < video_episodes:
-            save_video(video_dir / f"{video_name}_ep{i}.mp4", frames)
+            save_video(video_dir / f"{video_name}_ep{i}.mp4", r.frames)
     succ, rets, lens, tasks = zip(*results, strict=True)
     out = {"eval/success_rate": float(np.mean(succ)), "eval/return": float(np.mean(rets)),
            "eval/length": float(np.mean(lens)), "eval/episodes": float(episodes)}

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import PRESETS, WorldModelConfig
+from cmil.config import DEVICES, PRESETS, WorldModelConfig
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
+from cmil.errors import OutputExistsError, UsageError
 from cmil.models.world_model import WorldModel, image_to_uint8
 from cmil.precision import PRECISIONS, resolve_precision, use_precision
 
@@ -65,6 +66,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `cmil model`; prints the last metric row and the output paths."""
+    minimums = {"updates": 1, "batch_size": 1, "seq_len": 1, "holdout": 0, "context": 1, "horizon": 1,
+                "log_every": 1, "threads": 0, "seed": 0}
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+    if args.device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {args.device!r}")
     cfg = PRESETS[args.preset]
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -182,14 +191,21 @@ def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConf
     from tqdm import tqdm
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
     if not force and any((out / f).exists() for f in OUTPUT_FILES):
-        raise FileExistsError(f"{out}: holds an earlier fit; pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+        raise OutputExistsError(f"{out}: holds an earlier fit; pass --force to overwrite it")
     torch.manual_seed(seed)
-    episodes, fmt = load_demos(demos)
+    episodes, fmt = load_demos(demos)  # every input is checked before `out` is touched
     holdout = min(holdout, len(episodes) - 1)
     train_eps, test_eps = episodes[:len(episodes) - holdout], episodes[len(episodes) - holdout:]
+    window = context + horizon
+    try:
+        eval_sets = {"train": fixed_windows(train_eps, window, 1)}
+        if test_eps:
+            eval_sets["test"] = fixed_windows(test_eps, window, 8)
+    except ValueError as exc:
+        raise UsageError(f"--context + --horizon: {exc}") from None
     replay = SequenceReplay(seq_len, seed=seed)
     for ep in train_eps:
         replay.add_episode(ep)
@@ -197,10 +213,8 @@ def fit(demos: str | Path, out: str | Path, updates: int, wm_cfg: WorldModelConf
     wm = WorldModel(action_dim, wm_cfg, episodes[0]["image"].shape[1]).to(device)
     wm.make_optimizer()
     precision = resolve_precision(precision, wm.device)
-    window = context + horizon
-    eval_sets = {"train": fixed_windows(train_eps, window, 1)}
-    if test_eps:
-        eval_sets["test"] = fixed_windows(test_eps, window, 8)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
     eval_batches = {k: batch_to_torch(v, device) for k, v in eval_sets.items()}
     config = {"world_model": dataclasses.asdict(wm_cfg), "demos": str(demos), "demo_format": fmt,
               "episodes_train": len(train_eps), "episodes_test": len(test_eps), "updates": updates,

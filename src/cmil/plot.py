@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cmil.errors import UsageError
 from cmil.runs import read_metrics
 from cmil.stats import CONFIDENCE, N_RESAMPLES, SEED, Interval, bootstrap_band, bootstrap_ci, first_crossing
 
@@ -97,12 +98,16 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+class RunsNotFound(UsageError, FileNotFoundError):
+    """A path given to `cmil plot` is missing or holds no runs."""
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Each path is a run directory (has config.yaml) or a folder searched recursively for them."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: no such run directory")
+            raise RunsNotFound(f"{p}: no such run directory")
         if (p / "config.yaml").exists():
             found.append(p)
         else:
@@ -294,7 +299,7 @@ def report(paths: list[str | Path], out: str | Path, metrics: tuple[str, ...] = 
     out = Path(out)
     runs = [load_run(p) for p in find_run_dirs(paths)]
     if not runs:
-        raise FileNotFoundError(f"no run directories (config.yaml + metrics.jsonl) under {', '.join(map(str, paths))}")
+        raise RunsNotFound(f"no run directories (config.yaml + metrics.jsonl) under {', '.join(map(str, paths))}")
     groups = group_runs(runs)
     files: list[Path] = []
     for metric in metrics:
@@ -305,6 +310,8 @@ def report(paths: list[str | Path], out: str | Path, metrics: tuple[str, ...] = 
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out: {args.out} exists and is not a directory")
     metrics = tuple(args.metric) if args.metric else DEFAULT_METRICS
     result = report(args.run_dirs, args.out, metrics)
     print((Path(args.out) / "results.md").read_text())

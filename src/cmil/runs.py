@@ -11,6 +11,7 @@ Layout of a run directory::
         videos/            evaluation mp4s
         model.safetensors  final weights
         final.json         final evaluation; its presence marks the run as finished
+        eval/              `cmil eval` results and videos (the only place `cmil eval` writes)
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cmil.config import Config
+from cmil.fileio import atomic_write_bytes
 
 
 def default_run_dir(cfg: Config, root: str = "runs") -> Path:
@@ -35,30 +36,21 @@ def default_run_dir(cfg: Config, root: str = "runs") -> Path:
     return Path(root) / f"{cfg.task}__{cfg.method}__seed{cfg.seed}__{stamp}"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: dict) -> None:
     atomic_write_bytes(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
 class MetricLogger:
-    """Appends metrics to metrics.jsonl and TensorBoard; keeps the latest value of each for display."""
+    """Appends metrics to metrics.jsonl and TensorBoard; keeps the latest value of each for display.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    `keep_rows` (the row count a checkpoint recorded) drops the rows logged after that checkpoint,
+    so that a resumed run does not log them twice; a half-written last line goes with them."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_rows: int = 0):
         self.path = run_dir / "metrics.jsonl"
         self.start = time.time()
         self.latest: dict[str, float] = {}
+        self.rows = truncate_lines(self.path, keep_rows)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -71,6 +63,7 @@ class MetricLogger:
         row = {"env_step": int(env_step), "wall_time": round(time.time() - self.start, 2), **clean}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self.rows += 1
         if self.writer is not None:
             for key, value in clean.items():
                 self.writer.add_scalar(key, value, env_step)
@@ -79,6 +72,41 @@ class MetricLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_lines(path: Path, keep: int) -> int:
+    """Cut the file at `path` after its first `keep` complete lines (if it is longer); returns the count kept."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    end, kept = 0, 0
+    while kept < keep:
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            break
+        end, kept = nl + 1, kept + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return kept
+
+
+# Temporary files that an interrupted atomic write can leave behind, by folder of the run directory
+# (fileio.atomic_write_bytes); none of them matches a glob that reads data.
+STALE_TEMP_PATTERNS = {".": (".config.yaml.*", ".final.json.*", ".model.safetensors.*"),
+                       "checkpoints": (".step_*",), "episodes": (".*.npz.*", "tmp*.npz")}  # tmp*.npz: older versions
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the leftovers of interrupted writes (only ever called before the run starts writing)."""
+    removed = []
+    for folder, patterns in STALE_TEMP_PATTERNS.items():
+        for pattern in patterns:
+            for path in (run_dir / folder).glob(pattern):
+                if path.is_file():
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -109,12 +137,13 @@ class Checkpointer:
         self.keep = keep
 
     def save(self, step: int, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-             counters: dict[str, int], rng: dict[str, Any]) -> Path:
+             counters: dict[str, int], rng: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
         payload = {
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "counters": dict(counters),
             "rng": rng,
+            **(extra or {}),
         }
         path = self.dir / f"step_{step:09d}.pt"
         atomic_write_bytes(path, lambda f: torch.save(payload, f))
@@ -132,6 +161,26 @@ class Checkpointer:
     @staticmethod
     def load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load_latest(self, warn, quarantine: bool = True) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint and its payload (None if there is none).
+
+        A damaged newer one (truncated, corrupt) is skipped with one `warn(line)`; with `quarantine`
+        it is also renamed `*.corrupt`, out of the way of later saves and pruning (a write: only once
+        the run is validated)."""
+        for path in reversed(self.list()):
+            try:
+                payload = self.load(path)
+                if not {"modules", "optimizers", "counters", "rng"} <= set(payload):
+                    raise KeyError("incomplete payload")
+                return path, payload
+            except Exception as exc:  # a damaged zip or pickle surfaces as many exception types
+                note = ""
+                if quarantine:
+                    path.rename(path.with_name(path.name + ".corrupt"))
+                    note = f" (renamed to {path.name}.corrupt)"
+                warn(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}){note}; using an older one")
+        return None
 
 
 def restore(payload: dict[str, Any], modules: dict[str, torch.nn.Module],

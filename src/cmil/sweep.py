@@ -42,8 +42,6 @@ import yaml
 
 INSTALL_HINT = ("cmil sweep needs Ray, an optional dependency. Install it with\n"
                 "  pip install 'cmil[sweep]'        (or: pip install 'ray[default]>=2.30,<3')")
-# Fields whose change does not alter what a resumed run learns (demos: a sweep-level input path).
-_IGNORED_ON_RESUME = {"demos"}
 
 
 # --- the grid -----------------------------------------------------------------------------------
@@ -87,13 +85,14 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                  variants: list[dict[str, Any]], preset: str, dry_run: bool, root: Path,
                  demos: str, num_cpus: float, num_gpus: float) -> list[dict[str, Any]]:
     """One spec per grid point: name, run_dir, resolved config (as a dict) and demo directory."""
-    from cmil.config import PRESETS, apply_method, dry_run_config, flatten, replace, to_dict
+    from cmil.config import PRESETS, apply_method, flatten, replace, to_dict, validate
+    from cmil.launch import dry_run_demo_dir, dry_run_preset, resolve_paths
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (one of {', '.join(sorted(PRESETS))})")
     base = PRESETS[preset]
     if dry_run:  # shrink the preset first, so explicit overrides still win (as `cmil train --dry-run`)
-        base = dry_run_config(replace(base, dry_run=True))
+        base = dry_run_preset(base)
     reference = flatten(base)
     trials = []
     for task in tasks:
@@ -106,12 +105,14 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                     if num_gpus > 0:
                         settings["device"] = "cuda"
                     cfg = apply_method(replace(base, **{**settings, **extra}))
+                    validate(cfg)  # a bad value fails the whole sweep now, not each trial later
                     name = f"{task}__{method}__{slug(extra, dry_run, preset)}__seed{seed}"
                     run_dir = (root / name).resolve()
-                    demo_dir = Path(cfg.demos) if cfg.demos else Path(demos.format(task=task))
-                    if dry_run and not demo_dir.exists():  # as `cmil train --dry-run`: collect a few
-                        demo_dir = run_dir / "demos"
-                    cfg = replace(cfg, demos=str(demo_dir.resolve()), run_dir=str(run_dir))
+                    if not cfg.demos:  # a dry run without demos collects a few of its own, as `cmil train`
+                        template = Path(demos.format(task=task))
+                        missing = dry_run and not template.exists()
+                        cfg = replace(cfg, demos=str(dry_run_demo_dir(run_dir) if missing else template))
+                    cfg = resolve_paths(cfg, run_dir)
                     trials.append({"name": name, "run_dir": str(run_dir), "config": to_dict(cfg)})
     names = [t["name"] for t in trials]
     if len(set(names)) != len(names):
@@ -123,6 +124,8 @@ def load_grid(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     grid = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(grid, dict):
+        raise ValueError(f"{path}: expected a mapping of grid keys, got {type(grid).__name__}")
     allowed = {"preset", "tasks", "methods", "seeds", "set", "variants"}
     unknown = sorted(set(grid) - allowed)
     if unknown:
@@ -132,22 +135,17 @@ def load_grid(path: str | None) -> dict[str, Any]:
 
 # --- one trial (runs inside a Ray worker) ---------------------------------------------------------
 
-def existing_state(config: dict[str, Any], run_dir: Path) -> tuple[str, str]:
-    """('new' | 'resume' | 'finished' | 'conflict', detail) for a requested config and its run dir."""
-    from cmil.config import RESUMABLE_FIELDS, flatten, from_dict, load_config
+def existing_state(config: dict[str, Any], run_dir: Path) -> tuple[str, Any]:
+    """('new' | 'resume' | 'finished' | 'conflict', detail) by `cmil.launch.plan_run`'s one rule."""
+    from cmil.config import from_dict
+    from cmil.errors import UsageError
+    from cmil.launch import plan_run
 
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        return "new", ""
-    saved, requested = flatten(load_config(saved_path)), flatten(from_dict(config))
-    diffs = [f"{k}: run has {saved.get(k)!r}, sweep asks {v!r}" for k, v in requested.items()
-             if k not in RESUMABLE_FIELDS | _IGNORED_ON_RESUME and saved.get(k) != v]
-    if diffs:
-        return "conflict", "existing run has a different config (use another --root or remove it): " + "; ".join(diffs)
-    final = run_dir / "final.json"
-    if final.exists() and json.loads(final.read_text()).get("target_env_steps") == config["env_steps"]:
-        return "finished", json.loads(final.read_text())
-    return "resume", ""
+    try:
+        plan = plan_run(from_dict({**config, "run_dir": str(run_dir)}))
+    except UsageError as exc:
+        return "conflict", str(exc)
+    return plan.state, plan.result if plan.state == "finished" else ""
 
 
 def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
@@ -157,37 +155,25 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     out: dict[str, Any] = {"name": spec["name"], "run_dir": str(run_dir)}
     try:
-        import torch
-
         from cmil.config import from_dict
-        from cmil.train import train
+        from cmil.launch import launch, plan_run
 
-        cfg = from_dict(spec["config"])
-        torch.set_num_threads(max(1, cfg.threads))
-        state, detail = existing_state(spec["config"], run_dir)
-        if state == "conflict":
-            raise RuntimeError(detail)
-        if state == "finished":
-            return {**out, "status": "skipped", "result": detail, "wall_s": 0.0}
-        demos = Path(cfg.demos)
-        if not demos.exists():
-            if not cfg.dry_run:
-                raise FileNotFoundError(f"no demos at {demos}; collect them with `cmil demos collect --task "
-                                        f"{cfg.task} --episodes {cfg.num_demos} --out {demos}` or pass --demos")
-            from cmil.data.collect import collect_demos
-
-            collect_demos(cfg.task, cfg.num_demos, demos, seed=cfg.seed, image_size=cfg.image_size,
-                          keep_failures=True, quiet=True)
-        result = train(cfg, run_dir, quiet=True)
+        plan = plan_run(from_dict(spec["config"]))
+        if plan.state == "finished":
+            return {**out, "status": "skipped", "result": plan.result, "wall_s": 0.0}
+        result = launch(plan, quiet=True)
         return {**out, "status": "done", "result": result, "wall_s": round(time.time() - start, 1)}
     except Exception as exc:  # report, never crash the sweep
+        from cmil.errors import UsageError
+
         tb = traceback.format_exc()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(tb)
-        except OSError:
-            pass
-        return {**out, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": tb,
+        if not isinstance(exc, UsageError) and (run_dir / "config.yaml").exists():
+            try:  # a trial that failed its checks wrote nothing, and this keeps it so
+                (run_dir / "error.txt").write_text(tb)
+            except OSError:
+                pass
+        error = str(exc) if isinstance(exc, UsageError) else f"{type(exc).__name__}: {exc}"
+        return {**out, "status": "failed", "error": error, "traceback": tb,
                 "wall_s": round(time.time() - start, 1)}
 
 
@@ -255,27 +241,40 @@ def run_sweep(trials: list[dict[str, Any]], ray, address: str | None = None, num
     return results
 
 
+def _checked_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The grid's trials; every bad input (grid file, names, values, resources) is one UsageError."""
+    from cmil.envs import list_tasks
+    from cmil.errors import UsageError
+    from cmil.methods.base import method_classes
+
+    if args.num_cpus <= 0 or args.num_gpus < 0 or (args.cluster_cpus is not None and args.cluster_cpus < 1):
+        raise UsageError("--num-cpus must be > 0, --num-gpus >= 0 and --cluster-cpus >= 1")
+    try:
+        grid = load_grid(args.grid)
+        tasks = args.tasks or grid.get("tasks")
+        methods = args.methods or grid.get("methods")
+        seeds = args.seeds if args.seeds is not None else grid.get("seeds", [0])
+        if not tasks or not methods:
+            raise ValueError("give --tasks and --methods (or a --grid file with them)")
+        for kind, names, known in (("task", tasks, list_tasks()), ("method", methods, sorted(method_classes()))):
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise ValueError(f"unknown {kind}s {unknown} (known: {', '.join(known)})")
+        overrides = {**(grid.get("set") or {}), **parse_set(args.set or [])}
+        return build_trials(list(tasks), list(methods), [int(s) for s in seeds], overrides,
+                            list(grid.get("variants") or [{}]), args.preset or grid.get("preset", "default"),
+                            args.dry_run, Path(args.root), args.demos, args.num_cpus, args.num_gpus)
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     ray = _import_ray()
     if ray is None:
         print(INSTALL_HINT, file=sys.stderr)
         return 3
-    grid = load_grid(args.grid)
-    tasks = args.tasks or grid.get("tasks")
-    methods = args.methods or grid.get("methods")
-    seeds = args.seeds if args.seeds is not None else grid.get("seeds", [0])
-    if not tasks or not methods:
-        print("error: give --tasks and --methods (or a --grid file with them)", file=sys.stderr)
-        return 2
+    trials = _checked_trials(args)
     root = Path(args.root)
-    try:
-        overrides = {**(grid.get("set") or {}), **parse_set(args.set or [])}
-        trials = build_trials(list(tasks), list(methods), [int(s) for s in seeds], overrides,
-                              list(grid.get("variants") or [{}]), args.preset or grid.get("preset", "default"),
-                              args.dry_run, root, args.demos, args.num_cpus, args.num_gpus)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(f"sweep: {len(trials)} trials under {root}")
     start = time.time()
     results = run_sweep(trials, ray, args.address, args.num_cpus, args.num_gpus, args.cluster_cpus)

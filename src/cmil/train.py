@@ -13,127 +13,63 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from cmil.config import Config, replace, save_config
-from cmil.data.episodes import EpisodeRecorder, episode_paths, load_episode, load_episodes, save_episode
-from cmil.data.replay import SequenceReplay
-from cmil.envs import make_env
-from cmil.evaluate import demo_success_rate, evaluate, run_episode
-from cmil.methods.base import Method
-from cmil.precision import resolve_precision, use_precision
-from cmil.runs import (
-    Checkpointer,
-    MetricLogger,
-    export_safetensors,
-    restore,
-    rng_state,
-    set_rng_state,
-    write_json,
-)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_method(cfg: Config, action_dim: int, device: torch.device) -> Method:
-    if cfg.method == "bc":
-        from cmil.methods.bc import BC
-
-        return BC(cfg, action_dim, device)
-    if cfg.method in ("cmil", "vmail"):
-        from cmil.methods.cmil import CMIL
-
-        return CMIL(cfg, action_dim, device)
-    if cfg.method == "dac":
-        from cmil.methods.dac import DAC
-
-        return DAC(cfg, action_dim, device)
-    raise ValueError(f"unknown method {cfg.method!r}")
-
-
-def demo_dir(cfg: Config) -> Path:
-    return Path(cfg.demos) if cfg.demos else Path("demos") / cfg.task
-
-
-def expert_success(directory: Path, demos) -> float:
-    """The expert's success rate when the demos were collected (stats file), else the demos' own."""
-    stats = directory / "expert_stats.json"
-    if stats.exists():
-        return float(json.loads(stats.read_text())["success_rate"])
-    return demo_success_rate(demos)
+from cmil.config import Config
+from cmil.data.episodes import EpisodeRecorder, load_episode, save_episode
+from cmil.errors import UsageError
+from cmil.evaluate import evaluate, run_episode
+from cmil.launch import Parts, say
+from cmil.precision import use_precision
+from cmil.runs import export_safetensors, restore, rng_state, set_rng_state, write_json
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False):
-        self.device = resolve_device(cfg.device)
-        cfg = replace(cfg, precision=resolve_precision(cfg.precision, self.device))  # saved resolved
-        self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.np_rng = np.random.default_rng(cfg.seed)
-        self.env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
-        action_dim = self.env.action_space.shape[0]
+    """The loop over the parts `cmil.launch.build` made; resumes from `parts.restored` if given."""
 
-        self.demo_dir = demo_dir(cfg)
-        demos = load_episodes(self.demo_dir, cfg.image_size, action_dim, limit=cfg.num_demos)
-        self.expert_success = expert_success(self.demo_dir, demos)
-        self.expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
-        for ep in demos:
-            self.expert.add_episode(ep)
-        self.replay = SequenceReplay(cfg.seq_len, seed=cfg.seed + 1)
-        self.method = build_method(cfg, action_dim, self.device)
+    def __init__(self, cfg: Config, run_dir: Path, parts: Parts, quiet: bool = False):
+        self.cfg, self.run_dir, self.quiet = cfg, run_dir, quiet
+        self.env, self.expert, self.replay = parts.env, parts.expert, parts.replay
+        self.method, self.logger, self.ckpt, self.np_rng = parts.method, parts.logger, parts.ckpt, parts.np_rng
+        self.expert_success = parts.expert_success
         self.policy = self.method.policy()
-        self.logger = MetricLogger(run_dir)
-        self.ckpt = Checkpointer(run_dir, cfg.keep_checkpoints)
         self.counters = {"env_step": 0, "episodes": 0, "pretrained": 0, "next_eval": cfg.eval_every,
                          "next_log": cfg.log_every, "next_ckpt": cfg.checkpoint_every}
         self.last_eval: dict[str, float] = {}
-        self._resume_or_init()
+        if parts.restored is not None:
+            self._resume(*parts.restored)
 
     # --- state ----------------------------------------------------------------------------
-    def _resume_or_init(self) -> None:
-        latest = self.ckpt.latest()
-        if latest is not None:
-            payload = Checkpointer.load(latest)
-            restore(payload, self.method.modules(), self.method.optimizers())
-            self.counters.update(payload["counters"])
-            self.method.updates = self.counters.get("updates", 0)
-            set_rng_state(payload["rng"], self.np_rng)
-            self.expert.set_rng_state(json.loads(payload["rng"]["expert_replay"]))
-            self.replay.set_rng_state(json.loads(payload["rng"]["replay"]))
-            for path in self._episode_files()[: self.counters["episodes"]]:
-                self.replay.add_episode(load_episode(path))
-            self._say(f"resumed {self.run_dir} at env step {self.counters['env_step']} ({latest.name})")
-        elif self.cfg.init_from:
-            source = Checkpointer(Path(self.cfg.init_from)).latest()
-            if source is None:
-                raise FileNotFoundError(f"{self.cfg.init_from}: no checkpoint to initialise from")
-            restore(Checkpointer.load(source), self.method.modules())
-            self._say(f"initialised networks from {source}")
+    def _resume(self, path: Path, payload: dict) -> None:
+        restore(payload, self.method.modules(), self.method.optimizers())
+        self.counters.update(payload["counters"])
+        self.method.updates = self.counters.get("updates", 0)
+        self.method.load_extra_state(payload.get("method_state", {}))
+        set_rng_state(payload["rng"], self.np_rng)
+        self.expert.set_rng_state(json.loads(payload["rng"]["expert_replay"]))
+        self.replay.set_rng_state(json.loads(payload["rng"]["replay"]))
+        files = self._episode_files()
+        saved = self.counters["episodes"]
+        if len(files) < saved:
+            raise UsageError(f"{self.run_dir}/episodes: {len(files)} episodes, but the checkpoint {path.name} "
+                             f"was taken after {saved}; restore the missing episode files")
+        for extra in files[saved:]:  # played after the checkpoint: they are played again, identically
+            extra.unlink()
+        for episode in files[:saved]:
+            self.replay.add_episode(load_episode(episode))
+        say(f"resumed {self.run_dir} at env step {self.counters['env_step']} ({path.name})", self.quiet)
 
     def _episode_files(self) -> list[Path]:
         directory = self.run_dir / "episodes"
-        return episode_paths(directory) if directory.exists() and any(directory.glob("*.npz")) else []
+        return sorted(directory.glob("*.npz")) if directory.is_dir() else []
 
     def checkpoint(self) -> None:
         self.counters["updates"] = self.method.updates
+        self.counters["metric_rows"] = self.logger.rows  # rows after this are dropped on resume
         rng = {**rng_state(self.np_rng), "expert_replay": json.dumps(self.expert.rng_state()),
                "replay": json.dumps(self.replay.rng_state())}
         self.ckpt.save(self.counters["env_step"], self.method.modules(), self.method.optimizers(),
-                       self.counters, rng)
-
-    def _say(self, msg: str) -> None:
-        if not self.quiet:
-            tqdm.write(msg)
+                       self.counters, rng, extra={"method_state": self.method.extra_state()})
 
     # --- phases ---------------------------------------------------------------------------
     def pretrain(self) -> None:
@@ -200,14 +136,14 @@ class Trainer:
             return action
 
         recorder = EpisodeRecorder()
-        success, ret, length, _, _ = run_episode(self.env, act, self.policy.reset, recorder=recorder,
-                                                 seed=int(self.np_rng.integers(2**31)))
+        rollout = run_episode(self.env, act, self.policy.reset, recorder=recorder,
+                              seed=int(self.np_rng.integers(2**31)))
         ep = recorder.finish()
         self.replay.add_episode(ep)
-        save_episode(self.run_dir / "episodes", ep, name=f"ep{c['episodes']:06d}-{length}.npz")
+        save_episode(self.run_dir / "episodes", ep, name=f"ep{c['episodes']:06d}-{rollout.length}.npz")
         c["episodes"] += 1
-        return {"train/episode_success": float(success), "train/episode_return": ret,
-                "train/episode_length": float(length), "train/updates": float(self.method.updates)}
+        return {"train/episode_success": float(rollout.success), "train/episode_return": rollout.ret,
+                "train/episode_length": float(rollout.length), "train/updates": float(self.method.updates)}
 
     def finish(self) -> dict:
         """Final evaluation and exported weights; `run` writes the result as final.json last."""
@@ -234,9 +170,3 @@ class Trainer:
         result["wall_time_s"] = round(time.time() - start, 1)
         write_json(self.run_dir / "final.json", result)
         return result
-
-
-def train(cfg: Config, run_dir: Path, quiet: bool = False) -> dict:
-    """Train (or resume) the run in `run_dir`; returns the final evaluation."""
-    return Trainer(cfg, run_dir, quiet).run()
-

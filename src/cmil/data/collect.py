@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from cmil.data.episodes import EpisodeRecorder, save_episode
-from cmil.envs import make_env, make_expert
+from cmil.envs import make_env
+from cmil.errors import OutputExistsError
 from cmil.evaluate import run_episode
+from cmil.experts import make_expert
 
 
 def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size: int = 64,
@@ -20,9 +23,15 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
     expert's success rate, written with the other statistics to `out/expert_stats.json`.
     """
     out = Path(out)
-    if out.exists() and any(out.glob("*.npz")):
-        raise FileExistsError(f"{out}: already holds episodes; choose another --out (nothing is overwritten)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        raise OutputExistsError(f"{out}: is not empty; choose another --out (nothing is overwritten)")
     max_attempts = max_attempts or 3 * episodes + 5
+    # Collected beside `out` and renamed into place whole: an interrupted or failed collection leaves
+    # no half-filled demo directory behind (the next attempt just starts again).
+    partial = out.with_name(f".{out.name}.part")
+    shutil.rmtree(partial, ignore_errors=True)
     env = make_env(task, seed=seed, image_size=image_size)
     try:
         expert = make_expert(task, env)
@@ -32,12 +41,13 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
                 if attempts >= max_attempts:
                     raise RuntimeError(f"expert saved only {saved}/{episodes} successful episodes in {attempts} attempts")
                 recorder = EpisodeRecorder()
-                success, _, length, _, _ = run_episode(env, lambda _obs: expert.act(), expert.reset,
-                                                       seed=seed + attempts, recorder=recorder)
+                rollout = run_episode(env, lambda _obs: expert.act(), expert.reset, seed=seed + attempts,
+                                      recorder=recorder)
                 attempts += 1
-                successes += int(success)
-                if success or keep_failures:
-                    save_episode(out, recorder.finish(), name=f"{task}-seed{seed + attempts - 1:06d}-{length}.npz")
+                successes += int(rollout.success)
+                if rollout.success or keep_failures:
+                    save_episode(partial, recorder.finish(),
+                                 name=f"{task}-seed{seed + attempts - 1:06d}-{rollout.length}.npz")
                     saved += 1
                     bar.update(1)
                 bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
@@ -45,5 +55,8 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
         env.close()
     stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes,
              "success_rate": successes / attempts, "seed": seed, "image_size": image_size}
-    (out / "expert_stats.json").write_text(json.dumps(stats, indent=2))
+    (partial / "expert_stats.json").write_text(json.dumps(stats, indent=2))
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    partial.rename(out)
     return stats

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, save_episode, validate_episode
+from cmil.errors import OutputExistsError
 
 STATE_KEYS_SKIPPED = {"image", "action", "reward", "discount", "is_first", "is_last", "is_terminal", "success"}
 
@@ -69,7 +70,7 @@ def import_dreamer_episodes(src: str | Path, out: str | Path, image_size: int = 
     """Convert every `.npz` in `src`; validates all before writing any (all or nothing)."""
     out = Path(out)
     if out.exists() and any(out.glob("*.npz")):
-        raise FileExistsError(f"{out}: already holds episodes; choose another --out (nothing is overwritten)")
+        raise OutputExistsError(f"{out}: already holds episodes; choose another --out (nothing is overwritten)")
     episodes = []
     for path in episode_paths(src):
         try:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from cmil.errors import UsageError
+from cmil.fileio import atomic_write_bytes
 
 Episode = dict[str, np.ndarray]
 
@@ -37,7 +39,7 @@ REQUIRED_KEYS = ("image", "action", "reward", "success", "is_first", "is_last", 
 FLAG_KEYS = ("success", "is_first", "is_last", "is_terminal")
 
 
-class EpisodeError(ValueError):
+class EpisodeError(UsageError, ValueError):
     """A malformed, truncated or mismatched episode file; the message names the file and the problem."""
 
 
@@ -142,14 +144,8 @@ def save_episode(directory: str | os.PathLike, ep: Episode, name: str | None = N
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (name or episode_filename(ep))
     validate_episode(ep, str(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **ep)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The temporary file is hidden and does not end in .npz: it never passes for an episode.
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **ep))
     return path
 
 

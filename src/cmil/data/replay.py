@@ -149,3 +149,51 @@ def batch_to_torch(batch: dict[str, np.ndarray], device: torch.device | str = "c
             t = t.pin_memory()
         out[k] = t.to(device, non_blocking=non_blocking)
     return out
+
+
+# --- transition samplers (the model-free methods: BC, DAC) -----------------------------------------
+
+def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
+    """All (image_t, action_{t+1}) pairs of the demos."""
+    images, actions = [], []
+    for ep in expert.episodes:
+        images.append(ep["image"][:-1])
+        actions.append(ep["action"][1:])
+    return np.concatenate(images), np.concatenate(actions).astype(np.float32)
+
+
+def episode_transition_count(ep: dict[str, np.ndarray]) -> int:
+    """T steps, plus the absorbing self-loop if the episode terminated."""
+    return len(ep["action"]) - 1 + int(bool(ep["is_terminal"][-1]))
+
+
+def sample_transitions(episodes: list[dict[str, np.ndarray]], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """n transitions drawn uniformly over all transitions of `episodes` (absorbing ones included).
+
+    Index t < T of an episode with T steps is (image[t], action[t+1], image[t+1]); if the episode
+    terminated, its last transition leads to the absorbing state instead, and index T is the
+    absorbing self-loop (absorbing, zero action, absorbing). Absorbing images are zeros (masked out)."""
+    counts = np.array([episode_transition_count(ep) for ep in episodes])
+    flat = rng.integers(0, counts.sum(), n)
+    which = np.searchsorted(np.cumsum(counts), flat, side="right")
+    idx = flat - (np.cumsum(counts) - counts)[which]
+    first = episodes[0]
+    image = np.zeros((n, *first["image"].shape[1:]), np.uint8)
+    next_image = np.zeros_like(image)
+    action = np.zeros((n, first["action"].shape[1]), np.float32)
+    absorbing = np.zeros(n, bool)
+    next_absorbing = np.zeros(n, bool)
+    for i, (e, t) in enumerate(zip(which, idx, strict=True)):
+        ep = episodes[e]
+        steps = len(ep["action"]) - 1
+        if t == steps:  # the absorbing self-loop (only exists for terminated episodes)
+            absorbing[i] = next_absorbing[i] = True
+            continue
+        image[i] = ep["image"][t]
+        action[i] = ep["action"][t + 1]
+        if t == steps - 1 and ep["is_terminal"][-1]:
+            next_absorbing[i] = True
+        else:
+            next_image[i] = ep["image"][t + 1]
+    return {"image": image, "action": action, "next_image": next_image, "absorbing": absorbing,
+            "next_absorbing": next_absorbing}

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import gymnasium as gym
 
+from cmil.errors import UsageError
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -30,8 +32,6 @@ class TaskSpec:
     name: str
     env_factory: str
     """'module:function' building the env: f(seed=..., image_size=..., **kwargs) -> gym.Env."""
-    expert_factory: str | None
-    """'module:function' building the task's expert: f(env) -> cmil.experts.Expert, or None."""
     episode_length: int
     description: str = ""
 
@@ -43,14 +43,22 @@ def register(spec: TaskSpec) -> None:
     _TASKS[spec.name] = spec
 
 
-def _load(path: str) -> Callable:
+def load_factory(path: str) -> Callable:
+    """The object named by 'module:function' (imported on first use, so that cmil starts fast)."""
     module, fn = path.split(":")
     return getattr(importlib.import_module(module), fn)
 
 
+class UnknownTaskError(UsageError, KeyError):
+    """A task name that is not registered (a KeyError too, as a failed lookup)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def task_spec(name: str) -> TaskSpec:
     if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 
@@ -77,25 +85,15 @@ class SeedFirstReset(gym.Wrapper):
 def make_env(name: str, seed: int | None = None, image_size: int = 64, **kwargs) -> gym.Env:
     """Build the task `name` (see `list_tasks()`); `seed` seeds the first `reset`."""
     spec = task_spec(name)
-    env = _load(spec.env_factory)(seed=seed, image_size=image_size, **kwargs)
+    env = load_factory(spec.env_factory)(seed=seed, image_size=image_size, **kwargs)
     return SeedFirstReset(env, seed)
 
 
-def make_expert(name: str, env: gym.Env):
-    """The scripted/planning expert of task `name`, acting in `env` (it may read simulator state)."""
-    spec = task_spec(name)
-    if spec.expert_factory is None:
-        raise ValueError(f"task {name!r} has no expert")
-    return _load(spec.expert_factory)(env)
-
-
 # Built-in tasks. The default task's choice is justified in docs/default_task.md.
-register(TaskSpec("point", "cmil.envs.point:make_point_env", "cmil.experts.point:PointExpert", 30,
+register(TaskSpec("point", "cmil.envs.point:make_point_env", 30,
                   "2-D point mass reaching a random goal, rendered with numpy; for fast tests"))
-register(TaskSpec("kitchen", "cmil.envs.kitchen:make_kitchen_env", "cmil.experts.kitchen:make_kitchen_expert",
-                  280, "Franka Kitchen: microwave, kettle, light switch, slide cabinet (paper task)"))
-register(TaskSpec("baoding", "cmil.envs.baoding:make_baoding_env", "cmil.experts.baoding:make_baoding_expert",
-                  75, "ShadowHand Baoding balls (paper task)"))
+register(TaskSpec("kitchen", "cmil.envs.kitchen:make_kitchen_env", 280, "Franka Kitchen: microwave, kettle, light switch, slide cabinet (paper task)"))
+register(TaskSpec("baoding", "cmil.envs.baoding:make_baoding_env", 75, "ShadowHand Baoding balls (paper task)"))
 
 # Meta-World v3 tasks ("mw-push", ...); the module imports MuJoCo only when an env is built.
 from cmil.envs.metaworld_env import metaworld_task_specs  # noqa: E402

@@ -185,7 +185,6 @@ def metaworld_task_specs() -> list:
     """TaskSpecs 'mw-<task>' for every task in METAWORLD_TASKS, for `cmil.envs.register`."""
     from cmil.envs import TaskSpec
 
-    return [TaskSpec(f"mw-{t}", f"{__name__}:{_factory_name(t)}",
-                     "cmil.experts.metaworld_expert:make_metaworld_expert", task_episode_length(t),
+    return [TaskSpec(f"mw-{t}", f"{__name__}:{_factory_name(t)}", task_episode_length(t),
                      f"Meta-World v3 {t} from pixels, random placement, scripted expert")
             for t in METAWORLD_TASKS]

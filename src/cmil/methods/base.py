@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+import pkgutil
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +51,9 @@ class Method:
 
     online: bool = True
     uses_seed_episodes: bool = True
+    checkpointed_attrs: tuple[str, ...] = ()
+    """Attributes besides weights and optimisers that a resumed run needs (e.g. running diagnostics);
+    each must hold JSON data, and a dict keeps its type (a defaultdict stays one) when restored."""
 
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         self.cfg = cfg
@@ -81,3 +88,49 @@ class Method:
     def diagnostics(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
         """Extra metrics computed at evaluation time (e.g. discriminator accuracies)."""
         return {}
+
+    def extra_state(self) -> dict[str, str]:
+        """`checkpointed_attrs` as JSON strings (a checkpoint holds tensors and plain data only)."""
+        return {name: json.dumps(getattr(self, name)) for name in self.checkpointed_attrs}
+
+    def load_extra_state(self, state: dict[str, str]) -> None:
+        for name in self.checkpointed_attrs:
+            value = json.loads(state[name]) if name in state else None
+            current = getattr(self, name)
+            if isinstance(current, dict):
+                current.clear()
+                current.update(value or {})
+            elif value is not None:
+                setattr(self, name, value)
+
+
+# --- the registry: a method module registers its class; nothing else names it ----------------------
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(*names: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: `@register("cmil", "vmail")` makes `cfg.method` of those names build the class."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        for name in names:
+            METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def method_classes() -> dict[str, type[Method]]:
+    """Every method in the `cmil.methods` package, by name (importing the modules registers them)."""
+    import cmil.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "base":
+            importlib.import_module(f"cmil.methods.{info.name}")
+    return METHODS
+
+
+def make_method(cfg: Config, action_dim: int, device: torch.device) -> Method:
+    classes = method_classes()
+    if cfg.method not in classes:
+        raise ValueError(f"unknown method {cfg.method!r} (known: {', '.join(sorted(classes))})")
+    return classes[cfg.method](cfg, action_dim, device)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from cmil.config import Config
-from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method, StatelessPolicy
+from cmil.data.replay import SequenceReplay, demo_pairs
+from cmil.methods.base import Method, StatelessPolicy, register
 from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
 
 
@@ -32,15 +32,7 @@ class PixelPolicy(nn.Module):
         return torch.tanh(self.head(self.encoder(x)))
 
 
-def demo_pairs(expert: SequenceReplay) -> tuple[np.ndarray, np.ndarray]:
-    """All (image_t, action_{t+1}) pairs of the demos."""
-    images, actions = [], []
-    for ep in expert.episodes:
-        images.append(ep["image"][:-1])
-        actions.append(ep["action"][1:])
-    return np.concatenate(images), np.concatenate(actions).astype(np.float32)
-
-
+@register("bc")
 class BC(Method):
     online = False
     uses_seed_episodes = False
@@ -48,7 +40,7 @@ class BC(Method):
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
         self.net = PixelPolicy(action_dim, cfg.image_size).to(device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc_lr, fused=True)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc.lr, fused=True)
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -62,17 +54,17 @@ class BC(Method):
         return StatelessPolicy(lambda image, _deterministic: self.net(image), self.device)
 
     def pretrain_steps(self) -> int:
-        return self.cfg.bc_steps
+        return self.cfg.bc.steps
 
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         images, actions = demo_pairs(expert)
         metrics: dict[str, float] = {}
         self.net.train()
-        while self.updates < self.cfg.bc_steps:
-            idx = self.rng.integers(0, len(images), self.cfg.bc_batch)
+        while self.updates < self.cfg.bc.steps:
+            idx = self.rng.integers(0, len(images), self.cfg.bc.batch)
             image = torch.as_tensor(images[idx], device=self.device)
             target = torch.as_tensor(actions[idx], device=self.device)
-            loss = (self.net(image, augment=self.cfg.bc_augment) - target).pow(2).sum(-1).mean()
+            loss = (self.net(image, augment=self.cfg.bc.augment) - target).pow(2).sum(-1).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

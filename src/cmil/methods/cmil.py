@@ -18,7 +18,7 @@ from torch import nn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay, batch_to_torch
-from cmil.methods.base import Method
+from cmil.methods.base import Method, register
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, lambda_returns
 from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import WorldModel
@@ -42,7 +42,10 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[2:])
 
 
+@register("cmil", "vmail")
 class CMIL(Method):
+    checkpointed_attrs = ("_diag",)  # running diagnostics: a resumed run's metrics equal an uninterrupted one's
+
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
         a = cfg.agent

@@ -16,7 +16,8 @@ removes the survival/termination bias of fixed reward signs. Episodes cut by a t
 from their last frame as usual. A feature is [encoder(image) * (1 - absorbing), absorbing].
 
 Transitions (image[t], action[t + 1], image[t + 1]) are drawn uniformly over all transitions of the
-shared replays' episodes (the stored `action[t + 1]` is the action taken at frame t).
+shared replays' episodes by `data.replay.sample_transitions` (the stored `action[t + 1]` is the action
+taken at frame t).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmil.config import Config
-from cmil.data.replay import SequenceReplay
-from cmil.methods.base import Method, StatelessPolicy
+from cmil.data.replay import SequenceReplay, sample_transitions
+from cmil.methods.base import Method, StatelessPolicy, register
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen
 from cmil.models.networks import ConvEncoder, preprocess_image, random_shift
 
@@ -73,43 +74,6 @@ def gradient_penalty(disc, expert: tuple[torch.Tensor, ...], policy: tuple[torch
     return (sq.add(1e-12).sqrt() - target).pow(2).mean()
 
 
-def episode_transition_count(ep: dict[str, np.ndarray]) -> int:
-    """T steps, plus the absorbing self-loop if the episode terminated."""
-    return len(ep["action"]) - 1 + int(bool(ep["is_terminal"][-1]))
-
-
-def sample_transitions(episodes: list[dict[str, np.ndarray]], n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """n transitions drawn uniformly over all transitions of `episodes` (absorbing ones included).
-
-    Index t < T of an episode with T steps is (image[t], action[t+1], image[t+1]); if the episode
-    terminated, its last transition leads to the absorbing state instead, and index T is the
-    absorbing self-loop (absorbing, zero action, absorbing). Absorbing images are zeros (masked out)."""
-    counts = np.array([episode_transition_count(ep) for ep in episodes])
-    flat = rng.integers(0, counts.sum(), n)
-    which = np.searchsorted(np.cumsum(counts), flat, side="right")
-    idx = flat - (np.cumsum(counts) - counts)[which]
-    first = episodes[0]
-    image = np.zeros((n, *first["image"].shape[1:]), np.uint8)
-    next_image = np.zeros_like(image)
-    action = np.zeros((n, first["action"].shape[1]), np.float32)
-    absorbing = np.zeros(n, bool)
-    next_absorbing = np.zeros(n, bool)
-    for i, (e, t) in enumerate(zip(which, idx, strict=True)):
-        ep = episodes[e]
-        steps = len(ep["action"]) - 1
-        if t == steps:  # the absorbing self-loop (only exists for terminated episodes)
-            absorbing[i] = next_absorbing[i] = True
-            continue
-        image[i] = ep["image"][t]
-        action[i] = ep["action"][t + 1]
-        if t == steps - 1 and ep["is_terminal"][-1]:
-            next_absorbing[i] = True
-        else:
-            next_image[i] = ep["image"][t + 1]
-    return {"image": image, "action": action, "next_image": next_image, "absorbing": absorbing,
-            "next_absorbing": next_absorbing}
-
-
 def soft_target(reward: torch.Tensor, next_q: torch.Tensor, next_logp: torch.Tensor, temperature: torch.Tensor,
                 gamma: float, next_absorbing: torch.Tensor) -> torch.Tensor:
     """SAC target r + gamma * (min_i Q'_i(s', a') - temperature * log pi(a'|s')).
@@ -132,6 +96,7 @@ class Temperature(nn.Module):
         return self.log_value.exp()
 
 
+@register("dac")
 class DAC(Method):
     """Pixel DAC inside the shared loop: seed episodes from the untrained (near-uniform) policy,
     then one SAC + discriminator step per `update`."""

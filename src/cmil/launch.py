@@ -1,0 +1,345 @@
+"""One run lifecycle for `cmil train`, `cmil sweep` and `cmil eval`.
+
+    plan_run(cfg)  validate the config, pick the run directory and decide its state by one rule:
+                   new | resume | finished (a conflict is a UsageError); reads, never writes
+    build(plan)    the parts the loop runs on (env, demos, replays, method, logger, checkpointer);
+                   every check of user input (demos, the env's action dimension, --init-from) comes
+                   before the first write, so a failed command leaves the file system as it was
+    launch(plan)   the above plus the loop; a finished run returns its saved result
+    open_policy    what `cmil eval` needs, read-only: the saved config, the env and the policy
+
+The resume rule: every field of the saved config except `config.STEERING_FIELDS` must equal the
+command's resolved value (the method included); steering fields take the command's value.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cmil.config import (
+    STEERING_FIELDS,
+    Config,
+    dry_run_config,
+    flatten,
+    load_config,
+    replace,
+    resume_conflicts,
+    save_config,
+    validate,
+)
+from cmil.data.episodes import Episode, episode_paths, load_episodes
+from cmil.data.replay import SequenceReplay
+from cmil.errors import UsageError
+from cmil.evaluate import demo_success_rate
+from cmil.methods.base import Method, Policy, make_method
+from cmil.precision import resolve_precision
+from cmil.runs import Checkpointer, MetricLogger, default_run_dir, remove_stale_temp_files, restore
+
+RunState = Literal["new", "resume", "finished"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: its resolved config, directory and state (`result`: final.json if finished)."""
+
+    cfg: Config
+    run_dir: Path
+    state: RunState
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Parts:
+    """Everything the training loop runs on, built and checked by `build`."""
+
+    env: gym.Env
+    expert: SequenceReplay
+    replay: SequenceReplay
+    method: Method
+    logger: MetricLogger
+    ckpt: Checkpointer
+    np_rng: np.random.Generator
+    expert_success: float
+    restored: tuple[Path, dict[str, Any]] | None
+    """The checkpoint to resume from (None: a fresh start)."""
+
+
+def say(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        tqdm.write(msg)
+
+
+def warn(msg: str) -> None:
+    """One line on stderr, even when quiet: it reports something the user should know."""
+    tqdm.write(msg, file=sys.stderr)
+
+
+# --- config and state --------------------------------------------------------------------------------
+
+def dry_run_preset(preset: Config) -> Config:
+    """The preset shrunk for `--dry-run`, before explicit flags apply (so that they still win)."""
+    return dry_run_config(replace(preset, dry_run=True))
+
+
+def dry_run_demo_dir(run_dir: Path) -> Path:
+    return run_dir / "demos"
+
+
+def resolve_paths(cfg: Config, run_dir: Path) -> Config:
+    """Absolute demos / run_dir / init_from, so that a run compares and reloads alike from any directory.
+
+    Demos default to demos/{task}; a dry run without demos there collects a few into RUN/demos."""
+    demos = Path(cfg.demos) if cfg.demos else Path("demos") / cfg.task
+    if cfg.dry_run and not cfg.demos and not demos.exists():
+        demos = dry_run_demo_dir(run_dir)
+    init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
+    return replace(cfg, demos=str(demos.resolve()), run_dir=str(run_dir), init_from=init_from)
+
+
+def _check_task_and_device(cfg: Config) -> None:
+    from cmil.envs import list_tasks
+
+    if cfg.task not in list_tasks():
+        raise UsageError(f"task: unknown task {cfg.task!r}; known tasks: {', '.join(list_tasks())}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device: {cfg.device!r} requested but CUDA is not available (use --device cpu)")
+
+
+def _read_result(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "final.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable final.json does not mark the run finished: it is resumed and rewritten
+
+
+def plan_run(cfg: Config) -> RunPlan:
+    """Validate `cfg` and decide what to do with its run directory. Reads only; raises UsageError."""
+    validate(cfg)
+    _check_task_and_device(cfg)
+    # `auto` becomes what this machine runs (fp32 | bf16), and config.yaml records that.
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
+    run_dir = (Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)).resolve()
+    cfg = resolve_paths(cfg, run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"run_dir: {run_dir} exists and is not a directory")
+    # Empty, or holding only the temporary file of a config.yaml whose write was interrupted: new.
+    if not run_dir.exists() or all(p.name.startswith(".config.yaml.") for p in run_dir.iterdir()):
+        _check_init_from(cfg)
+        return RunPlan(cfg, run_dir, "new")
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise UsageError(f"run_dir: {run_dir} is not empty and is not a run (no config.yaml); "
+                         "pick another --run-dir")
+    saved = load_config(saved_path)
+    # Older runs saved relative paths (relative to where they were started, as they were read then).
+    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", "init_from")
+                              if (v := getattr(saved, k)) and not Path(v).is_absolute()})
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise UsageError(f"{run_dir} is an existing run with other settings ({'; '.join(conflicts)}); "
+                         "drop those flags to resume it, or pick another --run-dir")
+    requested = flatten(cfg)
+    cfg = replace(saved, **{k: requested[k] for k in STEERING_FIELDS})
+    result = _read_result(run_dir)
+    if result is not None and cfg.env_steps <= result.get("target_env_steps", -1):
+        return RunPlan(cfg, run_dir, "finished", result)
+    episodes = run_dir / "episodes"
+    if not Checkpointer(run_dir).list() and episodes.is_dir() and any(episodes.glob("*.npz")):
+        raise UsageError(f"{run_dir}: has online episodes but no checkpoints/ to resume them from; "
+                         "restore the checkpoints or start a new run")
+    return RunPlan(cfg, run_dir, "resume")
+
+
+def _check_init_from(cfg: Config) -> None:
+    if cfg.init_from and not Checkpointer(Path(cfg.init_from)).list():
+        raise UsageError(f"init_from: {cfg.init_from} has no checkpoint to initialise from")
+
+
+# --- demos -------------------------------------------------------------------------------------------
+
+def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
+    """The first `num_demos` demos, validated against the run's image size and the env's action dimension."""
+    directory = Path(cfg.demos)
+    if not directory.exists():
+        raise UsageError(f"demos: no demos at {directory}; collect them with `cmil demos collect --task "
+                         f"{cfg.task} --episodes {cfg.num_demos} --out {directory}` or pass --demos DIR")
+    available = len(episode_paths(directory))
+    if available < cfg.num_demos:
+        raise UsageError(f"num_demos: {directory} holds {available} episodes, fewer than num_demos "
+                         f"{cfg.num_demos}; pass --num-demos {available} or collect more")
+    return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
+
+
+def _collect_dry_run_demos(cfg: Config) -> None:
+    """A dry run's own few demos, in RUN/demos, collected as if before anything else: the torch RNG
+    is put back afterwards, so the run goes on exactly as one whose demos were already there."""
+    from cmil.data.collect import collect_demos
+
+    torch_state = torch.get_rng_state()
+    collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, image_size=cfg.image_size,
+                  keep_failures=True, quiet=True)
+    torch.set_rng_state(torch_state)
+
+
+def expert_success(directory: Path, demos: list[Episode]) -> float:
+    """The expert's success rate when the demos were collected (stats file), else the demos' own."""
+    stats = directory / "expert_stats.json"
+    if stats.exists():
+        return float(json.loads(stats.read_text())["success_rate"])
+    return demo_success_rate(demos)
+
+
+# --- the parts ---------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def action_dim_of(env: gym.Env, task: str) -> int:
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise UsageError(f"task {task!r}: action space {space} is not a flat Box, which every method needs")
+    return int(space.shape[0])
+
+
+def build(plan: RunPlan, quiet: bool = False) -> Parts:
+    """Build and check every part, then (only then) create or update the run directory."""
+    cfg, run_dir = plan.cfg, plan.run_dir
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    from cmil.envs import make_env
+
+    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    try:
+        action_dim = action_dim_of(env, cfg.task)
+        collect = cfg.dry_run and Path(cfg.demos) == dry_run_demo_dir(run_dir) and not Path(cfg.demos).exists()
+        demos = None if collect else load_demos(cfg, action_dim)
+        method = make_method(cfg, action_dim, resolve_device(cfg.device))
+        ckpt = Checkpointer(run_dir, cfg.keep_checkpoints)
+        if plan.state == "new" and cfg.init_from:
+            _init_from(method, Path(cfg.init_from), quiet)
+        # --- from here on the run directory is written ---
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+        if demos is None:  # the expert's env needs the process's renderer (one per process): lend it
+            env.close()
+            _collect_dry_run_demos(cfg)
+            env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+            demos = load_demos(cfg, action_dim)
+        restored = ckpt.load_latest(warn) if plan.state == "resume" else None
+        if plan.state == "resume" and restored is None and _has_episodes(run_dir):
+            raise UsageError(f"{run_dir}: no readable checkpoint to resume its online episodes from")
+        expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
+        for ep in demos:
+            expert.add_episode(ep)
+        counters = restored[1]["counters"] if restored else {}
+        logger = MetricLogger(run_dir, keep_rows=int(counters.get("metric_rows", 0)))
+    except BaseException:
+        env.close()
+        raise
+    return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1), method=method,
+                 logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos),
+                 restored=restored)
+
+
+def _has_episodes(run_dir: Path) -> bool:
+    return (run_dir / "episodes").is_dir() and any((run_dir / "episodes").glob("*.npz"))
+
+
+def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
+    found = Checkpointer(source_run).load_latest(warn, quarantine=False)
+    if found is None:
+        raise UsageError(f"init_from: {source_run} has no readable checkpoint to initialise from")
+    try:
+        restore(found[1], method.modules())
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"init_from: {found[0]} does not fit this method's networks ({first})") from None
+    say(f"initialised networks from {found[0]}", quiet)
+
+
+# --- the commands' shared steps ---------------------------------------------------------------------
+
+def launch(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
+    """Train (or resume) the planned run; a finished run returns its saved result untouched."""
+    if plan.state == "finished":
+        assert plan.result is not None
+        return plan.result
+    from cmil.train import Trainer
+
+    parts = build(plan, quiet)
+    try:
+        trainer = Trainer(plan.cfg, plan.run_dir, parts, quiet)
+    except BaseException:  # from here on `Trainer.run` closes them
+        parts.env.close()
+        parts.logger.close()
+        raise
+    return trainer.run()
+
+
+def result_line(result: dict[str, Any], run_dir: Path) -> str:
+    return (f"{result['method']} on {result['task']}: success rate {result['success_rate']:.2f} over "
+            f"{result['episodes']} episodes (expert {result['expert_success_rate']:.2f}), "
+            f"return {result['return']:.1f}, {result['env_steps']} env steps; run: {run_dir}")
+
+
+@dataclass
+class EvalParts:
+    cfg: Config
+    env: gym.Env
+    policy: Policy
+    checkpoint: Path
+    expert_success: float | None
+
+
+def open_policy(run_dir: Path) -> EvalParts:
+    """The saved run's env and policy (latest readable checkpoint); reads the run, writes nothing."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(saved)
+    _check_task_and_device(cfg)
+    found = Checkpointer(run_dir).load_latest(warn, quarantine=False)
+    if found is None:
+        raise UsageError(f"{run_dir} has no readable checkpoint to evaluate")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from cmil.envs import make_env
+
+    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    try:
+        method = make_method(cfg, action_dim_of(env, cfg.task), resolve_device(cfg.device))
+        restore(found[1], method.modules())
+    except BaseException:
+        env.close()
+        raise
+    result = _read_result(run_dir) or {}
+    success = result.get("expert_success_rate")
+    stats = Path(cfg.demos or "") / "expert_stats.json"
+    if success is None and cfg.demos and stats.is_file():
+        success = json.loads(stats.read_text()).get("success_rate")
+    return EvalParts(cfg, env, method.policy(), found[0], success)
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Plan and launch in one call (for scripts): train, resume or report the run in `run_dir`."""
+    if run_dir is not None:
+        cfg = replace(cfg, run_dir=str(run_dir))
+    return launch(plan_run(cfg), quiet)

@@ -1,0 +1,76 @@
+"""Config validation, the resume rule and the method registry (no env, no training)."""
+
+import typing
+
+import pytest
+
+from cmil.config import (
+    PRESETS,
+    STEERING_FIELDS,
+    Config,
+    ConfigError,
+    flatten,
+    from_dict,
+    replace,
+    resume_conflicts,
+    to_dict,
+    validate,
+)
+from cmil.launch import dry_run_preset
+from cmil.methods.base import method_classes
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_and_its_dry_run_are_valid(name):
+    validate(PRESETS[name])
+    validate(dry_run_preset(PRESETS[name]))
+    assert from_dict(to_dict(PRESETS[name])) == PRESETS[name]
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"batch_size": 0}, "batch_size"), ({"env_steps": -1}, "env_steps"), ({"threads": -1}, "threads"),
+    ({"image_size": 8}, "image_size"), ({"device": "gpu"}, "device"), ({"seq_len": 2.5}, "seq_len"),
+    ({"eval_deterministic": "yes"}, "eval_deterministic"), ({"method": "ppo"}, "method"),
+    ({"wm.lr": 0.0}, "wm.lr"), ({"agent.lam": -0.1}, "agent.lam"), ({"dac.tau": float("inf")}, "dac.tau"),
+    ({"bc.batch": 0}, "bc.batch"), ({"agent.reward": "other"}, "agent.reward"),
+])
+def test_a_bad_value_names_its_field(change, field):
+    with pytest.raises(ConfigError, match=rf"^{field} "):
+        validate(replace(Config(), **change))
+
+
+def test_unknown_fields_and_groups_in_a_saved_config_are_named():
+    with pytest.raises(ConfigError, match=r"\['agent.nope'\]"):
+        from_dict({"agent": {"nope": 1}})
+    with pytest.raises(ConfigError, match=r"\['bc_steps'\]"):
+        from_dict({"bc_steps": 3})  # the old name of bc.steps
+    with pytest.raises(ConfigError, match="mapping"):
+        from_dict(["task"])
+
+
+def test_every_learning_field_conflicts_on_resume_and_steering_fields_never_do():
+    saved = Config()
+    flat = flatten(saved)
+    for key, value in flat.items():
+        other = (not value if isinstance(value, bool) else value + 1 if isinstance(value, (int, float))
+                 else "x" if isinstance(value, str) or value is None else value)
+        if key == "method":
+            other = "bc"
+        conflicts = resume_conflicts(saved, replace(saved, **{key: other}))
+        assert bool(conflicts) == (key not in STEERING_FIELDS), key
+    both = resume_conflicts(saved, replace(saved, seed=1, **{"agent.alpha": 1.0}))
+    assert [c.split(":")[0] for c in both] == ["seed", "agent.alpha"]
+
+
+def test_registered_methods_are_the_config_choices():
+    choices = set(typing.get_args(typing.get_type_hints(Config)["method"]))
+    assert set(method_classes()) == choices
+
+
+def test_configs_saved_before_the_bc_group_still_load():
+    from cmil.config import PRESETS, from_dict, to_dict
+
+    data = to_dict(PRESETS["default"])
+    bc = data.pop("bc")
+    data.update({f"bc_{k}": v for k, v in bc.items()})
+    assert from_dict(data) == PRESETS["default"]
