@@ -47,7 +47,7 @@ import torch
 
 from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
 from cmil.data.replay import SequenceReplay
-from cmil.train import build_method
+from cmil.methods.base import make_method as build_method
 
 try:  # absent in checkouts older than the precision field (then only fp32 can run)
     from cmil.precision import resolve_precision, use_precision
@@ -151,7 +151,7 @@ class PhaseTimer:
 
 def one_update(method, cfg: Config, expert: SequenceReplay, replay: SequenceReplay) -> None:
     if cfg.method == "bc":  # BC trains offline in `pretrain`: run it for exactly one more step
-        method.cfg = replace(cfg, bc_steps=method.updates + 1)
+        method.cfg = replace(cfg, **{"bc.steps": method.updates + 1})
         method.pretrain(expert, lambda _n: None)
     else:
         method.update(expert, replay)

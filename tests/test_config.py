@@ -42,8 +42,8 @@ def test_a_bad_value_names_its_field(change, field):
 def test_unknown_fields_and_groups_in_a_saved_config_are_named():
     with pytest.raises(ConfigError, match=r"\['agent.nope'\]"):
         from_dict({"agent": {"nope": 1}})
-    with pytest.raises(ConfigError, match=r"\['bc_steps'\]"):
-        from_dict({"bc_steps": 3})  # the old name of bc.steps
+    with pytest.raises(ConfigError, match=r"\['bc.nope'\]"):
+        from_dict({"bc": {"nope": 3}})
     with pytest.raises(ConfigError, match="mapping"):
         from_dict(["task"])
 

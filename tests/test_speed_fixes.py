@@ -112,7 +112,7 @@ def test_fused_world_model_optimizer_steps_like_the_old_one():
 
 @pytest.mark.parametrize("method", ["cmil", "dac", "bc"])
 def test_every_method_uses_fused_optimizers(method):
-    from cmil.train import build_method
+    from cmil.methods.base import make_method as build_method
 
     cfg = replace(dry_run_config(PRESETS["default"]), task="point", method=method)
     m = build_method(cfg, A, torch.device("cpu"))

@@ -83,7 +83,8 @@ class Trainer:
             self.logger.log(0, metrics)
         if total and self.method.online:  # where the online phase starts from (logged at env step 0)
             pre = self.evaluate(self.cfg.eval_episodes, "pretrained")
-            self._say(f"pretrained policy: success {pre['eval/success_rate']:.2f} over {self.cfg.eval_episodes} episodes")
+            say(f"pretrained policy: success {pre['eval/success_rate']:.2f} over {self.cfg.eval_episodes} episodes",
+                self.quiet)
         self.counters["pretrained"] = 1
         self.checkpoint()
 

@@ -21,7 +21,7 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.methods.base import Method, register
 from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, lambda_returns
 from cmil.models.normalize import ReturnScale, RunningMeanStd
-from cmil.models.world_model import WorldModel
+from cmil.models.world_model import STATE_KEYS, WorldModel
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> float:
@@ -68,12 +68,12 @@ class CMIL(Method):
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
         self._diag: dict[str, list[float]] = defaultdict(list)
-        self._carry: dict[str, torch.Tensor] | None = None  # last posterior of the previous batch
+        self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
     # --- plumbing -------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         return {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
-                "stats": self.stats}
+                "stats": self.stats, "carried_state": self.carry}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
@@ -111,7 +111,7 @@ class CMIL(Method):
 
         # World model (eq. 1) on expert and replay sequences together; optionally the BC loss shapes
         # the representation too (the actor is frozen for that term: its own BC step comes below).
-        wm_loss, post, m = self.wm.loss(batch, self._carry if cfg.wm.carry_state else None)
+        wm_loss, post, m = self.wm.loss(batch, self.carry.get() if cfg.wm.carry_state else None)
         if a.bc_model_weight:
             with frozen(self.actor):
                 bc_model = self.bc_loss(self.wm.feat(post)[:B, :-1], exp_act)
@@ -119,7 +119,7 @@ class CMIL(Method):
             m["model/bc_loss"] = bc_model.item()
         m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self.wm.parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
-        self._carry = {k: post[k][:, -1] for k in ("deter", "stoch", "mean", "std")}
+        self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
         feat = self.wm.feat(post)                                   # (2B, L, F)
         exp_feat = feat[:B, :-1]
 
@@ -300,6 +300,26 @@ class CMIL(Method):
             out["bound/distribution_match"] = out["disc/expert_prob"] - out["disc/policy_prob"]
             out["bound/model_mismatch"] = out["model/imag_disagreement"]
         return out
+
+
+class CarriedState(nn.Module):
+    """The last posterior state of the previous training batch (`wm.carry_state`), held in buffers so that
+    a resumed run starts its next batch from the same state as an uninterrupted one."""
+
+    def __init__(self, rows: int, deter: int, stoch: int):
+        super().__init__()
+        self.register_buffer("valid", torch.zeros((), dtype=torch.bool))
+        for key, size in zip(STATE_KEYS, (deter, stoch, stoch, stoch), strict=True):
+            self.register_buffer(key, torch.zeros(rows, size))
+
+    def get(self) -> dict[str, torch.Tensor] | None:
+        return {k: getattr(self, k) for k in STATE_KEYS} if bool(self.valid) else None
+
+    @torch.no_grad()
+    def set(self, state: dict[str, torch.Tensor]) -> None:
+        for key in STATE_KEYS:
+            getattr(self, key).copy_(state[key])
+        self.valid.fill_(True)
 
 
 class LatentPolicy:
