@@ -48,6 +48,8 @@ import torch
 from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
 from cmil.data.replay import SequenceReplay
 from cmil.methods.base import make_method as build_method
+from world_model_speed import matmul_peak as _matmul_peak  # a sibling script: benchmarks/ is on sys.path
+from world_model_speed import sync
 
 try:  # absent in checkouts older than the precision field (then only fp32 can run)
     from cmil.precision import resolve_precision, use_precision
@@ -72,24 +74,9 @@ def action_dim(cfg: Config) -> int:
     return 9 if cfg.task == "kitchen" else 4  # kitchen's, the Meta-World tasks'
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """Best GFLOP/s of an n x n matmul in `dtype` on the current threads (or GPU)."""
-    n, reps = (8192, 10) if device.type == "cuda" else (1024, 5)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b, out=c)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    """Best GFLOP/s of a 1024 x 1024 matmul in `dtype` on the current threads (or GPU)."""
+    return _matmul_peak(device, n=1024, reps=5, dtype=dtype)
 
 
 def synthetic_replay(cfg: Config, episodes: int, length: int, seed: int) -> SequenceReplay:
