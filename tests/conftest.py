@@ -34,3 +34,14 @@ def point_episodes():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread (and OpenMP spinning hurts on a shared CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

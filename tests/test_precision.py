@@ -17,13 +17,7 @@ from cmil.models.networks import ConvEncoder, LayerNormGRUCell, mlp
 from cmil.models.world_model import WorldModel
 from cmil.precision import resolve_precision, use_precision
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("fast", [True, False])

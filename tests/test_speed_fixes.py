@@ -25,12 +25,7 @@ TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
 A = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(B: int = 2, T: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:

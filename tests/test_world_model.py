@@ -42,13 +42,7 @@ def make_batch(B: int = 2, T: int = 6, seed: int = 0) -> dict[str, torch.Tensor]
     return {"image": image, "action": action, "is_first": is_first}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread (and OpenMP spinning hurts on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
