@@ -76,9 +76,8 @@ def run_record(run_dir: Path) -> dict:
     record = {"seed": final["seed"], "final_success": final["success_rate"], "final_return": final["return"],
               "episodes": final["episodes"], "wall_time_s": final.get("wall_time_s"), "evaluations": evals,
               "best_evaluation": max((s for _, s in evals), default=None)}
-    pretrained = [r["eval/success_rate"] for r in rows if r.get("env_step") == 0 and "eval/success_rate" in r]
-    if pretrained:
-        record["pretrained_success"] = pretrained[0]
+    if len(evals) > 1 and evals[0][0] == 0:  # an online method's evaluation before its first env step
+        record["pretrained_success"] = evals[0][1]
     return record
 
 

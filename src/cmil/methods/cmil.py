@@ -200,7 +200,7 @@ class CMIL(Method):
         beta-weighted BC part of the gradient, and their cosine. The BC gradient is a cheap second
         backward through the actor alone; the RL part is the total minus it (gradients are linear)."""
         a = self.cfg.agent
-        params = [p for p in self.actor.parameters()]
+        params = list(self.actor.parameters())
         g_bc = torch.autograd.grad(a.beta * bc_loss, params, retain_graph=True, allow_unused=True)
         self.actor_opt.zero_grad(set_to_none=True)
         (rl_loss + a.beta * bc_loss).backward()
