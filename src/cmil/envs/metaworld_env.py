@@ -76,7 +76,10 @@ class MetaWorldImageEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
     def __init__(self, task: str, seed: int | None = None, image_size: int = 64,
-                 episode_length: int | None = None, camera: dict[str, Any] | None = None):
+                 episode_length: int | None = None, camera: dict[str, Any] | None = None,
+                 render: bool = True):
+        """`render=False` skips the frames (observations are black, no GL context is opened): the same
+        dynamics, placements and expert actions, for benchmarks that only need the success flag."""
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = _mw_name(task)
@@ -94,7 +97,7 @@ class MetaWorldImageEnv(gym.Env):
         # Meta-World raises if stepped past max_path_length; make its horizon ours.
         mw.max_path_length = self.episode_length
         self.mw = mw
-        self.camera = OffscreenCamera(mw.model, image_size, **(camera or task_camera(task)))
+        self.camera = OffscreenCamera(mw.model, image_size, **(camera or task_camera(task))) if render else None
         self.image_size = image_size
         self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -124,7 +127,7 @@ class MetaWorldImageEnv(gym.Env):
         state, _ = self.mw.reset()
         self._t = 0
         self._state = np.asarray(state, np.float64)
-        self._frame = self.camera.render(self.mw.data)
+        self._frame = self._render()
         return self._frame, {"success": False, "state": self._state.copy()}
 
     def step(self, action):
@@ -136,10 +139,15 @@ class MetaWorldImageEnv(gym.Env):
         state, reward, _, _, mw_info = self.mw.step(action)
         self._t += 1
         self._state = np.asarray(state, np.float64)
-        self._frame = self.camera.render(self.mw.data)
+        self._frame = self._render()
         info = {"success": bool(mw_info.get("success", 0.0) > 0.5), "state": self._state.copy()}
         # Meta-World never terminates on success; episodes run to the fixed length.
         return self._frame, float(reward), False, self._t >= self.episode_length, info
+
+    def _render(self) -> np.ndarray:
+        if self.camera is None:
+            return np.zeros(self.observation_space.shape, np.uint8)
+        return self.camera.render(self.mw.data)
 
     def render(self) -> np.ndarray | None:
         return None if self._frame is None else self._frame.copy()
@@ -148,7 +156,9 @@ class MetaWorldImageEnv(gym.Env):
         if self.camera is not None:
             self.camera.close()
             self.camera = None
+        if self.mw is not None:
             self.mw.close()
+            self.mw = None
 
 
 def make_metaworld_env(task: str, seed: int | None = None, image_size: int = 64, **kwargs) -> gym.Env:
