@@ -127,6 +127,15 @@ def _at_least(args: argparse.Namespace, **minimums: int) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
+def _env_kwargs(text: str | None) -> dict:
+    """--env-kwargs JSON as a dict, checked as `cmil train` checks it."""
+    from cmil.config import Config, env_kwargs_of, validate
+
+    cfg = Config(env_kwargs=text)
+    validate(cfg)
+    return env_kwargs_of(cfg)
+
+
 def cmd_demos(args: argparse.Namespace) -> int:
     if args.demos_cmd == "collect":
         from cmil.config import MIN_IMAGE_SIZE
@@ -134,14 +143,28 @@ def cmd_demos(args: argparse.Namespace) -> int:
         from cmil.envs import task_spec
 
         task_spec(args.task)
-        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0)
+        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0, max_episode_steps=1)
         stats = collect_demos(args.task, args.episodes, Path(args.out), seed=args.seed, image_size=args.image_size,
-                              keep_failures=args.keep_failures)
+                              keep_failures=args.keep_failures, env_kwargs=_env_kwargs(args.env_kwargs),
+                              success_key=args.success_key, max_episode_steps=args.max_episode_steps,
+                              expert=args.expert)
         print(json.dumps(stats, indent=2))
+    elif args.demos_cmd == "import" and args.minari is not None:
+        from cmil.config import MIN_IMAGE_SIZE
+        from cmil.data.minari_io import import_minari
+
+        if args.src is not None:
+            raise UsageError("demos import: give either SRC (DreamerV2 files) or --minari, not both")
+        _at_least(args, image_size=MIN_IMAGE_SIZE, action_dim=1)
+        paths = import_minari(args.minari, args.out, args.image_size, args.image_key, args.success_key,
+                              args.action_dim)
+        print(f"imported {len(paths)} episodes into {args.out}")
     elif args.demos_cmd == "import":
         from cmil.config import MIN_IMAGE_SIZE
         from cmil.data.dreamer_import import import_dreamer_episodes
 
+        if args.src is None:
+            raise UsageError("demos import: give SRC (a directory of DreamerV2 .npz files) or --minari PATH_OR_ID")
         _at_least(args, image_size=MIN_IMAGE_SIZE, action_dim=1)
         success_fn = None
         if args.success_reward is not None:
@@ -149,6 +172,12 @@ def cmd_demos(args: argparse.Namespace) -> int:
                 return raw["reward"].reshape(-1) >= args.success_reward
         paths = import_dreamer_episodes(args.src, args.out, args.image_size, args.action_dim, success_fn)
         print(f"imported {len(paths)} episodes into {args.out}")
+    elif args.demos_cmd == "export":
+        from cmil.data.minari_io import export_minari
+
+        dataset = export_minari(args.dir, args.minari, task=args.task, root=args.root)
+        print(f"exported {dataset.total_episodes} episodes ({dataset.total_steps} steps) as the Minari dataset "
+              f"{args.minari!r} in {dataset.storage.data_path.parent}")
     elif args.demos_cmd == "show":
         from cmil.data.episodes import load_episodes, summarize
         from cmil.data.sheet import contact_sheet
@@ -164,11 +193,17 @@ def cmd_demos(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from cmil.envs import list_tasks, task_spec
+    from cmil.envs import GYM_PREFIX, list_tasks, task_spec
 
+    print(f"{'task':33s} {'steps':>5s}  {'expert':>13s}  description")
     for name in list_tasks():
         spec = task_spec(name)
-        print(f"{name:28s} {spec.episode_length:4d} steps  {spec.description}")
+        length = "-" if spec.episode_length is None else str(spec.episode_length)
+        expert = "-" if spec.expert_success is None else "{}/{} = {:.2f}".format(
+            *spec.expert_success, spec.expert_success[0] / spec.expert_success[1])
+        print(f"{name:33s} {length:>5s}  {expert:>13s}  {spec.description}")
+    print(f"\n{GYM_PREFIX}ID is any gymnasium env that renders (e.g. {GYM_PREFIX}gymnasium_robotics:FetchReach-v4). "
+          "expert: the expert's successes over seeded episodes (Meta-World: docs/metaworld_tasks.md).")
     return 0
 
 
@@ -194,13 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode (others follow)")
     c.add_argument("--image-size", type=int, default=64)
     c.add_argument("--keep-failures", action="store_true", help="also save episodes the expert failed")
-    i = dsub.add_parser("import", help="import DreamerV2 .npz episodes (the paper's demos)")
-    i.add_argument("src")
+    c.add_argument("--expert", default=None, metavar="MODULE:FUNCTION",
+                   help="policy(obs) -> action in the env's own units ('module:function' or 'file.py:function'); "
+                        "default: the task's expert")
+    c.add_argument("--env-kwargs", default=None, metavar="JSON", help="keyword arguments of the task's env (gym:ID: gym.make's)")
+    c.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
+    c.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
+    i = dsub.add_parser("import", help="import DreamerV2 .npz episodes (the paper's demos) or a local Minari dataset")
+    i.add_argument("src", nargs="?", default=None, help="directory of DreamerV2 .npz files")
+    i.add_argument("--minari", default=None, metavar="PATH_OR_ID",
+                   help="a local Minari dataset (its directory, or an id under MINARI_DATASETS_PATH / ~/.minari); "
+                        "never downloads")
+    i.add_argument("--image-key", default=None, help="Minari: the image entry of Dict observations (default: found)")
+    i.add_argument("--success-key", default=None, help="Minari: the infos key of the success flag (default: "
+                                                       "success, else is_success)")
     i.add_argument("--out", required=True)
     i.add_argument("--image-size", type=int, default=64)
     i.add_argument("--action-dim", type=int, default=None, help="required action dimension")
     i.add_argument("--success-reward", type=float, default=None,
                    help="mark frames with reward >= this as successful (kitchen demos: 4 = all subtasks)")
+    e = dsub.add_parser("export", help="write a demo directory as a Minari dataset")
+    e.add_argument("dir")
+    e.add_argument("--minari", required=True, metavar="NAME", help="dataset id, e.g. cmil/mw-push/expert-v0")
+    e.add_argument("--task", default=None, help="the task of the env spec (default: from DIR/expert_stats.json)")
+    e.add_argument("--root", default=None, help="Minari's dataset root (default: MINARI_DATASETS_PATH or ~/.minari/datasets)")
     s = dsub.add_parser("show", help="summary and contact sheet of a demo directory")
     s.add_argument("dir")
     s.add_argument("--sheet", default=None, help="contact-sheet PNG path (default DIR/contact_sheet.png)")

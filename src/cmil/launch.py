@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 from cmil.config import (
     STEERING_FIELDS,
     Config,
+    canonical_env_kwargs,
     dry_run_config,
+    env_options,
     flatten,
     load_config,
     replace,
@@ -68,7 +70,8 @@ class Parts:
     logger: MetricLogger
     ckpt: Checkpointer
     np_rng: np.random.Generator
-    expert_success: float
+    expert_success: float | None
+    """The expert's success rate (None: the task has no success signal)."""
     restored: tuple[Path, dict[str, Any]] | None
     """The checkpoint to resume from (None: a fresh start)."""
 
@@ -98,7 +101,9 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
     """Absolute demos / run_dir / init_from, so that a run compares and reloads alike from any directory.
 
     Demos default to demos/{task}; a dry run without demos there collects a few into RUN/demos."""
-    demos = Path(cfg.demos) if cfg.demos else Path("demos") / cfg.task
+    from cmil.envs import task_slug
+
+    demos = Path(cfg.demos) if cfg.demos else Path("demos") / task_slug(cfg.task)
     if cfg.dry_run and not cfg.demos and not demos.exists():
         demos = dry_run_demo_dir(run_dir)
     init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
@@ -106,10 +111,12 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
 
 
 def _check_task_and_device(cfg: Config) -> None:
-    from cmil.envs import list_tasks
+    from cmil.envs import task_spec
 
-    if cfg.task not in list_tasks():
-        raise UsageError(f"task: unknown task {cfg.task!r}; known tasks: {', '.join(list_tasks())}")
+    try:
+        task_spec(cfg.task)
+    except UsageError as exc:
+        raise UsageError(f"task: {exc}") from None
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device: {cfg.device!r} requested but CUDA is not available (use --device cpu)")
 
@@ -127,6 +134,7 @@ def _read_result(run_dir: Path) -> dict[str, Any] | None:
 def plan_run(cfg: Config) -> RunPlan:
     """Validate `cfg` and decide what to do with its run directory. Reads only; raises UsageError."""
     validate(cfg)
+    cfg = canonical_env_kwargs(cfg)
     _check_task_and_device(cfg)
     # `auto` becomes what this machine runs (fp32 | bf16), and config.yaml records that.
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
@@ -188,16 +196,22 @@ def _collect_dry_run_demos(cfg: Config) -> None:
     from cmil.data.collect import collect_demos
 
     torch_state = torch.get_rng_state()
-    collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, image_size=cfg.image_size,
-                  keep_failures=True, quiet=True)
+    collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, keep_failures=True, quiet=True,
+                  **env_options(cfg))
     torch.set_rng_state(torch_state)
 
 
-def expert_success(directory: Path, demos: list[Episode]) -> float:
-    """The expert's success rate when the demos were collected (stats file), else the demos' own."""
+def expert_success(directory: Path, demos: list[Episode], env: gym.Env) -> float | None:
+    """The expert's success rate when the demos were collected (stats file), else the demos' own;
+    None for a task without a success signal."""
+    from cmil.envs import reports_success
+
+    if not reports_success(env):
+        return None
     stats = directory / "expert_stats.json"
     if stats.exists():
-        return float(json.loads(stats.read_text())["success_rate"])
+        rate = json.loads(stats.read_text()).get("success_rate")
+        return None if rate is None else float(rate)
     return demo_success_rate(demos)
 
 
@@ -224,11 +238,15 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
     torch.manual_seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
     from cmil.envs import make_env
+    from cmil.experts import has_expert
 
-    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
     try:
         action_dim = action_dim_of(env, cfg.task)
         collect = cfg.dry_run and Path(cfg.demos) == dry_run_demo_dir(run_dir) and not Path(cfg.demos).exists()
+        if collect and not has_expert(cfg.task):
+            raise UsageError(f"demos: a dry run of {cfg.task!r} without --demos collects demos with the task's "
+                             "expert, and it has none; pass --demos DIR")
         demos = None if collect else load_demos(cfg, action_dim)
         method = make_method(cfg, action_dim, resolve_device(cfg.device))
         ckpt = Checkpointer(run_dir, cfg.keep_checkpoints)
@@ -241,7 +259,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         if demos is None:  # the expert's env needs the process's renderer (one per process): lend it
             env.close()
             _collect_dry_run_demos(cfg)
-            env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+            env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
             demos = load_demos(cfg, action_dim)
         restored = ckpt.load_latest(warn) if plan.state == "resume" else None
         if plan.state == "resume" and restored is None and _has_episodes(run_dir):
@@ -255,7 +273,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         env.close()
         raise
     return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1), method=method,
-                 logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos),
+                 logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos, env),
                  restored=restored)
 
 
@@ -295,9 +313,14 @@ def launch(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
 
 
 def result_line(result: dict[str, Any], run_dir: Path) -> str:
-    return (f"{result['method']} on {result['task']}: success rate {result['success_rate']:.2f} over "
-            f"{result['episodes']} episodes (expert {result['expert_success_rate']:.2f}), "
-            f"return {result['return']:.1f}, {result['env_steps']} env steps; run: {run_dir}")
+    """One line: success rate (for tasks with a success signal), return, budget, where."""
+    if result.get("success_rate") is None:  # a task scored by its return only
+        score = f"return {result['return']:.1f} over {result['episodes']} episodes (no success signal)"
+    else:
+        expert = result.get("expert_success_rate")
+        score = (f"success rate {result['success_rate']:.2f} over {result['episodes']} episodes (expert "
+                 f"{'n/a' if expert is None else f'{expert:.2f}'}), return {result['return']:.1f}")
+    return f"{result['method']} on {result['task']}: {score}, {result['env_steps']} env steps; run: {run_dir}"
 
 
 @dataclass
@@ -323,7 +346,7 @@ def open_policy(run_dir: Path) -> EvalParts:
         torch.set_num_threads(cfg.threads)
     from cmil.envs import make_env
 
-    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
     try:
         method = make_method(cfg, action_dim_of(env, cfg.task), resolve_device(cfg.device))
         restore(found[1], method.modules())
