@@ -98,23 +98,10 @@ def cmd_main(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Re-evaluate a saved run: reads its config and latest checkpoint, writes only under RUN/eval/."""
-    from cmil.evaluate import evaluate
-    from cmil.launch import open_policy
-    from cmil.runs import write_json
+    from cmil.launch import evaluate_run
 
     _at_least(args, episodes=1, video_episodes=0, seed=0)
-    run_dir = Path(args.run_dir).resolve()
-    parts = open_policy(run_dir)
-    name = f"eval_{args.episodes}ep_seed{args.seed}{'_stochastic' if args.stochastic else ''}"
-    try:
-        metrics = evaluate(parts.env, parts.policy, args.episodes, deterministic=not args.stochastic,
-                           seed=args.seed, video_dir=run_dir / "eval" / "videos",
-                           video_episodes=args.video_episodes, video_name=name)
-    finally:
-        parts.env.close()
-    if parts.expert_success is not None:
-        metrics["eval/expert_success_rate"] = parts.expert_success
-    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
+    metrics = evaluate_run(Path(args.run_dir), args.episodes, args.seed, not args.stochastic, args.video_episodes)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -361,6 +361,27 @@ def open_policy(run_dir: Path) -> EvalParts:
     return EvalParts(cfg, env, method.policy(), found[0], success)
 
 
+def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, deterministic: bool = True,
+                 video_episodes: int = 2) -> dict[str, float]:
+    """`cmil eval`: the saved run's policy (latest checkpoint) over `episodes` seeded episodes; the
+    metrics and videos go to RUN/eval/ (the only place it writes)."""
+    from cmil.evaluate import evaluate
+    from cmil.runs import write_json
+
+    run_dir = Path(run_dir).resolve()
+    parts = open_policy(run_dir)
+    name = f"eval_{episodes}ep_seed{seed}{'' if deterministic else '_stochastic'}"
+    try:
+        metrics = evaluate(parts.env, parts.policy, episodes, deterministic=deterministic, seed=seed,
+                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=name)
+    finally:
+        parts.env.close()
+    if parts.expert_success is not None and "eval/success_rate" in metrics:
+        metrics["eval/expert_success_rate"] = parts.expert_success
+    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
+    return metrics
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Plan and launch in one call (for scripts): train, resume or report the run in `run_dir`."""
     if run_dir is not None:

@@ -59,7 +59,7 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
         return frame
     shrink = frame.shape[0] >= size and frame.shape[1] >= size
     method = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
-    return np.asarray(Image.fromarray(frame).resize((size, size), method), np.uint8)
+    return np.array(Image.fromarray(frame).resize((size, size), method), np.uint8)  # a writable copy
 
 
 def _has_time_limit(env: gym.Env) -> bool:
@@ -121,6 +121,9 @@ class PixelTask(gym.Wrapper):
             frame = self.env.render()
         except gym.error.DependencyNotInstalled as exc:
             raise UsageError(f"task {self.name!r}: the env cannot render ({' '.join(str(exc).split())})") from None
+        except AssertionError as exc:  # gymnasium's env checker, e.g. on an env without rgb_array rendering
+            raise UsageError(f"task {self.name!r}: the env fails gymnasium's checks when it renders RGB frames "
+                             f"({' '.join(str(exc).split())})") from None
         if not isinstance(frame, np.ndarray):
             raise UsageError(f"task {self.name!r}: the env cannot render: render() returned {type(frame).__name__}, "
                              "not an RGB array")
