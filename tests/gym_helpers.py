@@ -68,20 +68,20 @@ class Slide(gym.Env):
 
 def slide_expert(obs: np.ndarray) -> np.ndarray:
     """The env's own units: full speed (bound 2) towards the goal."""
-    return np.clip(10.0 * (obs[2:4] - obs[0:2]), -2.0, 2.0)
+    return np.clip(10.0 * (obs[2:4] - obs[0:2]), -2.0, 2.0).astype(np.float32)
 
 
 # No registered time limit: cmil caps it (DEFAULT_MAX_EPISODE_STEPS or max_episode_steps).
-gym.register("CmilTest/Slide-v0", entry_point=Slide)
-gym.register("CmilTest/SlideLimited-v0", entry_point=Slide, max_episode_steps=25)
-gym.register("CmilTest/SlideIsSuccess-v0", entry_point=Slide, max_episode_steps=25, kwargs={"success_key": "is_success"})
-gym.register("CmilTest/SlideNoSuccess-v0", entry_point=Slide, max_episode_steps=25, kwargs={"success_key": None})
-gym.register("CmilTest/Discrete-v0", entry_point=Slide, kwargs={"discrete": True})
-gym.register("CmilTest/Unbounded-v0", entry_point=Slide, kwargs={"unbounded": True})
+gym.register("CmilTest/Slide-v0", entry_point="gym_helpers:Slide")
+gym.register("CmilTest/SlideLimited-v0", entry_point="gym_helpers:Slide", max_episode_steps=25)
+gym.register("CmilTest/SlideIsSuccess-v0", entry_point="gym_helpers:Slide", max_episode_steps=25, kwargs={"success_key": "is_success"})
+gym.register("CmilTest/SlideNoSuccess-v0", entry_point="gym_helpers:Slide", max_episode_steps=25, kwargs={"success_key": None})
+gym.register("CmilTest/Discrete-v0", entry_point="gym_helpers:Slide", kwargs={"discrete": True})
+gym.register("CmilTest/Unbounded-v0", entry_point="gym_helpers:Slide", kwargs={"unbounded": True})
 
 
 class NoRender(Slide):
     metadata = {"render_modes": [], "render_fps": 20}
 
 
-gym.register("CmilTest/NoRender-v0", entry_point=NoRender, max_episode_steps=25)
+gym.register("CmilTest/NoRender-v0", entry_point="gym_helpers:NoRender", max_episode_steps=25)

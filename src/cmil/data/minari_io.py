@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from cmil.data.episodes import Episode, EpisodeError, load_episodes, save_episode, validate_episode
-from cmil.envs.gym_task import SUCCESS_KEYS, resize_frame
+from cmil.envs.gym_task import SUCCESS_KEYS, resize_frame, to_unit
 from cmil.errors import OutputExistsError, UsageError
 
 IMAGE_KEYS = ("pixels", "image", "images", "rgb", "frame", "observation")
@@ -111,9 +111,7 @@ def convert_minari_episode(ep, where: str, key: str | None, low: np.ndarray, hig
     steps = len(ep.rewards)
     if len(frames) != steps + 1:
         raise EpisodeError(f"{where}: {len(frames)} observations for {steps} steps, expected {steps + 1}")
-    actions = np.asarray(ep.actions, np.float64).reshape(steps, -1)
-    span = np.where(high > low, high - low, 1.0)
-    unit = np.clip(2.0 * (actions - low) / span - 1.0, -1.0, 1.0).astype(np.float32)
+    unit = np.stack([to_unit(a, low, high) for a in np.asarray(ep.actions).reshape(steps, -1)])
     rows = steps + 1
     success = _success(ep.infos or {}, success_key, rows)
     out: Episode = {

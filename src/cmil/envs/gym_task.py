@@ -62,6 +62,20 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     return np.array(Image.fromarray(frame).resize((size, size), method), np.uint8)  # a writable copy
 
 
+def to_unit(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """An action within [low, high] -> [-1, 1] (float32, clipped); exact where the bounds are already +-1."""
+    action = np.asarray(action, np.float64).reshape(low.shape)
+    span = np.where(high > low, high - low, 1.0)
+    unit = np.where((low == -1.0) & (high == 1.0), action, 2.0 * (action - low) / span - 1.0)
+    return np.clip(unit, -1.0, 1.0).astype(np.float32)
+
+
+def from_unit(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> [low, high] (float64, clipped), the inverse of `to_unit`."""
+    unit = np.clip(np.asarray(action, np.float64).reshape(low.shape), -1.0, 1.0)
+    return np.where((low == -1.0) & (high == 1.0), unit, low + (unit + 1.0) * 0.5 * (high - low))
+
+
 def _has_time_limit(env: gym.Env) -> bool:
     while isinstance(env, gym.Wrapper):
         if isinstance(env, gym.wrappers.TimeLimit):
@@ -141,15 +155,11 @@ class PixelTask(gym.Wrapper):
     # --- actions -------------------------------------------------------------------------------
     def to_native(self, action: np.ndarray) -> np.ndarray:
         """[-1, 1] -> the env's own action (clipped to its bounds)."""
-        unit = np.clip(np.asarray(action, np.float64).reshape(self._low.shape), -1.0, 1.0)
-        native = self._low + (unit + 1.0) * 0.5 * (self._high - self._low)
-        return native.astype(self.native_action_space.dtype)
+        return from_unit(action, self._low, self._high).astype(self.native_action_space.dtype)
 
     def to_unit(self, action: np.ndarray) -> np.ndarray:
         """The env's own action -> [-1, 1] (float32, clipped)."""
-        native = np.asarray(action, np.float64).reshape(self._low.shape)
-        span = np.where(self._high > self._low, self._high - self._low, 1.0)
-        return np.clip(2.0 * (native - self._low) / span - 1.0, -1.0, 1.0).astype(np.float32)
+        return to_unit(action, self._low, self._high)
 
     # --- the contract --------------------------------------------------------------------------
     def _frame_and_info(self, obs: Any, info: dict) -> tuple[np.ndarray, dict]:
