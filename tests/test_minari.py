@@ -81,6 +81,7 @@ def test_import_dict_observations_rescales_actions(tmp_path):
 def test_state_only_dataset_is_refused(tmp_path, capsys):
     collect(gym.make("CmilTest/SlideLimited-v0"), "test/slide/state-v0",
             lambda obs, _env: gym_helpers.slide_expert(obs), 1)
+    capsys.readouterr()
     assert main(["demos", "import", "--minari", "test/slide/state-v0", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "no image observations" in err and len(err.strip().splitlines()) == 1
