@@ -125,7 +125,10 @@ def test_cli_collect_train_resume_eval(tmp_path, capsys):
                  "--expert", "gym_helpers:slide_expert", "--env-kwargs", '{"goal_radius": 0.2}']) == 0
     stats = json.loads((demos / "expert_stats.json").read_text())
     assert stats["success_rate"] > 0.5 and stats["env_kwargs"] == {"goal_radius": 0.2}
-    assert main(["demos", "show", str(demos)]) == 0
+    assert main(["demos", "show", str(demos), "--task", CLI_TASK]) == 0
+    assert main(["demos", "show", str(demos), "--task", "point"]) == 0  # point also has 2-D actions
+    assert main(["demos", "show", str(demos), "--task", "mw-push"]) == 2  # 4-D actions
+    assert "action dimension is 2, expected 4" in capsys.readouterr().err
     run = tmp_path / "run"
     assert _train(run, demos, "--env-kwargs", '{"goal_radius": 0.2}', "--success-key", "success") == 0
     cfg = yaml.safe_load((run / "config.yaml").read_text())

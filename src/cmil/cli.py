@@ -169,7 +169,19 @@ def cmd_demos(args: argparse.Namespace) -> int:
         from cmil.data.episodes import load_episodes, summarize
         from cmil.data.sheet import contact_sheet
 
-        episodes = load_episodes(args.dir)
+        image_size = action_dim = None
+        if args.task is not None:  # check the demos against the task's env (what `cmil train` will check)
+            from cmil.envs import make_env
+            from cmil.launch import action_dim_of
+
+            _at_least(args, max_episode_steps=1)
+            env = make_env(args.task, env_kwargs=_env_kwargs(args.env_kwargs), success_key=args.success_key,
+                           max_episode_steps=args.max_episode_steps, image_size=args.image_size)
+            try:
+                image_size, action_dim = args.image_size, action_dim_of(env, args.task)
+            finally:
+                env.close()
+        episodes = load_episodes(args.dir, image_size, action_dim)
         out = Path(args.sheet) if args.sheet else Path(args.dir) / "contact_sheet.png"
         if not out.parent.is_dir() or out.is_dir():
             raise UsageError(f"--sheet: cannot write {out} (no such directory, or it is one)")
@@ -192,6 +204,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     print(f"\n{GYM_PREFIX}ID is any gymnasium env that renders (e.g. {GYM_PREFIX}gymnasium_robotics:FetchReach-v4). "
           "expert: the expert's successes over seeded episodes (Meta-World: docs/metaworld_tasks.md).")
     return 0
+
+
+def add_env_options(parser: argparse.ArgumentParser) -> None:
+    """The options that build a task's env, as `cmil train` has them (and saves them in config.yaml)."""
+    parser.add_argument("--env-kwargs", default=None, metavar="JSON",
+                        help="keyword arguments of the task's env (gym:ID: gym.make's), a JSON object")
+    parser.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,9 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--expert", default=None, metavar="MODULE:FUNCTION",
                    help="policy(obs) -> action in the env's own units ('module:function' or 'file.py:function'); "
                         "default: the task's expert")
-    c.add_argument("--env-kwargs", default=None, metavar="JSON", help="keyword arguments of the task's env (gym:ID: gym.make's)")
-    c.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
-    c.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
+    add_env_options(c)
     i = dsub.add_parser("import", help="import DreamerV2 .npz episodes (the paper's demos) or a local Minari dataset")
     i.add_argument("src", nargs="?", default=None, help="directory of DreamerV2 .npz files")
     i.add_argument("--minari", default=None, metavar="PATH_OR_ID",
@@ -243,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("show", help="summary and contact sheet of a demo directory")
     s.add_argument("dir")
     s.add_argument("--sheet", default=None, help="contact-sheet PNG path (default DIR/contact_sheet.png)")
+    s.add_argument("--task", default=None, help="also check that the demos fit this task's env (action dimension, image size)")
+    s.add_argument("--image-size", type=int, default=64, help="with --task: the run's image size")
+    add_env_options(s)
     sub.add_parser("tasks", help="list the tasks")
     for module in TOOL_MODULES:
         try:

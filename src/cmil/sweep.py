@@ -323,9 +323,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="config override for every trial, e.g. --set agent.alpha=5 (repeatable)")
     p.add_argument("--preset", default=None, help="config preset (default: default)")
-    p.add_argument("--env-kwargs", default=None, metavar="JSON", help="the tasks' env keyword arguments (gym:ID tasks: gym.make's)")
-    p.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
-    p.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
+    from cmil.cli import add_env_options
+
+    add_env_options(p)  # for every trial
     p.add_argument("--root", default="runs/sweep", help="directory of the trials' run directories")
     p.add_argument("--demos", default="demos/{task}",
                    help="demo directory; {task} is replaced by the task's file name (default: demos/{task})")
