@@ -186,8 +186,11 @@ def register_task(name: str, env_factory: Callable[..., gym.Env], description: s
 # Built-in tasks. The default task's choice is justified in docs/default_task.md.
 register(TaskSpec("point", "cmil.envs.point:make_point_env", 30,
                   "2-D point mass reaching a random goal, rendered with numpy; for fast tests"))
-register(TaskSpec("kitchen", "cmil.envs.kitchen:make_kitchen_env", 280, "Franka Kitchen: microwave, kettle, light switch, slide cabinet (paper task)"))
-register(TaskSpec("baoding", "cmil.envs.baoding:make_baoding_env", 75, "ShadowHand Baoding balls (paper task)"))
+# Expert successes as measured in docs/kitchen.md (seeds 0-19) and docs/baoding.md (30 episodes).
+register(TaskSpec("kitchen", "cmil.envs.kitchen:make_kitchen_env", 280,
+                  "Franka Kitchen: microwave, kettle, light switch, slide cabinet (paper task)", expert_success=(20, 20)))
+register(TaskSpec("baoding", "cmil.envs.baoding:make_baoding_env", 75, "ShadowHand Baoding balls (paper task)",
+                  expert_success=(28, 30)))
 
 # Meta-World v3 tasks ("mw-push", ...); the module imports MuJoCo only when an env is built.
 from cmil.envs.metaworld_env import metaworld_task_specs  # noqa: E402
