@@ -4,11 +4,11 @@ import json
 import re
 from pathlib import Path
 
-import gym_helpers
 import numpy as np
 import pytest
 
 import cmil
+import gym_helpers
 from cmil.errors import UsageError
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-import gym_helpers  # noqa: F401  (registers the CmilTest/* envs)
 import numpy as np
 import pytest
 import yaml
 
+import gym_helpers  # noqa: F401  (registers the CmilTest/* envs)
 from cmil.cli import main
 from cmil.envs import make_env, reports_success
 from cmil.envs.gym_task import DEFAULT_MAX_EPISODE_STEPS, resize_frame
@@ -167,7 +167,7 @@ def test_cli_bad_gym_inputs_write_nothing(tmp_path, capsys):
         (["train", "--task", CLI_TASK, "--method", "bc", "--env-kwargs", "[1]", "--run-dir", str(tmp_path / "r")],
          "env_kwargs must be a JSON object"),
         (["train", "--task", "mw-push", "--method", "bc", "--success-key", "x", "--dry-run", "--run-dir", str(tmp_path / "r")],
-         "apply to gym:ID tasks"),
+         "are for gym:ID tasks"),
         (["demos", "collect", "--task", CLI_TASK, "--episodes", "1", "--out", str(demos)], "has no expert"),
         (["demos", "collect", "--task", CLI_TASK, "--episodes", "1", "--out", str(demos), "--expert", "gym_helpers:nope"],
          "cannot load it"),
@@ -186,3 +186,28 @@ def test_sweep_trials_of_a_gym_task(tmp_path):
     trials = build_trials([CLI_TASK], ["bc"], [0], overrides, [{}], "default", True, tmp_path, "demos/{task}", 1, 0)
     assert trials[0]["name"].startswith("gym-gym_helpers-CmilTest-SlideLimited-v0__bc__")
     assert json.loads(trials[0]["config"]["env_kwargs"]) == {"goal_radius": 0.2}
+
+
+def test_a_closed_mujoco_env_does_not_blank_the_next():
+    """gymnasium's MuJoCo renderer leaves its GL resources to the garbage collector; PixelTask.close frees
+    them, else collecting the closed env (here: when `env` is rebound) blanks the next env's frames."""
+    kwargs = {"width": 64, "height": 64}
+    env = make_env("gym:Reacher-v5", seed=0, env_kwargs=kwargs)
+    env.reset()
+    env.close()
+    env = make_env("gym:Reacher-v5", seed=0, env_kwargs=kwargs)  # the first env is collected only now
+    try:
+        frames = [env.reset()[0]] + [env.step(np.zeros(2, np.float32))[0] for _ in range(3)]
+        assert all(f.std() > 5 for f in frames)
+    finally:
+        env.close()
+
+
+def test_a_users_expert_from_a_file():
+    from cmil.envs import load_factory
+
+    expert = load_factory("examples/fetch_reach/expert.py:reach_expert")
+    obs = {"observation": np.array([1.0, 0.5, 0.4, *np.zeros(7)]), "desired_goal": np.array([1.02, 0.5, 0.3])}
+    np.testing.assert_allclose(expert(obs), [0.2, 0.0, -1.0, 0.0], atol=1e-6)
+    with pytest.raises(UsageError, match="cannot load it"):
+        load_factory("examples/nope.py:f")

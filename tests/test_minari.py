@@ -3,10 +3,11 @@
 import inspect
 import json
 
-import gym_helpers  # noqa: F401  (registers the CmilTest/* envs)
 import gymnasium as gym
 import numpy as np
 import pytest
+
+import gym_helpers  # noqa: F401  (registers the CmilTest/* envs)
 
 minari = pytest.importorskip("minari")
 pytest.importorskip("jax")  # DataCollector needs it (minari[create], in the dev extra)

@@ -116,7 +116,8 @@ def _at_least(args: argparse.Namespace, **minimums: int) -> None:
 
 def _env_kwargs(text: str | None) -> dict:
     """--env-kwargs JSON as a dict, checked as `cmil train` checks it."""
-    from cmil.config import Config, env_kwargs_of, validate
+    from cmil.config import Config, validate
+    from cmil.launch import env_kwargs_of
 
     cfg = Config(env_kwargs=text)
     validate(cfg)

@@ -506,25 +506,6 @@ def validate(cfg: Config, where: str = "") -> None:
                                   "continuation from every real state)")
 
 
-def env_kwargs_of(cfg: Config) -> dict[str, Any]:
-    """The run's `env_kwargs` as a dict ({} when unset); `validate` has checked it."""
-    return json.loads(cfg.env_kwargs) if cfg.env_kwargs is not None else {}
-
-
-def canonical_env_kwargs(cfg: Config) -> Config:
-    """`env_kwargs` in one spelling (sorted keys, no optional spaces), so that the same arguments
-    written differently are the same run on resume."""
-    if cfg.env_kwargs is None:
-        return cfg
-    return replace(cfg, env_kwargs=json.dumps(env_kwargs_of(cfg), sort_keys=True, separators=(",", ":")))
-
-
-def env_options(cfg: Config) -> dict[str, Any]:
-    """What `cmil.envs.make_env` needs, besides the task, to build the run's env."""
-    return {"image_size": cfg.image_size, "env_kwargs": env_kwargs_of(cfg), "success_key": cfg.success_key,
-            "max_episode_steps": cfg.max_episode_steps}
-
-
 @functools.cache
 def _leaf_hints() -> dict[str, Any]:
     """{'seed': int, 'wm.deter': int, ...}: the declared type of every leaf field."""

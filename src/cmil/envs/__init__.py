@@ -145,16 +145,19 @@ def make_env(name: str, seed: int | None = None, image_size: int = 64, env_kwarg
     `success_key` and `max_episode_steps` apply to tasks made from gymnasium envs (`gym_task.py`)."""
     spec = task_spec(name)
     options: dict[str, Any] = {**(env_kwargs or {}), **kwargs}
+    task_options = {k: v for k, v in (("success_key", success_key), ("max_episode_steps", max_episode_steps))
+                    if v is not None}
     if spec.takes_task_options:
         options = {"env_kwargs": options, "success_key": success_key, "max_episode_steps": max_episode_steps}
-    elif success_key is not None or max_episode_steps is not None:
-        raise UsageError(f"success_key and max_episode_steps apply to {GYM_PREFIX}ID tasks and tasks registered "
-                         f"with cmil.register_task, not to the built-in task {name!r}")
+    else:  # a built-in factory may take them as its own arguments (baoding takes max_episode_steps)
+        options.update(task_options)
     try:
         env = load_factory(spec.env_factory)(seed=seed, image_size=image_size, **options)
     except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):  # one of env_kwargs the factory does not take
-            raise UsageError(f"env_kwargs: task {name!r} does not accept them ({exc})") from None
+        if "unexpected keyword argument" in str(exc):  # an option the factory does not take
+            names = ", ".join(sorted(task_options)) or "env_kwargs"
+            raise UsageError(f"{names}: task {name!r} does not take them ({exc}); success_key and "
+                             f"max_episode_steps are for {GYM_PREFIX}ID tasks and tasks registered from Python") from None
         raise
     return SeedFirstReset(env, seed)
 
