@@ -201,3 +201,19 @@ def test_registry_integration():
         assert obs.shape == (64, 64, 3) and e.unwrapped.episode_length == 100
     finally:
         e.close()
+
+
+def test_expert_benchmark_writes_its_results(tmp_path):
+    """benchmarks/metaworld_experts.py (docs/metaworld_tasks.md) on one task and three seeds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "metaworld_experts.py"
+    out = tmp_path / "experts.json"
+    subprocess.run([sys.executable, str(script), "--tasks", "push", "--episodes", "3", "--check-rendered", "1",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    (row,) = json.loads(out.read_text())["tasks"]
+    assert row["task"] == "push" and row["episodes"] == 3 and row["episode_length"] == 100
+    assert row["successes"] == 3 and len(row["first_success"]) == 3 and row["steps_to_success_max"] <= 100
