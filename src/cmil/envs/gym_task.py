@@ -15,7 +15,7 @@ contract (`cmil.envs`):
   `is_success`, whichever the env reports); an env with neither has `reports_success == False`, and
   cmil then reports returns only;
 - the env's own observation is kept as `raw_obs` (what a user's expert policy reads) and, when it
-  flattens to numbers, in `info["state"]` for diagnostics.
+  flattens to at most `MAX_STATE_DIM` numbers, in `info["state"]` for diagnostics.
 
 Everything the wrapper needs to know is checked once when it is built, by one probe reset, render
 and step, so that a discrete or unbounded action space, an env that cannot render, or a success
@@ -34,6 +34,7 @@ from cmil.errors import UsageError
 GYM_PREFIX = "gym:"
 SUCCESS_KEYS = ("success", "is_success")
 DEFAULT_MAX_EPISODE_STEPS = 1000
+MAX_STATE_DIM = 1024
 
 
 def is_gym_task(name: str) -> bool:
@@ -85,7 +86,11 @@ def _has_time_limit(env: gym.Env) -> bool:
 
 
 def _flat_state(space: gym.Space, obs: Any) -> np.ndarray | None:
+    """The env's observation as a diagnostics vector, if it is a small numeric one (not, e.g., an image:
+    every episode file would carry it)."""
     try:
+        if gym.spaces.flatdim(space) > MAX_STATE_DIM:
+            return None
         return np.asarray(gym.spaces.flatten(space, obs), np.float64)
     except Exception:  # e.g. a Text or Graph space: no diagnostics state then
         return None
