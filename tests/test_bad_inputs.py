@@ -101,7 +101,7 @@ CASES = [
     ("plot-no-runs", ["plot", "{demos}", "--out", "{base}/p"], "no run directories"),
     ("plot-out-a-file", ["plot", "{run}", "--out", "{file}"], "--out"),
     ("sweep-no-methods", ["sweep", "--tasks", "point", "--root", "{base}/sweep"], "give --tasks and --methods"),
-    ("sweep-unknown-task", [*SWEEP[:2], "nope", *SWEEP[3:]], "unknown tasks ['nope']"),
+    ("sweep-unknown-task", [*SWEEP[:2], "nope", *SWEEP[3:]], "unknown task 'nope'"),
     ("sweep-unknown-field", [*SWEEP, "--set", "agent.nope=1"], "unknown config fields"),
     ("sweep-bad-value", [*SWEEP, "--set", "batch_size=0"], "batch_size must be >= 1"),
     ("sweep-missing-grid", [*SWEEP, "--grid", "{base}/missing.yaml"], "missing.yaml"),

@@ -11,10 +11,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
 from cmil.envs.metaworld_env import (  # noqa: E402
+    FRONT_CAMERA,
     METAWORLD_TASKS,
     MetaWorldImageEnv,
     make_metaworld_env,
     metaworld_task_specs,
+    task_camera,
     task_episode_length,
 )
 from cmil.envs.rendering import RendererGuard  # noqa: E402
@@ -127,6 +129,61 @@ def test_task_specs_and_factories():
         MetaWorldImageEnv("no-such-task")
 
 
+def test_every_v3_task_is_registered_with_its_measured_expert():
+    """All 50 tasks, each with the benchmark's episode length and expert successes (docs/metaworld_tasks.md)."""
+    import json
+    from pathlib import Path
+
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    from cmil.envs import task_spec
+
+    assert sorted(f"{t}-v3" for t in METAWORLD_TASKS) == sorted(ALL_V3_ENVIRONMENTS)
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "metaworld_experts.json"
+    measured = {r["task"]: r for r in json.loads(results.read_text())["tasks"]}
+    for task in METAWORLD_TASKS:
+        spec = task_spec(f"mw-{task}")
+        assert spec.episode_length == measured[task]["episode_length"], task
+        assert spec.expert_success == (measured[task]["successes"], measured[task]["episodes"]), task
+    # The default task keeps its camera and length.
+    assert task_episode_length("push") == 100 and task_camera("push") == FRONT_CAMERA
+
+
+@pytest.mark.parametrize("task", ["hammer", "shelf-place", "basketball"])
+def test_new_tasks_render_and_their_expert_moves_the_scene(task):
+    env = make_metaworld_env(task, seed=0)
+    try:
+        expert = make_metaworld_expert(env)
+        first, _ = env.reset(seed=0)
+        for _ in range(30):
+            frame, *_ = env.step(expert.act())
+        assert first.std() > 10 and np.abs(frame.astype(int) - first.astype(int)).sum() > 30_000
+    finally:
+        env.close()
+
+
+def test_render_false_keeps_dynamics():
+    a, b = MetaWorldImageEnv("push", render=False), make_metaworld_env("push")
+    try:
+        _, info_a = a.reset(seed=4)
+        _, info_b = b.reset(seed=4)
+        for _ in range(5):
+            _, _, _, _, info_a = a.step(np.full(4, 0.3, np.float32))
+            _, _, _, _, info_b = b.step(np.full(4, 0.3, np.float32))
+        np.testing.assert_array_equal(info_a["state"], info_b["state"])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_tasks_command_lists_expert_success(capsys):
+    from cmil.cli import main
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "mw-hammer" in out and "50/50 = 1.00" in out and "43/50 = 0.86" in out and "gym:ID" in out
+
+
 def test_registry_integration():
     """The specs work through cmil.envs.make_env / cmil.experts.make_expert (the lead registers them there)."""
     from cmil.envs import list_tasks, make_env, register
@@ -144,3 +201,19 @@ def test_registry_integration():
         assert obs.shape == (64, 64, 3) and e.unwrapped.episode_length == 100
     finally:
         e.close()
+
+
+def test_expert_benchmark_writes_its_results(tmp_path):
+    """benchmarks/metaworld_experts.py (docs/metaworld_tasks.md) on one task and three seeds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "metaworld_experts.py"
+    out = tmp_path / "experts.json"
+    subprocess.run([sys.executable, str(script), "--tasks", "push", "--episodes", "3", "--check-rendered", "1",
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    (row,) = json.loads(out.read_text())["tasks"]
+    assert row["task"] == "push" and row["episodes"] == 3 and row["episode_length"] == 100
+    assert row["successes"] == 3 and len(row["first_success"]) == 3 and row["steps_to_success_max"] <= 100

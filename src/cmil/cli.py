@@ -98,23 +98,10 @@ def cmd_main(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Re-evaluate a saved run: reads its config and latest checkpoint, writes only under RUN/eval/."""
-    from cmil.evaluate import evaluate
-    from cmil.launch import open_policy
-    from cmil.runs import write_json
+    from cmil.launch import evaluate_run
 
     _at_least(args, episodes=1, video_episodes=0, seed=0)
-    run_dir = Path(args.run_dir).resolve()
-    parts = open_policy(run_dir)
-    name = f"eval_{args.episodes}ep_seed{args.seed}{'_stochastic' if args.stochastic else ''}"
-    try:
-        metrics = evaluate(parts.env, parts.policy, args.episodes, deterministic=not args.stochastic,
-                           seed=args.seed, video_dir=run_dir / "eval" / "videos",
-                           video_episodes=args.video_episodes, video_name=name)
-    finally:
-        parts.env.close()
-    if parts.expert_success is not None:
-        metrics["eval/expert_success_rate"] = parts.expert_success
-    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
+    metrics = evaluate_run(Path(args.run_dir), args.episodes, args.seed, not args.stochastic, args.video_episodes)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -127,6 +114,16 @@ def _at_least(args: argparse.Namespace, **minimums: int) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
 
+def _env_kwargs(text: str | None) -> dict:
+    """--env-kwargs JSON as a dict, checked as `cmil train` checks it."""
+    from cmil.config import Config, validate
+    from cmil.launch import env_kwargs_of
+
+    cfg = Config(env_kwargs=text)
+    validate(cfg)
+    return env_kwargs_of(cfg)
+
+
 def cmd_demos(args: argparse.Namespace) -> int:
     if args.demos_cmd == "collect":
         from cmil.config import MIN_IMAGE_SIZE
@@ -134,14 +131,28 @@ def cmd_demos(args: argparse.Namespace) -> int:
         from cmil.envs import task_spec
 
         task_spec(args.task)
-        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0)
+        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0, max_episode_steps=1)
         stats = collect_demos(args.task, args.episodes, Path(args.out), seed=args.seed, image_size=args.image_size,
-                              keep_failures=args.keep_failures)
+                              keep_failures=args.keep_failures, env_kwargs=_env_kwargs(args.env_kwargs),
+                              success_key=args.success_key, max_episode_steps=args.max_episode_steps,
+                              expert=args.expert)
         print(json.dumps(stats, indent=2))
+    elif args.demos_cmd == "import" and args.minari is not None:
+        from cmil.config import MIN_IMAGE_SIZE
+        from cmil.data.minari_io import import_minari
+
+        if args.src is not None:
+            raise UsageError("demos import: give either SRC (DreamerV2 files) or --minari, not both")
+        _at_least(args, image_size=MIN_IMAGE_SIZE, action_dim=1)
+        paths = import_minari(args.minari, args.out, args.image_size, args.image_key, args.success_key,
+                              args.action_dim)
+        print(f"imported {len(paths)} episodes into {args.out}")
     elif args.demos_cmd == "import":
         from cmil.config import MIN_IMAGE_SIZE
         from cmil.data.dreamer_import import import_dreamer_episodes
 
+        if args.src is None:
+            raise UsageError("demos import: give SRC (a directory of DreamerV2 .npz files) or --minari PATH_OR_ID")
         _at_least(args, image_size=MIN_IMAGE_SIZE, action_dim=1)
         success_fn = None
         if args.success_reward is not None:
@@ -149,11 +160,29 @@ def cmd_demos(args: argparse.Namespace) -> int:
                 return raw["reward"].reshape(-1) >= args.success_reward
         paths = import_dreamer_episodes(args.src, args.out, args.image_size, args.action_dim, success_fn)
         print(f"imported {len(paths)} episodes into {args.out}")
+    elif args.demos_cmd == "export":
+        from cmil.data.minari_io import export_minari
+
+        dataset = export_minari(args.dir, args.minari, task=args.task, root=args.root)
+        print(f"exported {dataset.total_episodes} episodes ({dataset.total_steps} steps) as the Minari dataset "
+              f"{args.minari!r} in {dataset.storage.data_path.parent}")
     elif args.demos_cmd == "show":
         from cmil.data.episodes import load_episodes, summarize
         from cmil.data.sheet import contact_sheet
 
-        episodes = load_episodes(args.dir)
+        image_size = action_dim = None
+        if args.task is not None:  # check the demos against the task's env (what `cmil train` will check)
+            from cmil.envs import make_env
+            from cmil.launch import action_dim_of
+
+            _at_least(args, max_episode_steps=1)
+            env = make_env(args.task, env_kwargs=_env_kwargs(args.env_kwargs), success_key=args.success_key,
+                           max_episode_steps=args.max_episode_steps, image_size=args.image_size)
+            try:
+                image_size, action_dim = args.image_size, action_dim_of(env, args.task)
+            finally:
+                env.close()
+        episodes = load_episodes(args.dir, image_size, action_dim)
         out = Path(args.sheet) if args.sheet else Path(args.dir) / "contact_sheet.png"
         if not out.parent.is_dir() or out.is_dir():
             raise UsageError(f"--sheet: cannot write {out} (no such directory, or it is one)")
@@ -164,12 +193,26 @@ def cmd_demos(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from cmil.envs import list_tasks, task_spec
+    from cmil.envs import GYM_PREFIX, list_tasks, task_spec
 
+    print(f"{'task':33s} {'steps':>5s}  {'expert':>13s}  description")
     for name in list_tasks():
         spec = task_spec(name)
-        print(f"{name:28s} {spec.episode_length:4d} steps  {spec.description}")
+        length = "-" if spec.episode_length is None else str(spec.episode_length)
+        expert = "-" if spec.expert_success is None else "{}/{} = {:.2f}".format(
+            *spec.expert_success, spec.expert_success[0] / spec.expert_success[1])
+        print(f"{name:33s} {length:>5s}  {expert:>13s}  {spec.description}")
+    print(f"\n{GYM_PREFIX}ID is any gymnasium env that renders (e.g. {GYM_PREFIX}gymnasium_robotics:FetchReach-v4). "
+          "expert: the expert's successes over seeded episodes (Meta-World: docs/metaworld_tasks.md).")
     return 0
+
+
+def add_env_options(parser: argparse.ArgumentParser) -> None:
+    """The options that build a task's env, as `cmil train` has them (and saves them in config.yaml)."""
+    parser.add_argument("--env-kwargs", default=None, metavar="JSON",
+                        help="keyword arguments of the task's env (gym:ID: gym.make's), a JSON object")
+    parser.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,16 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode (others follow)")
     c.add_argument("--image-size", type=int, default=64)
     c.add_argument("--keep-failures", action="store_true", help="also save episodes the expert failed")
-    i = dsub.add_parser("import", help="import DreamerV2 .npz episodes (the paper's demos)")
-    i.add_argument("src")
+    c.add_argument("--expert", default=None, metavar="MODULE:FUNCTION",
+                   help="policy(obs) -> action in the env's own units ('module:function' or 'file.py:function'); "
+                        "default: the task's expert")
+    add_env_options(c)
+    i = dsub.add_parser("import", help="import DreamerV2 .npz episodes (the paper's demos) or a local Minari dataset")
+    i.add_argument("src", nargs="?", default=None, help="directory of DreamerV2 .npz files")
+    i.add_argument("--minari", default=None, metavar="PATH_OR_ID",
+                   help="a local Minari dataset (its directory, or an id under MINARI_DATASETS_PATH / ~/.minari); "
+                        "never downloads")
+    i.add_argument("--image-key", default=None, help="Minari: the image entry of Dict observations (default: found)")
+    i.add_argument("--success-key", default=None, help="Minari: the infos key of the success flag (default: "
+                                                       "success, else is_success)")
     i.add_argument("--out", required=True)
     i.add_argument("--image-size", type=int, default=64)
     i.add_argument("--action-dim", type=int, default=None, help="required action dimension")
     i.add_argument("--success-reward", type=float, default=None,
                    help="mark frames with reward >= this as successful (kitchen demos: 4 = all subtasks)")
+    e = dsub.add_parser("export", help="write a demo directory as a Minari dataset")
+    e.add_argument("dir")
+    e.add_argument("--minari", required=True, metavar="NAME", help="dataset id, e.g. cmil/mw-push/expert-v0")
+    e.add_argument("--task", default=None, help="the task of the env spec (default: from DIR/expert_stats.json)")
+    e.add_argument("--root", default=None, help="Minari's dataset root (default: MINARI_DATASETS_PATH or ~/.minari/datasets)")
     s = dsub.add_parser("show", help="summary and contact sheet of a demo directory")
     s.add_argument("dir")
     s.add_argument("--sheet", default=None, help="contact-sheet PNG path (default DIR/contact_sheet.png)")
+    s.add_argument("--task", default=None, help="also check that the demos fit this task's env (action dimension, image size)")
+    s.add_argument("--image-size", type=int, default=64, help="with --task: the run's image size")
+    add_env_options(s)
     sub.add_parser("tasks", help="list the tasks")
     for module in TOOL_MODULES:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -194,7 +195,18 @@ class Config:
     """One training run: task, method, data, schedule, model and agent settings."""
 
     task: str = "mw-push"
-    """Task name (see `cmil tasks`)."""
+    """Task name (see `cmil tasks`), or gym:ID for any gymnasium env that renders (gym:module:ID imports
+    the module that registers ID first, e.g. gym:gymnasium_robotics:FetchReach-v4)."""
+    env_kwargs: str | None = None
+    """JSON object of keyword arguments for the task's env: gym.make's for gym:ID tasks, the env factory's
+    for the others, e.g. '{"continuing_task": false}'. Saved in config.yaml, so resume and `cmil eval`
+    rebuild the same env."""
+    success_key: str | None = None
+    """Info key of the success flag of a gym:ID task or a task registered from Python (default: `success`,
+    else `is_success`; an env reporting neither is scored by its return only)."""
+    max_episode_steps: int | None = None
+    """Episode length cap of a gym:ID task (replaces its registered limit) or a task registered from Python;
+    envs with no time limit of their own get 1000 steps."""
     method: Method = "cmil"
     """Learning method: cmil | vmail | bc | dac."""
     seed: int = 0
@@ -470,9 +482,18 @@ def validate(cfg: Config, where: str = "") -> None:
     for name in FRACTION:
         if not 0 <= flat[name] <= 1:
             fail(name, f"must be in [0, 1], got {flat[name]!r}")
-    for name in ("demos", "run_dir", "init_from"):
+    for name in ("demos", "run_dir", "init_from", "success_key"):
         if flat[name] is not None and not str(flat[name]).strip():
             fail(name, "must not be empty")
+    if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
+        fail("max_episode_steps", f"must be >= 1, got {cfg.max_episode_steps!r}")
+    if cfg.env_kwargs is not None:
+        try:
+            kwargs = json.loads(cfg.env_kwargs)
+        except ValueError as exc:
+            fail("env_kwargs", f"is not valid JSON ({exc}): {cfg.env_kwargs!r}")
+        if not isinstance(kwargs, dict):
+            fail("env_kwargs", f"must be a JSON object like '{{\"key\": 1}}', got {cfg.env_kwargs!r}")
     if cfg.image_size < MIN_IMAGE_SIZE:
         fail("image_size", f"must be >= {MIN_IMAGE_SIZE} (the conv encoder's smallest input), got {cfg.image_size}")
     if cfg.method in WORLD_MODEL_METHODS and cfg.image_size != 64:

@@ -46,7 +46,10 @@ def run_episode(env: gym.Env, act, reset, seed: int | None = None,
 def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, seed: int = 10_000,
              video_dir: Path | None = None, video_episodes: int = 0, video_name: str = "eval") -> dict[str, float]:
     """Evaluate `policy` for `episodes` episodes seeded seed, seed+1, ... (the same placements every
-    evaluation, so curves compare like with like). Success = the task's flag held at any step."""
+    evaluation, so curves compare like with like). Success = the task's flag held at any step; a task
+    without a success signal (`reports_success`) gets no `eval/success_rate`."""
+    from cmil.envs import reports_success
+
     results = []
     for i in range(episodes):
         r = run_episode(env, lambda o: policy.act(o, deterministic), policy.reset, seed=seed + i)
@@ -56,6 +59,8 @@ def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, se
     succ, rets, lens, tasks = zip(*results, strict=True)
     out = {"eval/success_rate": float(np.mean(succ)), "eval/return": float(np.mean(rets)),
            "eval/length": float(np.mean(lens)), "eval/episodes": float(episodes)}
+    if not reports_success(env):
+        del out["eval/success_rate"]
     if all(t is not None for t in tasks):
         out["eval/tasks_completed"] = float(np.mean(tasks))
     return out

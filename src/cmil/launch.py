@@ -68,7 +68,8 @@ class Parts:
     logger: MetricLogger
     ckpt: Checkpointer
     np_rng: np.random.Generator
-    expert_success: float
+    expert_success: float | None
+    """The expert's success rate (None: the task has no success signal)."""
     restored: tuple[Path, dict[str, Any]] | None
     """The checkpoint to resume from (None: a fresh start)."""
 
@@ -85,6 +86,25 @@ def warn(msg: str) -> None:
 
 # --- config and state --------------------------------------------------------------------------------
 
+def env_kwargs_of(cfg: Config) -> dict[str, Any]:
+    """The run's `env_kwargs` as a dict ({} when unset); `validate` has checked it."""
+    return json.loads(cfg.env_kwargs) if cfg.env_kwargs is not None else {}
+
+
+def canonical_env_kwargs(cfg: Config) -> Config:
+    """`env_kwargs` in one spelling (sorted keys, no optional spaces), so that the same arguments
+    written differently are the same run on resume."""
+    if cfg.env_kwargs is None:
+        return cfg
+    return replace(cfg, env_kwargs=json.dumps(env_kwargs_of(cfg), sort_keys=True, separators=(",", ":")))
+
+
+def env_options(cfg: Config) -> dict[str, Any]:
+    """What `cmil.envs.make_env` needs, besides the task, to build the run's env."""
+    return {"image_size": cfg.image_size, "env_kwargs": env_kwargs_of(cfg), "success_key": cfg.success_key,
+            "max_episode_steps": cfg.max_episode_steps}
+
+
 def dry_run_preset(preset: Config) -> Config:
     """The preset shrunk for `--dry-run`, before explicit flags apply (so that they still win)."""
     return dry_run_config(replace(preset, dry_run=True))
@@ -98,7 +118,9 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
     """Absolute demos / run_dir / init_from, so that a run compares and reloads alike from any directory.
 
     Demos default to demos/{task}; a dry run without demos there collects a few into RUN/demos."""
-    demos = Path(cfg.demos) if cfg.demos else Path("demos") / cfg.task
+    from cmil.envs import task_slug
+
+    demos = Path(cfg.demos) if cfg.demos else Path("demos") / task_slug(cfg.task)
     if cfg.dry_run and not cfg.demos and not demos.exists():
         demos = dry_run_demo_dir(run_dir)
     init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
@@ -106,10 +128,12 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
 
 
 def _check_task_and_device(cfg: Config) -> None:
-    from cmil.envs import list_tasks
+    from cmil.envs import task_spec
 
-    if cfg.task not in list_tasks():
-        raise UsageError(f"task: unknown task {cfg.task!r}; known tasks: {', '.join(list_tasks())}")
+    try:
+        task_spec(cfg.task)
+    except UsageError as exc:
+        raise UsageError(f"task: {exc}") from None
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device: {cfg.device!r} requested but CUDA is not available (use --device cpu)")
 
@@ -127,6 +151,7 @@ def _read_result(run_dir: Path) -> dict[str, Any] | None:
 def plan_run(cfg: Config) -> RunPlan:
     """Validate `cfg` and decide what to do with its run directory. Reads only; raises UsageError."""
     validate(cfg)
+    cfg = canonical_env_kwargs(cfg)
     _check_task_and_device(cfg)
     # `auto` becomes what this machine runs (fp32 | bf16), and config.yaml records that.
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, resolve_device(cfg.device)))
@@ -188,16 +213,22 @@ def _collect_dry_run_demos(cfg: Config) -> None:
     from cmil.data.collect import collect_demos
 
     torch_state = torch.get_rng_state()
-    collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, image_size=cfg.image_size,
-                  keep_failures=True, quiet=True)
+    collect_demos(cfg.task, cfg.num_demos, Path(cfg.demos), seed=cfg.seed, keep_failures=True, quiet=True,
+                  **env_options(cfg))
     torch.set_rng_state(torch_state)
 
 
-def expert_success(directory: Path, demos: list[Episode]) -> float:
-    """The expert's success rate when the demos were collected (stats file), else the demos' own."""
+def expert_success(directory: Path, demos: list[Episode], env: gym.Env) -> float | None:
+    """The expert's success rate when the demos were collected (stats file), else the demos' own;
+    None for a task without a success signal."""
+    from cmil.envs import reports_success
+
+    if not reports_success(env):
+        return None
     stats = directory / "expert_stats.json"
     if stats.exists():
-        return float(json.loads(stats.read_text())["success_rate"])
+        rate = json.loads(stats.read_text()).get("success_rate")
+        return None if rate is None else float(rate)
     return demo_success_rate(demos)
 
 
@@ -224,11 +255,15 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
     torch.manual_seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
     from cmil.envs import make_env
+    from cmil.experts import has_expert
 
-    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
     try:
         action_dim = action_dim_of(env, cfg.task)
         collect = cfg.dry_run and Path(cfg.demos) == dry_run_demo_dir(run_dir) and not Path(cfg.demos).exists()
+        if collect and not has_expert(cfg.task):
+            raise UsageError(f"demos: a dry run of {cfg.task!r} without --demos collects demos with the task's "
+                             "expert, and it has none; pass --demos DIR")
         demos = None if collect else load_demos(cfg, action_dim)
         method = make_method(cfg, action_dim, resolve_device(cfg.device))
         ckpt = Checkpointer(run_dir, cfg.keep_checkpoints)
@@ -241,7 +276,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         if demos is None:  # the expert's env needs the process's renderer (one per process): lend it
             env.close()
             _collect_dry_run_demos(cfg)
-            env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+            env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
             demos = load_demos(cfg, action_dim)
         restored = ckpt.load_latest(warn) if plan.state == "resume" else None
         if plan.state == "resume" and restored is None and _has_episodes(run_dir):
@@ -255,7 +290,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         env.close()
         raise
     return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1), method=method,
-                 logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos),
+                 logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos, env),
                  restored=restored)
 
 
@@ -295,9 +330,14 @@ def launch(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
 
 
 def result_line(result: dict[str, Any], run_dir: Path) -> str:
-    return (f"{result['method']} on {result['task']}: success rate {result['success_rate']:.2f} over "
-            f"{result['episodes']} episodes (expert {result['expert_success_rate']:.2f}), "
-            f"return {result['return']:.1f}, {result['env_steps']} env steps; run: {run_dir}")
+    """One line: success rate (for tasks with a success signal), return, budget, where."""
+    if result.get("success_rate") is None:  # a task scored by its return only
+        score = f"return {result['return']:.1f} over {result['episodes']} episodes (no success signal)"
+    else:
+        expert = result.get("expert_success_rate")
+        score = (f"success rate {result['success_rate']:.2f} over {result['episodes']} episodes (expert "
+                 f"{'n/a' if expert is None else f'{expert:.2f}'}), return {result['return']:.1f}")
+    return f"{result['method']} on {result['task']}: {score}, {result['env_steps']} env steps; run: {run_dir}"
 
 
 @dataclass
@@ -323,7 +363,7 @@ def open_policy(run_dir: Path) -> EvalParts:
         torch.set_num_threads(cfg.threads)
     from cmil.envs import make_env
 
-    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    env = make_env(cfg.task, seed=cfg.seed, **env_options(cfg))
     try:
         method = make_method(cfg, action_dim_of(env, cfg.task), resolve_device(cfg.device))
         restore(found[1], method.modules())
@@ -336,6 +376,27 @@ def open_policy(run_dir: Path) -> EvalParts:
     if success is None and cfg.demos and stats.is_file():
         success = json.loads(stats.read_text()).get("success_rate")
     return EvalParts(cfg, env, method.policy(), found[0], success)
+
+
+def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, deterministic: bool = True,
+                 video_episodes: int = 2) -> dict[str, float]:
+    """`cmil eval`: the saved run's policy (latest checkpoint) over `episodes` seeded episodes; the
+    metrics and videos go to RUN/eval/ (the only place it writes)."""
+    from cmil.evaluate import evaluate
+    from cmil.runs import write_json
+
+    run_dir = Path(run_dir).resolve()
+    parts = open_policy(run_dir)
+    name = f"eval_{episodes}ep_seed{seed}{'' if deterministic else '_stochastic'}"
+    try:
+        metrics = evaluate(parts.env, parts.policy, episodes, deterministic=deterministic, seed=seed,
+                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=name)
+    finally:
+        parts.env.close()
+    if parts.expert_success is not None and "eval/success_rate" in metrics:
+        metrics["eval/expert_success_rate"] = parts.expert_success
+    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
+    return metrics
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:

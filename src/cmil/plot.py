@@ -68,13 +68,13 @@ class Run:
 
     def final_value(self, metric: str) -> float | None:
         """The final evaluation (final.json) if the run finished, else its last logged value."""
-        if self.final is not None and FINAL_KEYS.get(metric) in self.final:
+        if self.final is not None and self.final.get(FINAL_KEYS.get(metric, "")) is not None:
             return float(self.final[FINAL_KEYS[metric]])
         _, values = self.curve(metric)
         return float(values[-1]) if len(values) else None
 
     def expert_success(self) -> float | None:
-        if self.final is not None and "expert_success_rate" in self.final:
+        if self.final is not None and self.final.get("expert_success_rate") is not None:
             return float(self.final["expert_success_rate"])
         _, values = self.curve("eval/expert_success_rate")
         return float(values[-1]) if len(values) else None

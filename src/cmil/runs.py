@@ -32,8 +32,10 @@ from cmil.fileio import atomic_write_bytes
 
 
 def default_run_dir(cfg: Config, root: str = "runs") -> Path:
+    from cmil.envs import task_slug
+
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{cfg.task}__{cfg.method}__seed{cfg.seed}__{stamp}"
+    return Path(root) / f"{task_slug(cfg.task)}__{cfg.method}__seed{cfg.seed}__{stamp}"
 
 
 def write_json(path: Path, data: dict) -> None:

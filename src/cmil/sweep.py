@@ -65,6 +65,8 @@ def _coerce(overrides: dict[str, Any], reference: dict[str, Any]) -> dict[str, A
     out = {}
     for key, value in overrides.items():
         ref = reference[key]
+        if key == "env_kwargs" and isinstance(value, dict):  # YAML read the JSON object as a mapping
+            value = json.dumps(value)
         if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         out[key] = value
@@ -86,6 +88,7 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                  demos: str, num_cpus: float, num_gpus: float) -> list[dict[str, Any]]:
     """One spec per grid point: name, run_dir, resolved config (as a dict) and demo directory."""
     from cmil.config import PRESETS, apply_method, flatten, replace, to_dict, validate
+    from cmil.envs import task_slug
     from cmil.launch import dry_run_demo_dir, dry_run_preset, resolve_paths
 
     if preset not in PRESETS:
@@ -106,10 +109,10 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                         settings["device"] = "cuda"
                     cfg = apply_method(replace(base, **{**settings, **extra}))
                     validate(cfg)  # a bad value fails the whole sweep now, not each trial later
-                    name = f"{task}__{method}__{slug(extra, dry_run, preset)}__seed{seed}"
+                    name = f"{task_slug(task)}__{method}__{slug(extra, dry_run, preset)}__seed{seed}"
                     run_dir = (root / name).resolve()
                     if not cfg.demos:  # a dry run without demos collects a few of its own, as `cmil train`
-                        template = Path(demos.format(task=task))
+                        template = Path(demos.format(task=task_slug(task)))
                         missing = dry_run and not template.exists()
                         cfg = replace(cfg, demos=str(dry_run_demo_dir(run_dir) if missing else template))
                     cfg = resolve_paths(cfg, run_dir)
@@ -190,8 +193,12 @@ def _import_ray():
 def _line(out: dict[str, Any]) -> str:
     if out["status"] in ("done", "skipped"):
         r = out["result"]
-        return (f"{out['status']:8s} {out['name']}: success {r['success_rate']:.2f} "
-                f"(expert {r['expert_success_rate']:.2f}), {r['env_steps']} env steps, {out['wall_s']:.0f} s")
+        if r.get("success_rate") is None:  # a task scored by its return only
+            score = f"return {r['return']:.1f}"
+        else:
+            expert = r.get("expert_success_rate")
+            score = f"success {r['success_rate']:.2f} (expert {'n/a' if expert is None else f'{expert:.2f}'})"
+        return f"{out['status']:8s} {out['name']}: {score}, {r['env_steps']} env steps, {out['wall_s']:.0f} s"
     return f"FAILED   {out['name']}: {out['error']}"
 
 
@@ -243,7 +250,7 @@ def run_sweep(trials: list[dict[str, Any]], ray, address: str | None = None, num
 
 def _checked_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The grid's trials; every bad input (grid file, names, values, resources) is one UsageError."""
-    from cmil.envs import list_tasks
+    from cmil.envs import task_spec
     from cmil.errors import UsageError
     from cmil.methods.base import method_classes
 
@@ -256,11 +263,16 @@ def _checked_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
         seeds = args.seeds if args.seeds is not None else grid.get("seeds", [0])
         if not tasks or not methods:
             raise ValueError("give --tasks and --methods (or a --grid file with them)")
-        for kind, names, known in (("task", tasks, list_tasks()), ("method", methods, sorted(method_classes()))):
-            unknown = [n for n in names if n not in known]
-            if unknown:
-                raise ValueError(f"unknown {kind}s {unknown} (known: {', '.join(known)})")
-        overrides = {**(grid.get("set") or {}), **parse_set(args.set or [])}
+        for task in tasks:
+            task_spec(task)  # an unknown task is a UsageError naming the known ones
+        known = sorted(method_classes())
+        unknown = [n for n in methods if n not in known]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown} (known: {', '.join(known)})")
+        flags = {"env_kwargs": args.env_kwargs, "success_key": args.success_key,
+                 "max_episode_steps": args.max_episode_steps}
+        overrides = {**(grid.get("set") or {}), **parse_set(args.set or []),
+                     **{k: v for k, v in flags.items() if v is not None}}
         return build_trials(list(tasks), list(methods), [int(s) for s in seeds], overrides,
                             list(grid.get("variants") or [{}]), args.preset or grid.get("preset", "default"),
                             args.dry_run, Path(args.root), args.demos, args.num_cpus, args.num_gpus)
@@ -311,8 +323,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="config override for every trial, e.g. --set agent.alpha=5 (repeatable)")
     p.add_argument("--preset", default=None, help="config preset (default: default)")
+    from cmil.cli import add_env_options
+
+    add_env_options(p)  # for every trial
     p.add_argument("--root", default="runs/sweep", help="directory of the trials' run directories")
-    p.add_argument("--demos", default="demos/{task}", help="demo directory; {task} is replaced (default: demos/{task})")
+    p.add_argument("--demos", default="demos/{task}",
+                   help="demo directory; {task} is replaced by the task's file name (default: demos/{task})")
     p.add_argument("--dry-run", action="store_true", help="tiny trials (as `cmil train --dry-run`)")
     p.add_argument("--address", default=None, help="address of an existing Ray cluster (default: a local instance)")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per trial (also its torch threads)")

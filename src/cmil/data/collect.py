@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from cmil.data.episodes import EpisodeRecorder, save_episode
-from cmil.envs import make_env
-from cmil.errors import OutputExistsError
+from cmil.envs import make_env, reports_success, task_slug
+from cmil.errors import OutputExistsError, UsageError
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 
 
 def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size: int = 64,
-                  keep_failures: bool = False, max_attempts: int | None = None, quiet: bool = False) -> dict:
-    """Roll out the task's expert until `episodes` episodes are saved in `out`.
+                  keep_failures: bool = False, max_attempts: int | None = None, quiet: bool = False,
+                  env_kwargs: dict[str, Any] | None = None, success_key: str | None = None,
+                  max_episode_steps: int | None = None, expert: str | Callable | None = None) -> dict:
+    """Roll out the task's expert (or `expert`, a policy `obs -> action`, see `cmil.experts.policy`)
+    until `episodes` episodes are saved in `out`.
 
-    Only successful episodes are kept unless `keep_failures`; every attempt counts towards the
+    Only successful episodes are kept unless `keep_failures` (or the task has no success signal:
+    then every episode is kept and the success rate is None); every attempt counts towards the
     expert's success rate, written with the other statistics to `out/expert_stats.json`.
+    `env_kwargs`, `success_key` and `max_episode_steps` build the env as `cmil.envs.make_env` does.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -32,29 +39,38 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
     # no half-filled demo directory behind (the next attempt just starts again).
     partial = out.with_name(f".{out.name}.part")
     shutil.rmtree(partial, ignore_errors=True)
-    env = make_env(task, seed=seed, image_size=image_size)
+    env = make_env(task, seed=seed, image_size=image_size, env_kwargs=env_kwargs, success_key=success_key,
+                   max_episode_steps=max_episode_steps)
     try:
-        expert = make_expert(task, env)
+        actor = make_expert(task, env, expert)
+        scored = reports_success(env)
+        keep_failures = keep_failures or not scored
         saved = attempts = successes = 0
         with tqdm(total=episodes, desc=f"demos {task}", unit="ep", disable=quiet, dynamic_ncols=True) as bar:
             while saved < episodes:
                 if attempts >= max_attempts:
-                    raise RuntimeError(f"expert saved only {saved}/{episodes} successful episodes in {attempts} attempts")
+                    raise UsageError(f"the expert saved only {saved}/{episodes} successful episodes in {attempts} "
+                                     "attempts; pass --keep-failures to keep failed ones too")
                 recorder = EpisodeRecorder()
-                rollout = run_episode(env, lambda _obs: expert.act(), expert.reset, seed=seed + attempts,
+                rollout = run_episode(env, lambda _obs: actor.act(), actor.reset, seed=seed + attempts,
                                       recorder=recorder)
                 attempts += 1
                 successes += int(rollout.success)
                 if rollout.success or keep_failures:
                     save_episode(partial, recorder.finish(),
-                                 name=f"{task}-seed{seed + attempts - 1:06d}-{rollout.length}.npz")
+                                 name=f"{task_slug(task)}-seed{seed + attempts - 1:06d}-{rollout.length}.npz")
                     saved += 1
                     bar.update(1)
-                bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
+                if scored:
+                    bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed collection leaves nothing behind
+        raise
     finally:
         env.close()
-    stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes,
-             "success_rate": successes / attempts, "seed": seed, "image_size": image_size}
+    stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes if scored else None,
+             "success_rate": successes / attempts if scored else None, "seed": seed, "image_size": image_size,
+             "env_kwargs": env_kwargs or {}, "success_key": success_key, "max_episode_steps": max_episode_steps}
     (partial / "expert_stats.json").write_text(json.dumps(stats, indent=2))
     if out.exists():
         out.rmdir()  # empty (checked above)

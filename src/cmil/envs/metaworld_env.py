@@ -27,19 +27,31 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from cmil.envs.rendering import GuardedRender, OffscreenCamera, RendererGuard  # noqa: E402
 
-# Tasks with random placement whose shipped scripted policy solves them: 100% of 50 seeded episodes,
-# except door-open (96%) and sweep-into (92%); see docs/default_task.md. Names are Meta-World's
-# without the "-v3" suffix.
-METAWORLD_TASKS: tuple[str, ...] = (
-    "button-press-topdown", "coffee-button", "door-open", "drawer-open", "faucet-open",
-    "handle-press", "pick-place", "plate-slide", "push", "reach", "sweep-into", "window-open",
-)
-
-# Fixed episode length per task, at least 1.3x the expert's slowest success over 50 seeds (measured
-# by benchmarks/select_default_task.py, docs/default_task.md): 100 steps where that is <= 75 steps,
-# 150 where it is 93-114 steps. Meta-World v3 tasks not listed here get DEFAULT_EPISODE_LENGTH.
-EPISODE_LENGTHS: dict[str, int] = {t: 100 for t in METAWORLD_TASKS} | {
-    "door-open": 150, "drawer-open": 150, "window-open": 150}
+# Every Meta-World v3 task (names without the "-v3" suffix): its fixed episode length and its scripted
+# expert's successes out of 50 seeded episodes (seeds 0-49) within that length, measured by
+# benchmarks/metaworld_experts.py (benchmarks/results/metaworld_experts.json, docs/metaworld_tasks.md).
+# Length rule: the smallest multiple of 50, at least 100, that is >= 1.3x the expert's slowest success
+# (capped at Meta-World's 500); the first 12 tasks (docs/default_task.md) keep the lengths they had.
+TASK_TABLE: dict[str, tuple[int, int]] = {
+    "assembly": (150, 50), "basketball": (500, 50), "bin-picking": (350, 50), "box-close": (250, 43),
+    "button-press": (100, 50), "button-press-topdown": (100, 50), "button-press-topdown-wall": (100, 50),
+    "button-press-wall": (200, 50), "coffee-button": (100, 50), "coffee-pull": (150, 50),
+    "coffee-push": (100, 50), "dial-turn": (150, 50), "disassemble": (450, 46), "door-close": (100, 50),
+    "door-lock": (200, 50), "door-open": (150, 48), "door-unlock": (150, 50), "drawer-close": (150, 50),
+    "drawer-open": (150, 50), "faucet-close": (100, 50), "faucet-open": (100, 50), "hammer": (150, 50),
+    "hand-insert": (100, 50), "handle-press": (100, 50), "handle-press-side": (100, 50),
+    "handle-pull": (200, 50), "handle-pull-side": (150, 50), "lever-pull": (150, 50),
+    "peg-insert-side": (500, 46), "peg-unplug-side": (250, 48), "pick-out-of-hole": (200, 50),
+    "pick-place": (100, 50), "pick-place-wall": (200, 50), "plate-slide": (100, 50),
+    "plate-slide-back": (150, 50), "plate-slide-back-side": (100, 50), "plate-slide-side": (100, 50),
+    "push": (100, 50), "push-back": (500, 47), "push-wall": (150, 50), "reach": (100, 50),
+    "reach-wall": (100, 50), "shelf-place": (200, 48), "soccer": (200, 44), "stick-pull": (300, 43),
+    "stick-push": (150, 50), "sweep": (150, 50), "sweep-into": (100, 46), "window-close": (150, 50),
+    "window-open": (150, 50),
+}
+METAWORLD_TASKS: tuple[str, ...] = tuple(TASK_TABLE)
+EXPERT_EPISODES = 50
+EPISODE_LENGTHS: dict[str, int] = {t: length for t, (length, _) in TASK_TABLE.items()}
 DEFAULT_EPISODE_LENGTH = 150
 
 # Two free cameras (a free camera renders upright with mujoco.Renderer; some of Meta-World's named
@@ -50,8 +62,14 @@ FRONT_CAMERA: dict[str, Any] = dict(distance=0.75, azimuth=-90.0, elevation=-50.
 # SIDE: from beside the robot's right (+x) side, for tall fixtures whose working side faces the robot
 # (drawer fronts, door and window handles, buttons), which the front camera would see from behind.
 SIDE_CAMERA: dict[str, Any] = dict(distance=1.0, azimuth=135.0, elevation=-35.0, lookat=(0.0, 0.75, 0.1))
-CAMERAS: dict[str, dict[str, Any]] = {t: SIDE_CAMERA for t in (
-    "coffee-button", "door-open", "drawer-open", "faucet-open", "handle-press", "window-open")}
+# Tasks whose fixture faces the robot (or a wall or shelf stands between it and the front camera) use
+# SIDE; chosen by looking at the first frames of both cameras for every task.
+SIDE_TASKS = (
+    "basketball", "button-press", "button-press-wall", "coffee-button", "coffee-pull", "coffee-push",
+    "door-close", "door-lock", "door-open", "door-unlock", "drawer-close", "drawer-open", "faucet-close",
+    "faucet-open", "hammer", "handle-press", "handle-pull", "lever-pull", "peg-insert-side", "peg-unplug-side",
+    "reach-wall", "shelf-place", "window-close", "window-open")
+CAMERAS: dict[str, dict[str, Any]] = {t: SIDE_CAMERA for t in SIDE_TASKS}
 
 
 def task_camera(task: str) -> dict[str, Any]:
@@ -76,7 +94,10 @@ class MetaWorldImageEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
     def __init__(self, task: str, seed: int | None = None, image_size: int = 64,
-                 episode_length: int | None = None, camera: dict[str, Any] | None = None):
+                 episode_length: int | None = None, camera: dict[str, Any] | None = None,
+                 render: bool = True):
+        """`render=False` skips the frames (observations are black, no GL context is opened): the same
+        dynamics, placements and expert actions, for benchmarks that only need the success flag."""
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = _mw_name(task)
@@ -94,7 +115,7 @@ class MetaWorldImageEnv(gym.Env):
         # Meta-World raises if stepped past max_path_length; make its horizon ours.
         mw.max_path_length = self.episode_length
         self.mw = mw
-        self.camera = OffscreenCamera(mw.model, image_size, **(camera or task_camera(task)))
+        self.camera = OffscreenCamera(mw.model, image_size, **(camera or task_camera(task))) if render else None
         self.image_size = image_size
         self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -124,7 +145,7 @@ class MetaWorldImageEnv(gym.Env):
         state, _ = self.mw.reset()
         self._t = 0
         self._state = np.asarray(state, np.float64)
-        self._frame = self.camera.render(self.mw.data)
+        self._frame = self._render()
         return self._frame, {"success": False, "state": self._state.copy()}
 
     def step(self, action):
@@ -136,10 +157,15 @@ class MetaWorldImageEnv(gym.Env):
         state, reward, _, _, mw_info = self.mw.step(action)
         self._t += 1
         self._state = np.asarray(state, np.float64)
-        self._frame = self.camera.render(self.mw.data)
+        self._frame = self._render()
         info = {"success": bool(mw_info.get("success", 0.0) > 0.5), "state": self._state.copy()}
         # Meta-World never terminates on success; episodes run to the fixed length.
         return self._frame, float(reward), False, self._t >= self.episode_length, info
+
+    def _render(self) -> np.ndarray:
+        if self.camera is None:
+            return np.zeros(self.observation_space.shape, np.uint8)
+        return self.camera.render(self.mw.data)
 
     def render(self) -> np.ndarray | None:
         return None if self._frame is None else self._frame.copy()
@@ -148,7 +174,9 @@ class MetaWorldImageEnv(gym.Env):
         if self.camera is not None:
             self.camera.close()
             self.camera = None
+        if self.mw is not None:
             self.mw.close()
+            self.mw = None
 
 
 def make_metaworld_env(task: str, seed: int | None = None, image_size: int = 64, **kwargs) -> gym.Env:
@@ -186,5 +214,6 @@ def metaworld_task_specs() -> list:
     from cmil.envs import TaskSpec
 
     return [TaskSpec(f"mw-{t}", f"{__name__}:{_factory_name(t)}", task_episode_length(t),
-                     f"Meta-World v3 {t} from pixels, random placement, scripted expert")
+                     f"Meta-World v3 {t} from pixels, {'side' if t in SIDE_TASKS else 'front'} camera",
+                     expert_success=(TASK_TABLE[t][1], EXPERT_EPISODES))
             for t in METAWORLD_TASKS]
