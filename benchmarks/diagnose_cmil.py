@@ -55,6 +55,18 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 @torch.no_grad()
+def acting_features(agent: CMIL, ep: dict) -> torch.Tensor:
+    """Posterior features (T, F) of an episode's frames filtered with the actor's own mean actions, as in
+    closed loop (`WorldModel.observe_acting`): the states the policy would be in on those images."""
+    wm = agent.wm
+    image = torch.as_tensor(ep["image"], device=agent.device)[None]
+    action = torch.as_tensor(ep["action"], device=agent.device)[None]
+    is_first = torch.as_tensor(ep["is_first"], device=agent.device)[None]
+    post = wm.observe_acting(wm.encode(image), is_first, lambda f: agent.actor(f).mean, action[:, 0], sample=False)
+    return wm.agent_feat(post)[0, :-1]
+
+
+@torch.no_grad()
 def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states.
     `zero_actions` filters with the actions replaced by zeros (the images alone tell the state)."""
@@ -65,7 +77,7 @@ def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple
     seen = torch.zeros_like(action) if zero_actions else action
     post, _ = wm.observe(wm.encode(image), seen, is_first, sample=False)
     post = {k: v[0, :-1] for k, v in post.items()}
-    return wm.feat(post), action[0, 1:], post
+    return wm.agent_feat(post), action[0, 1:], post
 
 
 def rollouts(env, agent: CMIL, episodes: int, deterministic: bool) -> list[dict]:
@@ -110,7 +122,7 @@ def disagreement_by_action(agent: CMIL, states: dict, expert_act: torch.Tensor |
     """Mean disagreement of the step taken from `states` with expert / policy / random actions; then the
     same for policy vs random actions on the states the policy imagines from there."""
     wm, out = agent.wm, {}
-    feat = wm.feat(states)
+    feat = wm.agent_feat(states)
     pol = agent.actor(feat).mean
     rnd = torch.rand_like(pol) * 2 - 1
     choices = {"policy": pol, "random": rnd} | ({"expert": expert_act} if expert_act is not None else {})
@@ -118,7 +130,7 @@ def disagreement_by_action(agent: CMIL, states: dict, expert_act: torch.Tensor |
         out[f"real/{name}"] = float(wm.imagine_step(states, act, head=0)[1].mean())
     state, pol_d, rnd_d = states, [], []
     for _ in range(horizon):
-        f = wm.feat(state)
+        f = wm.agent_feat(state)
         a = agent.actor(f).mean
         rnd_d.append(float(wm.imagine_step(state, torch.rand_like(a) * 2 - 1, head=0)[1].mean()))
         state, d = wm.imagine_step(state, a, head=0)
@@ -158,7 +170,7 @@ def main() -> None:
     A = env.action_space.shape[0]
     demos = load_episodes(demo_dir, cfg.image_size, A, limit=cfg.num_demos)
     heldout = load_episodes(heldout_dir, cfg.image_size, A, limit=args.heldout)
-    expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
+    expert = SequenceReplay(cfg.seq_len, seed=cfg.seed, cover_edges=cfg.cover_edges)
     for ep in demos:
         expert.add_episode(ep)
     if args.bc_reference:
@@ -193,6 +205,9 @@ def main() -> None:
         f0 = torch.cat([episode_features(agent, ep, zero_actions=True)[0] for ep in heldout])
         a0 = torch.cat([y for _, y, _ in feats["heldout"]])
         result["action_mse_heldout_actions_zeroed"] = float((agent.actor(f0).mean - a0).pow(2).mean())
+        # The closed-loop error: the held-out images filtered with the actor's own actions.
+        fa = torch.cat([acting_features(agent, ep) for ep in heldout])
+        result["action_mse_heldout_acting"] = float((agent.actor(fa).mean - a0).pow(2).mean())
         result["action_mse_heldout_previous_action_baseline"] = float(np.mean(
             [np.square(ep["action"][2:] - ep["action"][1:-1]).mean() for ep in heldout]))
 
@@ -225,7 +240,7 @@ def main() -> None:
     result["disagreement_policy_states"] = disagreement_by_action(agent, s_p, None, cfg.agent.horizon)
 
     # 5. The actor's gradient split over a few online updates (replay = the policy's episodes).
-    replay = SequenceReplay(cfg.seq_len, seed=cfg.seed + 1)
+    replay = SequenceReplay(cfg.seq_len, seed=cfg.seed + 1, cover_edges=cfg.cover_edges)
     for ep in policy_eps:
         replay.add_episode(ep)
     ms = [agent.update(expert, replay) for _ in tqdm(range(args.updates), desc="updates", leave=False)]
@@ -290,6 +305,8 @@ def print_report(r: dict) -> None:
     print(f"pretrained success        {r['pretrained_success']:.2f}  (return {r['pretrained_return']:.1f})")
     print(f"action MSE held-out       {r['action_mse_heldout']:.4f}  (mean-action baseline "
           f"{r['action_mse_heldout_mean_baseline']:.4f}; train {r['action_mse_train']:.4f})")
+    print(f"action MSE acting         {r['action_mse_heldout_acting']:.4f}  (held-out images filtered with the "
+          f"actor's own actions, as in closed loop)")
     print(f"copycat check             held-out MSE {r['action_mse_heldout_actions_zeroed']:.4f} with the filter's "
           f"actions zeroed (repeat-previous-action baseline {r['action_mse_heldout_previous_action_baseline']:.4f})")
     print("fresh disc held-out acc   " + ", ".join(f"{k} {v:.2f}" for k, v in r["fresh_disc_heldout_acc"].items()))

@@ -16,7 +16,8 @@ def setup(point_episodes):
     cfg = replace(dry_run_config(PRESETS["default"]), task="point", **{
         "agent.target_update_every": 2, "agent.disc_input_norm": False, "agent.penalty_norm": False,
         "agent.return_norm": False, "agent.bc_loss": "nll", "agent.bc_model_weight": 0.0,
-        "agent.bc_action_noise": 0.0})
+        "agent.bc_action_noise": 0.0, "agent.bc_fit_std": False, "wm.posterior": "filter",
+        "wm.agent_feat": "sample", "wm.augment": False, "cover_edges": False})
     torch.manual_seed(0)
     method = CMIL(cfg, 2, torch.device("cpu"))
     expert = SequenceReplay(cfg.seq_len, seed=0)
@@ -199,3 +200,35 @@ def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monk
     assert seen["action"][:B].abs().max() <= 1.0
     torch.testing.assert_close(seen["action"][B:], clean_rep)          # the replay half is not
     torch.testing.assert_close(bc_targets[-1], clean_exp[:, 1:])       # BC regresses the clean actions
+
+
+def test_mse_bc_fits_the_std_only_with_bc_fit_std(setup):
+    method, expert, _ = setup
+    feat = torch.randn(6, method.wm.agent_feat_dim)
+    action = torch.rand(6, 2) * 2 - 1
+    for fit_std in (False, True):
+        method.cfg = replace(method.cfg, **{"agent.bc_loss": "mse", "agent.bc_fit_std": fit_std})
+        method.actor.zero_grad()
+        method.bc_loss(feat, action).backward()
+        # The std is the second half of the actor's last layer; only the NLL term reaches it.
+        std_grad = method.actor.net[-1].weight.grad[2:]
+        assert bool(std_grad.abs().sum() > 0) == fit_std
+        # Shaping the world model never uses the std term.
+        method.actor.zero_grad()
+        method.bc_loss(feat, action, shaping=True).backward()
+        assert method.actor.net[-1].weight.grad[2:].abs().sum() == 0
+
+
+def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(setup):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, **{"agent.bc_filter": "policy", "agent.bc_model_weight": 1.0, "agent.bc_embed_weight": 1.0,
+                                 "wm.posterior": "image", "wm.agent_feat": "stoch"})
+    torch.manual_seed(0)
+    m = CMIL(cfg, 2, torch.device("cpu"))
+    assert "embed_bc" in m.modules()
+    before = {k: v.clone() for k, v in m.embed_bc.state_dict().items()}
+    metrics = m.update(expert, replay)
+    assert "model/embed_bc_loss" in metrics and "model/bc_loss" in metrics
+    assert all(not torch.equal(before[k], v) for k, v in m.embed_bc.state_dict().items())
+    # The actor reads the stochastic state's mean only.
+    assert m.actor.net[0].in_features == cfg.wm.stoch

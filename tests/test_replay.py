@@ -150,3 +150,21 @@ def test_batch_to_torch_keeps_dtypes():
     batch = batch_to_torch(replay.sample(2), "cpu")
     assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (2, 3, 8, 8, 3)
     assert batch["action"].dtype == torch.float32 and batch["is_first"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("cover_edges", [False, True])
+def test_cover_edges_trains_the_first_frames_as_often_as_the_middle(cover_edges):
+    # One 40-step episode, windows of 8: with uniform starts frame 0 is in 1/8 as many windows as a
+    # middle frame; with cover_edges every frame is in at least as many, and windows stay in the episode.
+    replay = SequenceReplay(seq_len=8, seed=0, cover_edges=cover_edges)
+    replay.add_episode(make_episode(40, ep_id=3))
+    counts = np.zeros(41)
+    for _ in range(200):
+        ep, row = decode(replay.sample(16))
+        assert (ep == 3).all() and (np.diff(row, axis=1) == 1).all()
+        np.add.at(counts, row.ravel(), 1)
+    middle = counts[15:26].mean()
+    if cover_edges:
+        assert counts.min() >= 0.8 * middle
+    else:
+        assert counts[0] < 0.25 * middle

@@ -304,3 +304,49 @@ def test_runs_on_cuda():
     assert all(math.isfinite(v) for v in metrics.values())
     nxt, dis = wm.imagine_step(wm.initial(2), torch.zeros(2, A, device="cuda"))
     assert nxt["stoch"].is_cuda and dis.is_cuda
+
+
+def test_image_posterior_ignores_the_recurrent_state():
+    # posterior="image": q(s_t | x_t) alone, so the posterior's mean does not change with h_t.
+    torch.manual_seed(0)
+    wm = WorldModel(A, WorldModelConfig(**{**TINY.__dict__, "posterior": "image"}))
+    batch = make_batch(B=2, T=4)
+    embed = wm.encode(batch["image"])
+    post, _ = wm.observe(embed, batch["action"], batch["is_first"], sample=False)
+    state = {k: v + 1.0 for k, v in wm.initial(2).items()}
+    other, _ = wm.observe(embed, batch["action"], torch.zeros_like(batch["is_first"]), state, sample=False)
+    torch.testing.assert_close(post["mean"], other["mean"])
+    assert not torch.allclose(post["deter"], other["deter"])
+    # The filter's posterior does depend on h_t.
+    torch.manual_seed(0)
+    filt = WorldModel(A, TINY)
+    a, _ = filt.observe(filt.encode(batch["image"]), batch["action"], batch["is_first"], sample=False)
+    b, _ = filt.observe(filt.encode(batch["image"]), batch["action"], torch.zeros_like(batch["is_first"]),
+                        state, sample=False)
+    assert not torch.allclose(a["mean"], b["mean"])
+
+
+@pytest.mark.parametrize("posterior", ["filter", "image"])
+def test_observe_acting_with_the_recorded_actions_equals_observe(posterior):
+    # An `act` that returns the recorded next action filters exactly as `observe` on the recording.
+    torch.manual_seed(0)
+    wm = WorldModel(A, WorldModelConfig(**{**TINY.__dict__, "posterior": posterior}))
+    batch = make_batch(B=2, T=5)
+    embed = wm.encode(batch["image"])
+    step = iter(range(1, 5))
+    acting = wm.observe_acting(embed, batch["is_first"], lambda f: batch["action"][:, next(step, 4)],
+                               batch["action"][:, 0], sample=False)
+    post, _ = wm.observe(embed, batch["action"], batch["is_first"], sample=False)
+    for key in STATE_KEYS:
+        torch.testing.assert_close(acting[key], post[key])
+
+
+@pytest.mark.parametrize("agent_feat, size", [("sample", 20), ("mean", 20), ("stoch", 4)])
+def test_agent_feature_choices(agent_feat, size):
+    wm = WorldModel(A, WorldModelConfig(**{**TINY.__dict__, "agent_feat": agent_feat}))
+    state = {"deter": torch.randn(3, 16), "stoch": torch.randn(3, 4), "mean": torch.randn(3, 4), "std": torch.ones(3, 4)}
+    feat = wm.agent_feat(state)
+    assert feat.shape == (3, size) == (3, wm.agent_feat_dim)
+    expected = {"sample": torch.cat([state["stoch"], state["deter"]], -1),
+                "mean": torch.cat([state["mean"], state["deter"]], -1), "stoch": state["mean"]}[agent_feat]
+    torch.testing.assert_close(feat, expected)

@@ -57,6 +57,17 @@ class WorldModelConfig:
     augment: bool = False
     """Random-shift augmentation (pad 4, one shift per sequence) of the world model's images, input and
     reconstruction target alike; off in the authors' code."""
+    posterior: Literal["filter", "image"] = "filter"
+    """What the posterior q(s_t | .) reads: 'filter' = h_t and the image embedding (DreamerV2, the authors'
+    code); 'image' = the image embedding alone, so s_t describes the current frame and never the action
+    history (h_t still integrates the past for the prior and the decoder)."""
+    agent_feat: Literal["sample", "mean", "stoch"] = "sample"
+    """What the agent (actor, critics, discriminator) reads of the stochastic state, beside h_t: its sample
+    (DreamerV2, the authors' code) or its mean. Most of the Gaussian latent's dimensions stay close to the
+    prior (posterior std ~0.7 on the default task), so a sample hands the agent mostly noise, which a policy
+    fitted to ~1,000 demo frames learns to read; the mean keeps what the image told the model. 'stoch' = the
+    mean alone, without h_t: with posterior 'image', the agent then reads the current frame as pixel BC does
+    (and in imagination the prior's prediction of it)."""
     carry_state: bool = True
     """Start each training batch from the last posterior state of the previous one (detached), as the
     authors' code does; `is_first` still resets it at episode starts. False starts every window from zeros."""
@@ -101,6 +112,19 @@ class AgentConfig:
     actor's gradient reaches it through the dynamics only via its actions; False lets it flow through its input."""
     bc_loss: Literal["nll", "mse"] = "nll"
     """BC term: 'nll' = -log pi(a^E | s^E) (authors' code); 'mse' = squared error of the actor's mean action."""
+    bc_fit_std: bool = False
+    """With bc_loss 'mse', also fit the actor's std by the NLL of the expert action around the detached mean
+    (the mean still learns from the squared error alone). Without it the std keeps its initial ~0.8, so online
+    episodes act almost at random."""
+    bc_filter: Literal["expert", "policy"] = "expert"
+    """States the BC term is computed on: 'expert' = the demos filtered with the expert's recorded actions
+    (authors' code); 'policy' = filtered with the actor's own mean action at each previous frame, as when it
+    acts. The expert's past actions reveal where it is heading (the puck, the goal), a cue the actor does not
+    have in closed loop; with 'policy' (and bc_model_weight > 0) the representation must read it from the image."""
+    bc_embed_weight: float = 0.0
+    """Weight of an auxiliary BC head on the world model's per-frame image embedding (an MLP predicting the
+    expert's action from one frame, as pixel BC does), trained with the world model so that the encoder learns
+    the features that place the puck and goal; the actor still acts on latent states only. 0 = off (authors)."""
     bc_model_weight: float = 0.0
     """Weight of the BC loss in the world model's loss (the BC gradient shapes the representation; the actor's
     parameters get none of it). 0 = the authors' code, where only the actor learns from BC."""
@@ -248,6 +272,11 @@ class Config:
     """Sequences per replay batch (and per expert batch)."""
     seq_len: int = 32
     """Length of each sampled sequence."""
+    cover_edges: bool = False
+    """Sample replay windows so that an episode's first and last frames are seen at least as often as the
+    others (window start uniform over [-(L-1), T-1], clipped into the episode). False = DreamerV2's uniform
+    start over the episode's full windows, under which frame 0 is in 1/L as many windows as a middle frame:
+    the first moves of a demo, where the policy picks its way to the object, are then rarely trained on."""
     pretrain_updates: int = 300
     """Full agent updates on demos only before seed episodes (CMIL); 0 disables."""
     pretrain_bc_updates: int = 100
@@ -292,14 +321,15 @@ PRESETS: dict[str, Config] = {
     # CPU preset for the default task: sizes chosen by measurement (docs/performance.md) so that the
     # main job finishes in <= 30 min on a 2-core CPU.
     "default": Config(
-        threads=1, batch_size=4, seq_len=16, pretrain_updates=1_000, pretrain_bc_updates=100, seed_steps=1_000,
-        env_steps=8_000, eval_every=2_000, checkpoint_every=2_000, wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16),
+        threads=1, batch_size=4, seq_len=16, pretrain_updates=0, pretrain_bc_updates=2_000, seed_steps=1_000,
+        env_steps=8_000, eval_every=2_000, checkpoint_every=2_000, cover_edges=True,
+        # Departures from the authors' code, chosen by measurement (docs/algorithm.md, docs/results.md): the
+        # agent reads what the current image shows (an image-only posterior's mean), the BC loss shapes that
+        # representation, and every frame of a demo is trained on.
+        wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16, augment=True,
+                            posterior="image", agent_feat="stoch"),
         agent=AgentConfig(horizon=10, actor_layers=2, actor_units=128, critic_layers=2, critic_units=128,
-                          disc_units=128,
-                          # Departures from the authors' code, chosen by benchmarks/diagnose_cmil.py
-                          # (docs/algorithm.md, docs/results.md): BC that reads the image, not the action
-                          # history, and signals on a scale that beta and alpha can weigh.
-                          bc_loss="mse", bc_model_weight=1.0, bc_action_noise=0.5,
+                          disc_units=128, bc_loss="mse", bc_fit_std=True, bc_model_weight=30.0,
                           disc_input_norm=True, penalty_norm=True, return_norm=True)),
     # The authors' architecture on the default task.
     "paper": Config(wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
@@ -317,7 +347,7 @@ PRESETS: dict[str, Config] = {
 # Settings a method implies regardless of preset (VMAIL = CMIL without conservatism).
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
-              "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0,
+              "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
               "pretrain_updates": 0, "pretrain_bc_updates": 0},
 }
 

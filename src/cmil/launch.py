@@ -281,7 +281,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         restored = ckpt.load_latest(warn) if plan.state == "resume" else None
         if plan.state == "resume" and restored is None and _has_episodes(run_dir):
             raise UsageError(f"{run_dir}: no readable checkpoint to resume its online episodes from")
-        expert = SequenceReplay(cfg.seq_len, seed=cfg.seed)
+        expert = SequenceReplay(cfg.seq_len, seed=cfg.seed, cover_edges=cfg.cover_edges)
         for ep in demos:
             expert.add_episode(ep)
         counters = restored[1]["counters"] if restored else {}
@@ -289,7 +289,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
     except BaseException:
         env.close()
         raise
-    return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1), method=method,
+    return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1, cover_edges=cfg.cover_edges), method=method,
                  logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos, env),
                  restored=restored)
 

@@ -5,7 +5,11 @@ row 0 of an episode is its reset frame with a zero action and `is_first`). A sam
 
 - comes from an episode drawn with probability proportional to its number of rows (so every stored
   frame is about equally likely to be seen);
-- stays inside that episode when it has at least L rows, starting uniformly over its L-row windows;
+- stays inside that episode when it has at least L rows, starting uniformly over its L-row windows
+  (DreamerV2), so frame t < L of an episode lies in only t + 1 of the windows that a middle frame lies
+  in: the first frames are seen up to L times less often. With `cover_edges` the start is drawn uniformly
+  from [-(L-1), rows-1] and clipped into the episode instead, so every frame, the first and last included,
+  lies in at least L of the equally likely starts (the first and last L frames in up to 2L);
 - otherwise starts at the episode's first row and runs on into the following stored episodes (wrapping
   around to the first), so windows are always full. The row where a new episode begins has `is_first`
   True (and a zero action), which is where the RSSM resets its state, so nothing leaks across the seam.
@@ -31,12 +35,14 @@ SAMPLE_KEYS = ("image", "action", "reward") + FLAG_KEYS
 class SequenceReplay:
     """Stores whole episodes (oldest evicted beyond `capacity_steps`) and samples (B, L, ...) windows."""
 
-    def __init__(self, seq_len: int, capacity_steps: int = 1_000_000, seed: int = 0, keep_state: bool = False):
+    def __init__(self, seq_len: int, capacity_steps: int = 1_000_000, seed: int = 0, keep_state: bool = False,
+                 cover_edges: bool = False):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.seq_len = seq_len
         self.capacity_steps = capacity_steps
         self.keep_state = keep_state
+        self.cover_edges = cover_edges
         self.rng = np.random.default_rng(seed)
         self.episodes: list[Episode] = []
         self._rows = np.zeros(0, np.int64)  # rows (frames) per stored episode
@@ -115,7 +121,12 @@ class SequenceReplay:
         ep_idx = np.searchsorted(self._starts, frames, side="right") - 1
         for b, e in enumerate(ep_idx):
             rows = self._rows[e]
-            start = int(self.rng.integers(0, rows - L + 1)) if rows >= L else 0
+            if rows < L:
+                start = 0
+            elif self.cover_edges:  # a start in [-(L-1), rows-1] clipped into the episode (see module doc)
+                start = min(max(int(self.rng.integers(-(L - 1), rows)), 0), rows - L)
+            else:
+                start = int(self.rng.integers(0, rows - L + 1))
             self._fill(out, b, int(e), start)
         return out
 

@@ -19,8 +19,9 @@ from torch import nn
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.methods.base import Method, register
-from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, lambda_returns
+from cmil.models.actor_critic import Actor, Discriminator, TruncNormal, TwinQ, frozen, lambda_returns
 from cmil.models.normalize import ReturnScale, RunningMeanStd
+from cmil.models.networks import mlp
 from cmil.models.world_model import STATE_KEYS, WorldModel
 
 
@@ -54,14 +55,19 @@ class CMIL(Method):
                              "loss (eq. 14) needs the imagined continuation from every real next state: "
                              "set agent.imag_starts 0 or agent.real_critic_loss False")
         self.wm = WorldModel(action_dim, cfg.wm, cfg.image_size).to(device)
-        feat = self.wm.feat_dim
+        feat = self.wm.agent_feat_dim
         self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
         self.disc = Discriminator(feat, action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
         # Running statistics of the optional rescalings (buffers, so they are checkpointed).
         self.stats = nn.ModuleDict({"disc_input": RunningMeanStd(feat + action_dim),
                                     "disagreement": RunningMeanStd(), "returns": ReturnScale()}).to(device)
+        # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
+        # world model, in the world model's optimiser.
+        self.embed_bc = mlp(self.wm.embed_dim, action_dim, 2, a.actor_units).to(device) if a.bc_embed_weight else None
         self.wm_opt = self.wm.make_optimizer()
+        if self.embed_bc is not None:
+            self.wm_opt.add_param_group({"params": list(self.embed_bc.parameters())})
         self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay)
         self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay)
         self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay)
@@ -72,8 +78,11 @@ class CMIL(Method):
 
     # --- plumbing -------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
+        mods = {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
                 "stats": self.stats, "carried_state": self.carry}
+        if self.embed_bc is not None:
+            mods["embed_bc"] = self.embed_bc
+        return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
@@ -111,20 +120,33 @@ class CMIL(Method):
 
         # World model (eq. 1) on expert and replay sequences together; optionally the BC loss shapes
         # the representation too (the actor is frozen for that term: its own BC step comes below).
-        wm_loss, post, m = self.wm.loss(batch, self.carry.get() if cfg.wm.carry_state else None)
+        carried = self.carry.get() if cfg.wm.carry_state else None
+        wm_loss, post, m = self.wm.loss(batch, carried)
+        embed = post.pop("embed")
+        bc_feat = self.wm.agent_feat(post)[:B, :-1]                       # the expert states BC acts on
+        if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
+            bc_post = self.wm.observe_acting(
+                embed[:B], batch["is_first"][:B], lambda f: self.actor(f).mean, batch["action"][:B, 0],
+                None if carried is None else {k: v[:B] for k, v in carried.items()})
+            bc_feat = self.wm.agent_feat(bc_post)[:, :-1]
         if a.bc_model_weight:
             with frozen(self.actor):
-                bc_model = self.bc_loss(self.wm.feat(post)[:B, :-1], exp_act)
+                bc_model = self.bc_loss(bc_feat, exp_act, shaping=True)
             wm_loss = wm_loss + a.bc_model_weight * bc_model
             m["model/bc_loss"] = bc_model.item()
-        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self.wm.parameters(), cfg.wm.grad_clip)
+        if self.embed_bc is not None:
+            embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
+            wm_loss = wm_loss + a.bc_embed_weight * embed_bc
+            m["model/embed_bc_loss"] = embed_bc.item()
+        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, [p for g in self.wm_opt.param_groups for p in g["params"]],
+                                     cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
-        feat = self.wm.feat(post)                                   # (2B, L, F)
+        feat = self.wm.agent_feat(post)                             # (2B, L, F)
         exp_feat = feat[:B, :-1]
 
-        # Behaviour cloning term on expert posterior states (agent.bc_loss: NLL or MSE of the mean).
-        bc_loss = self.bc_loss(exp_feat, exp_act)
+        # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
+        bc_loss = self.bc_loss(bc_feat.detach(), exp_act)
         if not agent:
             _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
             m["train/bc_loss"] = bc_loss.item()
@@ -188,12 +210,19 @@ class CMIL(Method):
             self._diag[key].append(m[key])
         return m
 
-    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The BC term on expert states: -log pi(a^E | s^E), or the squared error of pi's mean action."""
+    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor, shaping: bool = False) -> torch.Tensor:
+        """The BC term on expert states: -log pi(a^E | s^E), or the squared error of pi's mean action
+        (plus, with agent.bc_fit_std, the NLL of the std around the detached mean; not when `shaping` the
+        world model, which should learn only what predicts the action)."""
+        a = self.cfg.agent
         dist = self.actor(feat)
-        if self.cfg.agent.bc_loss == "mse":
-            return (dist.mean - action).pow(2).sum(-1).mean()
-        return -dist.log_prob(action.clamp(-1 + 1e-4, 1 - 1e-4)).mean()
+        target = action.clamp(-1 + 1e-4, 1 - 1e-4)
+        if a.bc_loss == "nll":
+            return -dist.log_prob(target).mean()
+        loss = (dist.mean - action).pow(2).sum(-1).mean()
+        if a.bc_fit_std and not shaping:
+            loss = loss - TruncNormal(dist.mean.detach(), dist.std).log_prob(target).mean()
+        return loss
 
     def _actor_step(self, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, float]:
         """Step on rl_loss + beta * bc_loss; logs the norms (before clipping) of the RL part and of the
@@ -231,7 +260,7 @@ class CMIL(Method):
         state = start
         feats, actions, dis, ents = [], [], [], []
         for t in range(horizon + 1):
-            f = self.wm.feat(state)
+            f = self.wm.agent_feat(state)
             dist = self.actor(f.detach() if self.cfg.agent.stop_grad_actor_input else f)
             action = dist.rsample()
             feats.append(f)
@@ -340,7 +369,7 @@ class LatentPolicy:
         embed = self.wm.encode(image)[:, 0]
         is_first = torch.tensor([self.first], device=self.device)
         self.state, _ = self.wm.obs_step(self.state, self.prev_action, embed, is_first)
-        dist = self.actor(self.wm.feat(self.state))
+        dist = self.actor(self.wm.agent_feat(self.state))
         action = dist.mode() if deterministic else dist.rsample()
         self.prev_action = action
         self.first = False

@@ -23,6 +23,8 @@ computed for all steps before the loop. See docs/world_model.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,10 +96,13 @@ class WorldModel(nn.Module):
         # The K prior heads, each Dense(hidden) -> ELU -> Dense(2 * stoch), as two batched layers.
         self.prior_hidden = EnsembleLinear(K, D, H)
         self.prior_out = EnsembleLinear(K, H, 2 * S)
-        self.post_hidden = nn.Linear(D + self.embed_dim, H)
+        # The posterior reads h_t and the image (DreamerV2), or the image alone (cfg.posterior == "image").
+        self.post_deter = D if cfg.posterior == "filter" else 0
+        self.post_hidden = nn.Linear(self.post_deter + self.embed_dim, H)
         self.post_out = nn.Linear(H, 2 * S)
         self.decoder = ConvDecoder(S + D, cfg.cnn_depth, image_size)
         self.feat_dim = S + D
+        self.agent_feat_dim = S if cfg.agent_feat == "stoch" else S + D
         self.optimizer: torch.optim.Optimizer | None = None
 
     @property
@@ -114,8 +119,16 @@ class WorldModel(nn.Module):
 
     @staticmethod
     def feat(state: State) -> torch.Tensor:
-        """The agent's feature: concat(stoch, deter)."""
+        """The decoder's feature: concat(stoch, deter)."""
         return torch.cat([state["stoch"], state["deter"]], -1)
+
+    def agent_feat(self, state: State) -> torch.Tensor:
+        """The feature the agent (actor, critics, discriminator) reads: concat(stoch, deter), or with
+        `cfg.agent_feat == "mean"` the stochastic state's mean in place of its sample."""
+        if self.cfg.agent_feat == "stoch":
+            return state["mean"]
+        stoch = state["mean"] if self.cfg.agent_feat == "mean" else state["stoch"]
+        return torch.cat([stoch, state["deter"]], -1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 images (..., H, W, 3) -> embeddings (..., E)."""
@@ -189,7 +202,7 @@ class WorldModel(nn.Module):
         prev_state, prev_action = self._reset(prev_state, prev_action, is_first)
         prior, disagreement = self.imagine_step(prev_state, prev_action, sample)
         prior["disagreement"] = disagreement
-        hidden = F.elu(self.post_hidden(torch.cat([prior["deter"], embed], -1)))
+        hidden = F.elu(self.post_hidden(torch.cat([prior["deter"][..., : self.post_deter], embed], -1)))
         noise = torch.randn_like(prior["mean"]) if sample else None
         mean, std, stoch = self._gaussian(self.post_out(hidden), noise)
         return {"deter": prior["deter"], "stoch": stoch, "mean": mean, "std": std}, prior
@@ -213,8 +226,9 @@ class WorldModel(nn.Module):
         act_term = F.linear(action * keep.unsqueeze(-1), w_in[:, S:], self.img_in.bias).transpose(0, 1)
         w_stoch = w_in[:, :S].t()
         w_post = self.post_hidden.weight
-        post_term = F.linear(embed, w_post[:, D:], self.post_hidden.bias).transpose(0, 1)
-        w_post_deter = w_post[:, :D].t()
+        Dp = self.post_deter
+        post_term = F.linear(embed, w_post[:, Dp:], self.post_hidden.bias).transpose(0, 1)
+        w_post_deter = w_post[:, :Dp].t()
         noise = torch.randn(T, B, S, device=embed.device, dtype=embed.dtype) if sample else None
         keep_tm = keep.t().unsqueeze(-1)  # (T, B, 1)
 
@@ -225,7 +239,7 @@ class WorldModel(nn.Module):
                 deter, stoch = deter * keep_tm[t], stoch * keep_tm[t]
             x = F.elu(torch.addmm(act_term[t], stoch, w_stoch))
             deter = self.gru(x, deter)
-            hidden = F.elu(torch.addmm(post_term[t], deter, w_post_deter))
+            hidden = F.elu(torch.addmm(post_term[t], deter[:, :Dp], w_post_deter))
             mean, std, stoch = self._gaussian(self.post_out(hidden), None if noise is None else noise[t])
             deters.append(deter)
             means.append(mean)
@@ -235,6 +249,37 @@ class WorldModel(nn.Module):
         post = {"deter": deter_seq, "stoch": torch.stack(stochs, 1), "mean": torch.stack(means, 1),
                 "std": torch.stack(stds, 1)}
         return post, self._sequence_prior(deter_seq, sample)
+
+    def observe_acting(self, embed: torch.Tensor, is_first: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor],
+                       first_action: torch.Tensor, state: State | None = None, sample: bool = True) -> State:
+        """Filter a sequence as an acting agent does: the action fed in before frame t + 1 is `act` of
+        the feature at frame t (without gradient), not the recorded one. `first_action` (B, A) leads to
+        frame 0. Returns the posterior (B, T, ...), differentiable w.r.t. the model like `observe`'s.
+
+        Filtering the demos' images with the policy's own actions gives the states the policy would be
+        in on those images, so a BC loss on them cannot lean on the expert's action history."""
+        B, T = embed.shape[:2]
+        state = self.initial(B) if state is None else state
+        deter, stoch, action = state["deter"], state["stoch"], first_action
+        Dp = self.post_deter
+        post_term = F.linear(embed, self.post_hidden.weight[:, Dp:], self.post_hidden.bias)
+        w_post_deter = self.post_hidden.weight[:, :Dp].t()
+        keep = (~is_first.bool()).to(embed.dtype).unsqueeze(-1)  # (B, T, 1)
+        deters, means, stds, stochs = [], [], [], []
+        for t in range(T):
+            deter, stoch, action = deter * keep[:, t], stoch * keep[:, t], action * keep[:, t]
+            deter = self.gru(F.elu(self.img_in(torch.cat([stoch, action], -1))), deter)
+            hidden = F.elu(torch.addmm(post_term[:, t], deter[:, :Dp], w_post_deter))
+            noise = torch.randn_like(deter[:, : self.cfg.stoch]) if sample else None
+            mean, std, stoch = self._gaussian(self.post_out(hidden), noise)
+            with torch.no_grad():
+                action = act(self.agent_feat({"stoch": stoch, "mean": mean, "deter": deter}))
+            deters.append(deter)
+            means.append(mean)
+            stds.append(std)
+            stochs.append(stoch)
+        return {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1), "mean": torch.stack(means, 1),
+                "std": torch.stack(stds, 1)}
 
     def _sequence_prior(self, deter: torch.Tensor, sample: bool) -> State:
         """The prior at every (b, t) of deter (B, T, D) from the head drawn for step t, plus the
@@ -291,13 +336,14 @@ class WorldModel(nn.Module):
         log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
         and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
         dynamics see a consistent scene). Returns (loss, post, metrics); post keeps its graph (detach it
-        for imagination starts).
+        for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from.
         """
         image = batch["image"]
         B, T = image.shape[:2]
         if self.cfg.augment:
             image = _shift_sequences(image)
-        post, prior = self.observe(self.encoder(preprocess_image(image)), batch["action"], batch["is_first"], state)
+        embed = self.encoder(preprocess_image(image))
+        post, prior = self.observe(embed, batch["action"], batch["is_first"], state)
         # The decoder's raw sub-pixel phases against the target moved into their layout: the sum over
         # pixels is the same, and the prediction is never interleaved (see `subpixel_layout`).
         pred = self.decoder(self.feat(post), subpixel=True)
@@ -311,7 +357,7 @@ class WorldModel(nn.Module):
                 "model/post_std")
         metrics = dict(zip(keys, values, strict=True))
         metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
-        return loss, post, metrics
+        return loss, {**post, "embed": embed}, metrics
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
