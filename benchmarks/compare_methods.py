@@ -2,6 +2,10 @@
 
     python benchmarks/compare_methods.py [--methods bc vmail cmil] [--seeds 0 1 2] [--parallel 2]
                                          [--root runs/compare] [--set env_steps=10000 ...]
+                                         [--variant cmil-alpha0=cmil:agent.alpha=0 ...]
+
+A variant is a named method with config overrides of its own (the ablations of issue 9); its runs
+are labelled with its name and reported beside the methods.
 
 Each (method, seed) is an ordinary `cmil train` run directory under ROOT (rerunning skips finished
 runs and resumes unfinished ones), run as a subprocess, `--parallel` at a time, each with
@@ -28,6 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=PRESETS["default"].task)
     parser.add_argument("--methods", nargs="+", default=["bc", "vmail", "cmil"])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:FIELD=VALUE,...]",
+                        help="a method with its own overrides, e.g. cmil-alpha0=cmil:agent.alpha=0")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--demos", default=None, help="demo directory (default: demos/{task})")
     parser.add_argument("--root", default="runs/compare")
@@ -37,26 +43,34 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override for every run, e.g. --set env_steps=5000")
     parser.add_argument("--json", default=None, help="summary JSON (default benchmarks/results/compare_methods.json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="start no run: summarise the finished runs among the requested ones")
     args = parser.parse_args()
     demos = args.demos or f"demos/{args.task}"
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    overrides = [x for kv in args.set for x in (f"--{kv.split('=', 1)[0].replace('_', '-')}", kv.split("=", 1)[1])]
+    overrides = flags(args.set)
+    kinds = {m: (m, []) for m in args.methods} | dict(parse_variant(v) for v in args.variant)
+    commit = current_commit()
 
-    def run(method: str, seed: int) -> tuple[str, int, float]:
-        run_dir = root / f"{args.task}__{method}__seed{seed}"
-        if (run_dir / "final.json").exists():  # finished (possibly by an older commit): reported as it is
+    def run(label: str, seed: int) -> tuple[str, int, float]:
+        method, extra = kinds[label]
+        run_dir = root / f"{args.task}__{label}__seed{seed}"
+        if (run_dir / "final.json").exists() or args.report_only:  # finished runs are reported as they are
             return run_dir.name, 0, 0.0
         cmd = [sys.executable, "-m", "cmil.cli", "train", "--method", method, "--task", args.task, "--seed", str(seed),
                "--demos", demos, "--run-dir", str(run_dir), "--threads", str(args.threads), "--device", args.device,
-               *overrides]
+               *overrides, *flags(extra)]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "commit.txt").exists():  # the code that started the run (a resumed run keeps it)
+            (run_dir / "commit.txt").write_text(commit + "\n")
         start = time.time()
         with open(root / f"{run_dir.name}.log", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         return run_dir.name, code, time.time() - start
 
     start = time.time()
-    jobs = [(m, s) for m in args.methods for s in args.seeds]
+    jobs = [(k, s) for k in kinds for s in args.seeds]
     with ThreadPoolExecutor(args.parallel) as pool:
         for name, code, wall in pool.map(lambda job: run(*job), jobs):
             print(f"{'ok    ' if code == 0 else 'FAILED'} {name} ({wall:.0f} s)", flush=True)
@@ -66,6 +80,28 @@ def main() -> None:
                       if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()], root / "summary")
     print((root / "summary" / "results.md").read_text())
     print(f"plots: {root / 'summary'}")
+
+
+def flags(pairs: list[str]) -> list[str]:
+    """['agent.alpha=0', ...] -> ['--agent.alpha', '0', ...] (cmil train's flag spelling)."""
+    out = []
+    for kv in pairs:
+        key, value = kv.split("=", 1)
+        out += [f"--{key.replace('_', '-')}", value]
+    return out
+
+
+def parse_variant(spec: str) -> tuple[str, tuple[str, list[str]]]:
+    """'cmil-alpha0=cmil:agent.alpha=0,agent.beta=1' -> ('cmil-alpha0', ('cmil', ['agent.alpha=0', 'agent.beta=1']))."""
+    name, _, rest = spec.partition("=")
+    method, _, sets = rest.partition(":")
+    if not name or not method:
+        raise SystemExit(f"--variant {spec!r}: expected NAME=METHOD[:FIELD=VALUE,...]")
+    return name, (method, [kv for kv in sets.split(",") if kv])
+
+
+def current_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def run_record(run_dir: Path) -> dict:
@@ -78,6 +114,8 @@ def run_record(run_dir: Path) -> dict:
               "best_evaluation": max((s for _, s in evals), default=None)}
     if len(evals) > 1 and evals[0][0] == 0:  # an online method's evaluation before its first env step
         record["pretrained_success"] = evals[0][1]
+    commit_file = run_dir / "commit.txt"
+    record["commit"] = commit_file.read_text().strip() if commit_file.exists() else None
     return record
 
 
@@ -87,7 +125,7 @@ def write_summary_json(root: Path, args, jobs) -> None:
 
     from cmil.stats import bootstrap_ci
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = current_commit()
     methods: dict[str, dict] = {}
     for method, seed in jobs:
         run_dir = root / f"{args.task}__{method}__seed{seed}"
@@ -105,7 +143,7 @@ def write_summary_json(root: Path, args, jobs) -> None:
     out = Path(args.json or "benchmarks/results/compare_methods.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"task": args.task, "commit": commit, "root": str(root), "overrides": args.set,
-                               "methods": methods}, indent=2))
+                               "variants": args.variant, "methods": methods}, indent=2))
     print(f"summary: {out}")
 
 
