@@ -61,9 +61,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "cmil.cli", "train", "--method", method, "--task", args.task, "--seed", str(seed),
                "--demos", demos, "--run-dir", str(run_dir), "--threads", str(args.threads), "--device", args.device,
                *overrides, *flags(extra)]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "commit.txt").exists():  # the code that started the run (a resumed run keeps it)
-            (run_dir / "commit.txt").write_text(commit + "\n")
+        if not commit_file(run_dir).exists():  # the code that started the run (a resumed run keeps it)
+            commit_file(run_dir).write_text(commit + "\n")
         start = time.time()
         with open(root / f"{run_dir.name}.log", "w") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -100,6 +99,11 @@ def parse_variant(spec: str) -> tuple[str, tuple[str, list[str]]]:
     return name, (method, [kv for kv in sets.split(",") if kv])
 
 
+def commit_file(run_dir: Path) -> Path:
+    """Beside the run directory, not in it: `cmil train` refuses a non-empty directory that is not a run."""
+    return run_dir.parent / f"{run_dir.name}.commit"
+
+
 def current_commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
@@ -114,8 +118,7 @@ def run_record(run_dir: Path) -> dict:
               "best_evaluation": max((s for _, s in evals), default=None)}
     if len(evals) > 1 and evals[0][0] == 0:  # an online method's evaluation before its first env step
         record["pretrained_success"] = evals[0][1]
-    commit_file = run_dir / "commit.txt"
-    record["commit"] = commit_file.read_text().strip() if commit_file.exists() else None
+    record["commit"] = commit_file(run_dir).read_text().strip() if commit_file(run_dir).exists() else None
     return record
 
 
