@@ -6,8 +6,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,13 @@ def _assert_same_run(run: Path, ref: Path) -> None:
     assert final(run) == final(ref)
 
 
+def _progress(run: Path) -> int:
+    """How far a run has got on disk: episode files plus metric rows (both only grow)."""
+    episodes = len(list((run / "episodes").glob("*.npz"))) if (run / "episodes").is_dir() else 0
+    metrics = run / "metrics.jsonl"
+    return episodes + (len(metrics.read_text().splitlines()) if metrics.exists() else 0)
+
+
 def test_kill_9_at_random_moments_then_rerun_equals_an_uninterrupted_run(reference, tmp_path):
     demos, ref = reference
     run = tmp_path / "killed"
@@ -71,16 +80,21 @@ def test_kill_9_at_random_moments_then_rerun_equals_an_uninterrupted_run(referen
     while True:
         log = (tmp_path / f"stderr{kills}.txt").open("w")
         proc = subprocess.Popen(_command(run, demos), env=_env(), stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            # Start-up (imports) takes ~2-3 s of the ~6-8 s a run needs; after 4 kills, let it finish.
-            rc = proc.wait(timeout=rng.uniform(2.5, 7.0) if kills < 4 else 300)
-        except subprocess.TimeoutExpired:
+        # Kill by progress, not by the clock (a fast machine would finish before a timed kill): once
+        # the run has written 1-3 more files or rows than it had, wait a random moment, then SIGKILL.
+        # After 4 kills, let it finish.
+        target, delay = _progress(run) + rng.randint(1, 3), rng.uniform(0.0, 0.3)
+        deadline = time.monotonic() + 300
+        while kills < 4 and proc.poll() is None and _progress(run) < target and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if kills < 4 and proc.poll() is None:
+            time.sleep(delay)
             proc.kill()  # SIGKILL: no cleanup of any kind
-            proc.wait()
+        rc = proc.wait(timeout=300)
+        log.close()
+        if rc == -signal.SIGKILL:
             kills += 1
             continue
-        finally:
-            log.close()
         assert rc == 0, (tmp_path / f"stderr{kills}.txt").read_text()
         break
     assert kills >= 1

@@ -13,6 +13,7 @@ pytest.importorskip("metaworld")
 from cmil.envs.metaworld_env import (  # noqa: E402
     FRONT_CAMERA,
     METAWORLD_TASKS,
+    PUSH_CAMERA,
     MetaWorldImageEnv,
     make_metaworld_env,
     metaworld_task_specs,
@@ -145,8 +146,9 @@ def test_every_v3_task_is_registered_with_its_measured_expert():
         spec = task_spec(f"mw-{task}")
         assert spec.episode_length == measured[task]["episode_length"], task
         assert spec.expert_success == (measured[task]["successes"], measured[task]["episodes"]), task
-    # The default task keeps its camera and length.
-    assert task_episode_length("push") == 100 and task_camera("push") == FRONT_CAMERA
+    # The default task keeps its length and its own closer camera (the puck is ~4x4 pixels).
+    assert task_episode_length("push") == 100 and task_camera("push") == PUSH_CAMERA
+    assert task_camera("push-wall") == FRONT_CAMERA
 
 
 @pytest.mark.parametrize("task", ["hammer", "shelf-place", "basketball"])
