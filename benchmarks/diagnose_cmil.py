@@ -101,11 +101,10 @@ def fresh_disc_accuracy(train_e, train_p, test_e, test_p, noise: float, standard
     dim = train_e.shape[1]
     disc = Discriminator(dim, 0, 2, units, noise)
     opt = torch.optim.Adam(disc.parameters(), lr=3e-4)
-    empty = train_e[:, :0]
     for _ in range(steps):
         e = train_e[torch.randint(len(train_e), (128,))]
         p = train_p[torch.randint(len(train_p), (128,))]
-        le, lp = disc(e, empty[:128], noise=True), disc(p, empty[:128], noise=True)
+        le, lp = disc(e, e[:, :0], noise=True), disc(p, p[:, :0], noise=True)  # (state, no action) pairs
         loss = F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
             F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
         opt.zero_grad()
@@ -139,6 +138,29 @@ def disagreement_by_action(agent: CMIL, states: dict, expert_act: torch.Tensor |
     return out
 
 
+def prepare(args, heldout_suffix: str):
+    """The recipe (preset + `--set`s), seeded, its env, the demos, `args.heldout` held-out expert episodes
+    (collected once into `{demos}-{heldout_suffix}` from HELDOUT_SEED) and the demo replay."""
+    sets = parse_sets(args.set)
+    cfg = apply_method(replace(PRESETS[args.preset], method="cmil", seed=args.seed, **sets))
+    torch.set_num_threads(cfg.threads or 1)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    name = args.name or ("_".join(f"{k}={v}" for k, v in sets.items()) or "base")
+    demo_dir = Path(args.demos or cfg.demos or f"demos/{cfg.task}")
+    heldout_dir = demo_dir.with_name(f"{demo_dir.name}-{heldout_suffix}")
+    if not heldout_dir.exists():
+        collect_demos(cfg.task, args.heldout, heldout_dir, seed=HELDOUT_SEED, image_size=cfg.image_size, quiet=True)
+    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    actions = env.action_space.shape[0]
+    demos = load_episodes(demo_dir, cfg.image_size, actions, limit=cfg.num_demos)
+    heldout = load_episodes(heldout_dir, cfg.image_size, actions, limit=args.heldout)
+    expert = SequenceReplay(cfg.seq_len, seed=cfg.seed, cover_edges=cfg.cover_edges)
+    for ep in demos:
+        expert.add_episode(ep)
+    return cfg, sets, name, env, demos, heldout, expert
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -155,24 +177,9 @@ def main() -> None:
                         help="instead: pixel BC (`--method bc`) measured the same way (success, held-out action error)")
     args = parser.parse_args()
 
-    sets = parse_sets(args.set)
-    cfg = apply_method(replace(PRESETS[args.preset], method="cmil", seed=args.seed, **sets))
-    torch.set_num_threads(cfg.threads or 1)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    name = args.name or ("_".join(f"{k}={v}" for k, v in sets.items()) or "base")
-    demo_dir = Path(args.demos or cfg.demos or f"demos/{cfg.task}")
-    heldout_dir = demo_dir.with_name(demo_dir.name + "-heldout")
-    if not heldout_dir.exists():
-        collect_demos(cfg.task, args.heldout, heldout_dir, seed=HELDOUT_SEED, image_size=cfg.image_size, quiet=True)
-    t0 = time.time()
-    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
+    cfg, sets, name, env, demos, heldout, expert = prepare(args, "heldout")
     A = env.action_space.shape[0]
-    demos = load_episodes(demo_dir, cfg.image_size, A, limit=cfg.num_demos)
-    heldout = load_episodes(heldout_dir, cfg.image_size, A, limit=args.heldout)
-    expert = SequenceReplay(cfg.seq_len, seed=cfg.seed, cover_edges=cfg.cover_edges)
-    for ep in demos:
-        expert.add_episode(ep)
+    t0 = time.time()
     if args.bc_reference:
         return bc_reference(cfg, env, demos, heldout, expert, args, name, t0)
     agent = CMIL(cfg, A, torch.device("cpu"))
