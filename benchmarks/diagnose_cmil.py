@@ -1,6 +1,7 @@
 """Fast offline diagnosis of a CMIL recipe (issue 9): what the pretrained agent knows before any env step.
 
     python benchmarks/diagnose_cmil.py [--preset default] [--set agent.bc_model_weight=1 ...]
+    python benchmarks/diagnose_cmil.py --checkpoints runs/compare/mw-push__cmil__seed* --heldout 20 --name NAME
                                        [--seed 100] [--name NAME]
 
 Pretrains CMIL exactly as `cmil train` does (demos only), then measures, and prints as a table:
@@ -138,9 +139,10 @@ def disagreement_by_action(agent: CMIL, states: dict, expert_act: torch.Tensor |
     return out
 
 
-def prepare(args, heldout_suffix: str):
+def prepare(args):
     """The recipe (preset + `--set`s), seeded, its env, the demos, `args.heldout` held-out expert episodes
-    (collected once into `{demos}-{heldout_suffix}` from HELDOUT_SEED) and the demo replay."""
+    (collected once into `{demos}-heldout{N}` from HELDOUT_SEED on, so a larger set starts with a smaller
+    one) and the demo replay."""
     sets = parse_sets(args.set)
     cfg = apply_method(replace(PRESETS[args.preset], method="cmil", seed=args.seed, **sets))
     torch.set_num_threads(cfg.threads or 1)
@@ -148,7 +150,7 @@ def prepare(args, heldout_suffix: str):
     np.random.seed(cfg.seed)
     name = args.name or ("_".join(f"{k}={v}" for k, v in sets.items()) or "base")
     demo_dir = Path(args.demos or cfg.demos or f"demos/{cfg.task}")
-    heldout_dir = demo_dir.with_name(f"{demo_dir.name}-{heldout_suffix}")
+    heldout_dir = demo_dir.with_name(f"{demo_dir.name}-heldout{args.heldout}")
     if not heldout_dir.exists():
         collect_demos(cfg.task, args.heldout, heldout_dir, seed=HELDOUT_SEED, image_size=cfg.image_size, quiet=True)
     env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
@@ -175,13 +177,19 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="also save the pretrained agent's weights (.pt)")
     parser.add_argument("--bc-reference", action="store_true",
                         help="instead: pixel BC (`--method bc`) measured the same way (success, held-out action error)")
+    parser.add_argument("--checkpoints", nargs="+", default=None, metavar="RUN",
+                        help="instead: the action error of each saved checkpoint of these CMIL runs, on the demos "
+                             "and the held-out episodes (does online training lose imitation on expert states?)")
     args = parser.parse_args()
 
-    cfg, sets, name, env, demos, heldout, expert = prepare(args, "heldout")
+    cfg, sets, name, env, demos, heldout, expert = prepare(args)
     A = env.action_space.shape[0]
     t0 = time.time()
     if args.bc_reference:
         return bc_reference(cfg, env, demos, heldout, expert, args, name, t0)
+    if args.checkpoints:
+        env.close()
+        return checkpoint_errors([Path(r) for r in args.checkpoints], demos, heldout, Path(args.out) / f"{name}.json")
     agent = CMIL(cfg, A, torch.device("cpu"))
     with tqdm(total=agent.pretrain_steps(), desc="pretrain", leave=False) as bar:
         pre = agent.pretrain(expert, bar.update)
@@ -266,6 +274,31 @@ def main() -> None:
     if args.save:  # the pretrained agent (before the online probe updates), for further offline checks
         torch.save(pretrained, out.with_suffix(".pt"))
     print_report(result)
+    print(f"written: {out}")
+
+
+def checkpoint_errors(runs: list[Path], demos: list[dict], heldout: list[dict], out: Path) -> None:
+    """Action error (per dimension) of every checkpoint of each run, on expert states it trained on and held out."""
+    from cmil.launch import load_config
+    from cmil.runs import restore
+
+    rows = []
+    for run in runs:
+        cfg = load_config(run / "config.yaml")
+        for path in sorted((run / "checkpoints").glob("step_*.pt")):
+            agent = CMIL(cfg, demos[0]["action"].shape[-1], torch.device("cpu"))
+            restore(torch.load(path, map_location="cpu", weights_only=False), agent.modules())
+            row = {"run": run.name, "checkpoint": path.name}
+            with torch.no_grad():
+                for split, episodes in (("train", demos), ("heldout", heldout)):
+                    errors = [(agent.actor(f).mean - a).pow(2).mean().item()
+                              for f, a, _ in (episode_features(agent, ep) for ep in episodes)]
+                    row[f"action_mse_{split}"] = float(np.mean(errors))
+            rows.append(row)
+            print(f"{row['run']:40s} {row['checkpoint']:20s} train {row['action_mse_train']:.4f}  "
+                  f"held-out {row['action_mse_heldout']:.4f}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoints": rows}, indent=2))
     print(f"written: {out}")
 
 

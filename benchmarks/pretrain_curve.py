@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/diagnose")
     args = parser.parse_args()
 
-    cfg, sets, name, env, demos, heldout, expert = prepare(args, f"heldout{args.heldout}")
+    cfg, sets, name, env, demos, heldout, expert = prepare(args)
     actions = env.action_space.shape[0]
     agent = CMIL(cfg, actions, torch.device("cpu"))
 

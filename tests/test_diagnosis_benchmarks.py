@@ -40,7 +40,7 @@ def test_diagnose_writes_every_measurement(demos, tmp_path):
     assert all(0.0 <= acc <= 1.0 for acc in result["fresh_disc_heldout_acc"].values())
     assert {"real/expert", "real/policy", "real/random", "imagined/policy"} <= set(result["disagreement_expert_states"])
     assert result["online"]["train/actor_grad_bc"] > 0 and "rl_to_bc_ratio" in result["online"]
-    assert (demos.parent / "point-heldout").is_dir()  # held-out expert episodes, collected once
+    assert (demos.parent / "point-heldout2").is_dir()  # held-out expert episodes, collected once
 
 
 def test_pretrain_curve_measures_at_every_interval(demos, tmp_path):
