@@ -51,3 +51,16 @@ def test_pretrain_curve_measures_at_every_interval(demos, tmp_path):
     for row in curve["rows"]:
         assert 0.0 <= row["success"] <= 1.0 and row["action_mse_heldout"] > 0 and row["action_mse_heldout_acting"] > 0
     assert curve["overrides"] == {"task": "point", "batch_size": 2, "seq_len": 8}
+
+
+def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
+    from cmil.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
+                 "--checkpoint-every", "20", "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(run)]) == 0
+    _run("diagnose_cmil.py", *TINY, "--checkpoints", str(run), "--demos", str(demos), "--out", str(tmp_path),
+         "--name", "ckpt")
+    rows = json.loads((tmp_path / "ckpt.json").read_text())["checkpoints"]
+    assert [r["checkpoint"] for r in rows] == sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
+    assert rows and all(r["action_mse_train"] > 0 and r["action_mse_heldout"] > 0 for r in rows)
