@@ -82,11 +82,17 @@ def main() -> None:
 
 
 def flags(pairs: list[str]) -> list[str]:
-    """['agent.alpha=0', ...] -> ['--agent.alpha', '0', ...] (cmil train's flag spelling)."""
+    """['agent.alpha=0', 'agent.real_critic_loss=false'] -> ['--agent.alpha', '0', '--agent.no-real-critic-loss']
+    (cmil train's flag spelling)."""
     out = []
     for kv in pairs:
         key, value = kv.split("=", 1)
-        out += [f"--{key.replace('_', '-')}", value]
+        flag = key.replace("_", "-")
+        if value.lower() in ("true", "false"):  # booleans are switches: --agent.x / --agent.no-x
+            head, _, name = flag.rpartition(".")
+            out.append(f"--{flag}" if value.lower() == "true" else f"--{head + '.' if head else ''}no-{name}")
+        else:
+            out += [f"--{flag}", value]
     return out
 
 

@@ -64,3 +64,22 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     rows = json.loads((tmp_path / "ckpt.json").read_text())["checkpoints"]
     assert [r["checkpoint"] for r in rows] == sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
     assert rows and all(r["action_mse_train"] > 0 and r["action_mse_heldout"] > 0 for r in rows)
+
+
+def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from compare_methods import flags, parse_variant
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    name, (method, sets) = parse_variant("cmil-ablation=cmil:agent.alpha=0,agent.real_critic_loss=false")
+    assert (name, method) == ("cmil-ablation", "cmil")
+    args = flags(sets)
+    assert args == ["--agent.alpha", "0", "--agent.no-real-critic-loss"]
+    from cmil.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", method, "--task", "point", "--dry-run", "--threads", "1", "--video-episodes", "0",
+                 "--env-steps", "20", "--run-dir", str(run), *args]) == 0
+    saved = (run / "config.yaml").read_text()
+    assert "real_critic_loss: false" in saved and "alpha: 0.0" in saved
