@@ -20,8 +20,8 @@ from cmil.config import Config
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.methods.base import Method, register
 from cmil.models.actor_critic import Actor, Discriminator, TruncNormal, TwinQ, frozen, lambda_returns
-from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.networks import mlp
+from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import STATE_KEYS, WorldModel
 
 

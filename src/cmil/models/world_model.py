@@ -217,7 +217,7 @@ class WorldModel(nn.Module):
         and 'head' (T,), the head drawn at each step.
         """
         B, T = embed.shape[:2]
-        S, D = self.cfg.stoch, self.cfg.deter
+        S = self.cfg.stoch
         state = self.initial(B) if state is None else state
         keep = (~is_first.bool()).to(embed.dtype)  # (B, T)
         resets = is_first.bool().any(0).tolist()  # one host sync per sequence, none per step
