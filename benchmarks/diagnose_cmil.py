@@ -1,8 +1,8 @@
 """Fast offline diagnosis of a CMIL recipe (issue 9): what the pretrained agent knows before any env step.
 
     python benchmarks/diagnose_cmil.py [--preset default] [--set agent.bc_model_weight=1 ...]
-    python benchmarks/diagnose_cmil.py --checkpoints runs/compare/mw-push__cmil__seed* --heldout 20 --name NAME
                                        [--seed 100] [--name NAME]
+    python benchmarks/diagnose_cmil.py --checkpoints runs/compare/mw-push__cmil__seed* --heldout 20 --name NAME
 
 Pretrains CMIL exactly as `cmil train` does (demos only), then measures, and prints as a table:
   1. the pretrained policy's success over `--episodes` episodes (eval seeds 20000+, never the
@@ -55,14 +55,17 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def _episode_tensors(agent: CMIL, ep: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An episode's images, actions and is_first flags as (1, T, ...) tensors on the agent's device."""
+    return tuple(torch.as_tensor(ep[k], device=agent.device)[None] for k in ("image", "action", "is_first"))
+
+
 @torch.no_grad()
 def acting_features(agent: CMIL, ep: dict) -> torch.Tensor:
     """Posterior features (T, F) of an episode's frames filtered with the actor's own mean actions, as in
     closed loop (`WorldModel.observe_acting`): the states the policy would be in on those images."""
     wm = agent.wm
-    image = torch.as_tensor(ep["image"], device=agent.device)[None]
-    action = torch.as_tensor(ep["action"], device=agent.device)[None]
-    is_first = torch.as_tensor(ep["is_first"], device=agent.device)[None]
+    image, action, is_first = _episode_tensors(agent, ep)
     post = wm.observe_acting(wm.encode(image), is_first, lambda f: agent.actor(f).mean, action[:, 0], sample=False)
     return wm.agent_feat(post)[0, :-1]
 
@@ -72,13 +75,25 @@ def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple
     """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states.
     `zero_actions` filters with the actions replaced by zeros (the images alone tell the state)."""
     wm = agent.wm
-    image = torch.as_tensor(ep["image"], device=agent.device)[None]
-    action = torch.as_tensor(ep["action"], device=agent.device)[None]
-    is_first = torch.as_tensor(ep["is_first"], device=agent.device)[None]
+    image, action, is_first = _episode_tensors(agent, ep)
     seen = torch.zeros_like(action) if zero_actions else action
     post, _ = wm.observe(wm.encode(image), seen, is_first, sample=False)
     post = {k: v[0, :-1] for k, v in post.items()}
     return wm.agent_feat(post), action[0, 1:], post
+
+
+@torch.no_grad()
+def action_error(agent: CMIL, episodes: list[dict], acting: bool = False) -> float:
+    """Mean over episodes of the actor's mean action's squared error per dimension against the expert's, on
+    states filtered with the expert's actions or (`acting`) with the actor's own."""
+    errors = []
+    for ep in episodes:
+        if acting:
+            feat, action = acting_features(agent, ep), torch.as_tensor(ep["action"][1:], device=agent.device)
+        else:
+            feat, action, _ = episode_features(agent, ep)
+        errors.append((agent.actor(feat).mean - action).pow(2).mean().item())
+    return float(np.mean(errors))
 
 
 def rollouts(env, agent: CMIL, episodes: int, deterministic: bool) -> list[dict]:
@@ -288,12 +303,8 @@ def checkpoint_errors(runs: list[Path], demos: list[dict], heldout: list[dict], 
         for path in sorted((run / "checkpoints").glob("step_*.pt")):
             agent = CMIL(cfg, demos[0]["action"].shape[-1], torch.device("cpu"))
             restore(torch.load(path, map_location="cpu", weights_only=False), agent.modules())
-            row = {"run": run.name, "checkpoint": path.name}
-            with torch.no_grad():
-                for split, episodes in (("train", demos), ("heldout", heldout)):
-                    errors = [(agent.actor(f).mean - a).pow(2).mean().item()
-                              for f, a, _ in (episode_features(agent, ep) for ep in episodes)]
-                    row[f"action_mse_{split}"] = float(np.mean(errors))
+            row = {"run": run.name, "checkpoint": path.name, "action_mse_train": action_error(agent, demos),
+                   "action_mse_heldout": action_error(agent, heldout)}
             rows.append(row)
             print(f"{row['run']:40s} {row['checkpoint']:20s} train {row['action_mse_train']:.4f}  "
                   f"held-out {row['action_mse_heldout']:.4f}", flush=True)

@@ -27,20 +27,10 @@ import torch
 from cmil.config import PRESETS
 from cmil.data.episodes import episode_success
 from cmil.methods.cmil import CMIL
-from diagnose_cmil import acting_features, episode_features, prepare, rollouts
+from diagnose_cmil import action_error, episode_features, prepare, rollouts
 
 # Indices of the true positions in Meta-World's 39-dim state: hand xyz, object xy, goal xy.
 STATE_INDEX = {"hand": [0, 1, 2], "puck": [4, 5], "goal": [36, 37]}
-
-
-@torch.no_grad()
-def heldout_errors(agent: CMIL, heldout: list[dict]) -> dict:
-    expert_filtered, self_filtered = [], []
-    for ep in heldout:
-        feat, action, _ = episode_features(agent, ep)
-        expert_filtered.append((agent.actor(feat).mean - action).pow(2).mean().item())
-        self_filtered.append((agent.actor(acting_features(agent, ep)).mean - action).pow(2).mean().item())
-    return {"action_mse_heldout": float(np.mean(expert_filtered)), "action_mse_heldout_acting": float(np.mean(self_filtered))}
 
 
 @torch.no_grad()
@@ -94,7 +84,9 @@ def main() -> None:
             continue
         episodes = rollouts(env, agent, args.episodes, cfg.eval_deterministic)
         row = {"updates": step, "success": float(np.mean([episode_success(ep) for ep in episodes])),
-               **heldout_errors(agent, heldout), "probe_r2": probe_r2(agent, demos, heldout),
+               "action_mse_heldout": action_error(agent, heldout),
+               "action_mse_heldout_acting": action_error(agent, heldout, acting=True),
+               "probe_r2": probe_r2(agent, demos, heldout),
                "train_bc_loss": metrics["train/bc_loss"], "recon_mse": metrics["model/recon_mse"],
                "wall_s": round(time.time() - start)}
         rows.append(row)

@@ -123,8 +123,8 @@ class WorldModel(nn.Module):
         return torch.cat([state["stoch"], state["deter"]], -1)
 
     def agent_feat(self, state: State) -> torch.Tensor:
-        """The feature the agent (actor, critics, discriminator) reads: concat(stoch, deter), or with
-        `cfg.agent_feat == "mean"` the stochastic state's mean in place of its sample."""
+        """The feature the agent (actor, critics, discriminator) reads (`cfg.agent_feat`): concat(stoch, deter)
+        ('sample'), the stochastic state's mean in place of its sample ('mean'), or that mean alone ('stoch')."""
         if self.cfg.agent_feat == "stoch":
             return state["mean"]
         stoch = state["mean"] if self.cfg.agent_feat == "mean" else state["stoch"]
