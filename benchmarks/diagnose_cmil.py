@@ -96,6 +96,54 @@ def action_error(agent: CMIL, episodes: list[dict], acting: bool = False) -> flo
     return float(np.mean(errors))
 
 
+@torch.no_grad()
+def generated_pairs(agent: CMIL, episodes: list[dict]) -> dict[str, torch.Tensor]:
+    """(feature, action) pairs of the same episodes made three ways: 'posterior' (frames 1..T-1 as the filter
+    saw them), 'prior' (the same frames as the model's one-step prediction from the previous posterior state
+    and the action taken; head 0, means) and 'imagined' (steps 1..9 of the policy's imagined rollouts from
+    every 10th posterior state, as D's policy side sees them in training)."""
+    wm, out = agent.wm, {"posterior": [], "prior": [], "imagined": []}
+    for ep in episodes:
+        feat, action, post = episode_features(agent, ep)            # action[t]: taken at frame t
+        out["posterior"].append(torch.cat([feat[1:], action[1:]], -1))
+        nxt, _ = wm.imagine_step({k: v[:-1] for k, v in post.items()}, action[:-1], sample=False, head=0)
+        out["prior"].append(torch.cat([wm.agent_feat(nxt), action[1:]], -1))
+        state = {k: v[::10] for k, v in post.items()}
+        for t in range(10):
+            f = wm.agent_feat(state)
+            a = agent.actor(f).rsample()
+            if t:
+                out["imagined"].append(torch.cat([f, a], -1))
+            state, _ = wm.imagine_step(state, a)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], split_seed: int = 0) -> dict:
+    """What the discriminator can separate. The agent's own D: its mean probability on expert and policy
+    pairs made each way (`generated_pairs`). A fresh D (no noise, standardised inputs, held-out frames):
+    expert posterior vs expert prior pairs is the generator artifact (same frames and actions, only how
+    the state was made differs); expert vs policy with both made the same way is behaviour."""
+    e, p = generated_pairs(agent, expert_eps), generated_pairs(agent, policy_eps)
+    F_ = agent.wm.agent_feat_dim
+    out = {}
+    with torch.no_grad():
+        for side, pairs in (("expert", e), ("policy", p)):
+            for kind, x in pairs.items():
+                out[f"D/{side}_{kind}"] = float(torch.sigmoid(agent.disc_logit(x[:, :F_], x[:, F_:])).mean())
+    gen = torch.Generator().manual_seed(split_seed)
+
+    def fresh(a, b):
+        ia, ib = torch.randperm(len(a), generator=gen), torch.randperm(len(b), generator=gen)
+        ka, kb = int(0.7 * len(a)), int(0.7 * len(b))
+        return fresh_disc_accuracy(a[ia[:ka]], b[ib[:kb]], a[ia[ka:]], b[ib[kb:]], 0.0, True,
+                                   agent.cfg.agent.disc_units)
+    out["fresh/artifact: expert posterior vs expert prior"] = fresh(e["posterior"], e["prior"])
+    out["fresh/trained task: expert posterior vs policy imagined"] = fresh(e["posterior"], p["imagined"])
+    out["fresh/behaviour: expert vs policy, posterior"] = fresh(e["posterior"], p["posterior"])
+    out["fresh/behaviour: expert vs policy, prior"] = fresh(e["prior"], p["prior"])
+    return out
+
+
 def rollouts(env, agent: CMIL, episodes: int, deterministic: bool) -> list[dict]:
     policy = agent.policy()
     out = []
@@ -195,6 +243,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", nargs="+", default=None, metavar="RUN",
                         help="instead: the action error of each saved checkpoint of these CMIL runs, on the demos "
                              "and the held-out episodes (does online training lose imitation on expert states?)")
+    parser.add_argument("--disc-probe", nargs="+", default=None, metavar="RUN",
+                        help="instead: what each run's discriminator (last checkpoint) separates, on the held-out "
+                             "expert episodes and the run's last 30 episodes (`disc_probe`)")
     args = parser.parse_args()
 
     cfg, sets, name, env, demos, heldout, expert = prepare(args)
@@ -205,6 +256,9 @@ def main() -> None:
     if args.checkpoints:
         env.close()
         return checkpoint_errors([Path(r) for r in args.checkpoints], demos, heldout, Path(args.out) / f"{name}.json")
+    if args.disc_probe:
+        env.close()
+        return disc_probe_runs([Path(r) for r in args.disc_probe], heldout, Path(args.out) / f"{name}.json")
     agent = CMIL(cfg, A, torch.device("cpu"))
     with tqdm(total=agent.pretrain_steps(), desc="pretrain", leave=False) as bar:
         pre = agent.pretrain(expert, bar.update)
@@ -256,6 +310,7 @@ def main() -> None:
             disc[f"noise{noise:g}{'_std' if std else ''}"] = fresh_disc_accuracy(
                 train_e, train_p, test_e, test_p, noise, std, cfg.agent.disc_units)
     result["fresh_disc_heldout_acc"] = disc
+    result["disc_probe"] = disc_probe(agent, heldout, policy_eps)
 
     # 4. Disagreement by action source.
     def stack(items, n=400):
@@ -292,17 +347,38 @@ def main() -> None:
     print(f"written: {out}")
 
 
-def checkpoint_errors(runs: list[Path], demos: list[dict], heldout: list[dict], out: Path) -> None:
-    """Action error (per dimension) of every checkpoint of each run, on expert states it trained on and held out."""
+def _restore_agent(run: Path, checkpoint: Path, action_dim: int) -> CMIL:
     from cmil.launch import load_config
     from cmil.runs import restore
 
+    agent = CMIL(load_config(run / "config.yaml"), action_dim, torch.device("cpu"))
+    restore(torch.load(checkpoint, map_location="cpu", weights_only=False), agent.modules())
+    return agent
+
+
+def disc_probe_runs(runs: list[Path], heldout: list[dict], out: Path) -> None:
     rows = []
     for run in runs:
-        cfg = load_config(run / "config.yaml")
+        checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+        agent = _restore_agent(run, checkpoint, heldout[0]["action"].shape[-1])
+        policy_eps = load_episodes(run / "episodes")[-30:]
+        row = {"run": run.name, "checkpoint": checkpoint.name,
+               "policy_success_last30": float(np.mean([episode_success(ep) for ep in policy_eps])),
+               **disc_probe(agent, heldout, policy_eps)}
+        rows.append(row)
+        print(f"== {run.name} {checkpoint.name}: success of its last 30 episodes {row['policy_success_last30']:.2f}")
+        print_disc_probe(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"disc_probe": rows}, indent=2))
+    print(f"written: {out}")
+
+
+def checkpoint_errors(runs: list[Path], demos: list[dict], heldout: list[dict], out: Path) -> None:
+    """Action error (per dimension) of every checkpoint of each run, on expert states it trained on and held out."""
+    rows = []
+    for run in runs:
         for path in sorted((run / "checkpoints").glob("step_*.pt")):
-            agent = CMIL(cfg, demos[0]["action"].shape[-1], torch.device("cpu"))
-            restore(torch.load(path, map_location="cpu", weights_only=False), agent.modules())
+            agent = _restore_agent(run, path, demos[0]["action"].shape[-1])
             row = {"run": run.name, "checkpoint": path.name, "action_mse_train": action_error(agent, demos),
                    "action_mse_heldout": action_error(agent, heldout)}
             rows.append(row)
@@ -361,6 +437,8 @@ def print_report(r: dict) -> None:
     print(f"copycat check             held-out MSE {r['action_mse_heldout_actions_zeroed']:.4f} with the filter's "
           f"actions zeroed (repeat-previous-action baseline {r['action_mse_heldout_previous_action_baseline']:.4f})")
     print("fresh disc held-out acc   " + ", ".join(f"{k} {v:.2f}" for k, v in r["fresh_disc_heldout_acc"].items()))
+    if "disc_probe" in r:
+        print_disc_probe(r["disc_probe"])
     print(f"feature scale             centred norm {r['feature_centred_norm']:.2f}, mean per-dim std "
           f"{r['feature_dim_std_mean']:.3f}")
     for key in ("disagreement_expert_states", "disagreement_policy_states"):
@@ -371,6 +449,13 @@ def print_report(r: dict) -> None:
     print(f"online scale              reward {o['train/imag_reward']:.3f}, Q {o['train/q_mean']:.2f}, "
           f"D(expert) {o['disc/expert_prob']:.2f}, D(policy) {o['disc/policy_prob']:.2f}, "
           f"actor std {o['train/actor_std']:.3f}")
+
+
+def print_disc_probe(probe: dict) -> None:
+    print("agent's D, mean prob      " + ", ".join(f"{k[2:]} {v:.2f}" for k, v in probe.items() if k.startswith("D/")))
+    for k, v in probe.items():
+        if k.startswith("fresh/"):
+            print(f"fresh D (no noise)        {k[6:]}: {v:.2f}")
 
 
 if __name__ == "__main__":

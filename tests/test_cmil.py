@@ -232,3 +232,67 @@ def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(setup):
     assert all(not torch.equal(before[k], v) for k, v in m.embed_bc.state_dict().items())
     # The actor reads the stochastic state's mean only.
     assert m.actor.net[0].in_features == cfg.wm.stoch
+
+
+def test_prior_disc_states_feed_the_discriminator_one_step_predictions(setup, monkeypatch):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, **{"agent.disc_states": "prior", "wm.posterior": "image", "wm.agent_feat": "stoch"})
+    torch.manual_seed(0)
+    m = CMIL(cfg, 2, torch.device("cpu"))
+    seen = []
+    original = m.disc_logit
+    monkeypatch.setattr(m, "disc_logit", lambda f, a, noise=False: seen.append((f.clone(), noise)) or original(f, a, noise))
+    captured = {}
+    loss = m.wm.loss
+
+    def keep_loss(batch, state=None):
+        out = loss(batch, state)
+        captured["post"] = dict(out[1])  # update() pops keys from its own copy
+        return out
+    monkeypatch.setattr(m.wm, "loss", keep_loss)
+    m.update(expert, replay)
+    post = captured["post"]
+    B, L = cfg.batch_size, cfg.seq_len
+    expert_in = [f for f, noise in seen if noise][0]           # D's training input on the expert side
+    # Expert frames 1..L-2 as the prior predicted them, not as the posterior saw them.
+    torch.testing.assert_close(expert_in, post["prior_feat"][:B, 1:-1].reshape(-1, expert_in.shape[-1]))
+    assert not torch.allclose(expert_in, m.wm.agent_feat(post)[:B, 1:-1].reshape(-1, expert_in.shape[-1]))
+    # The policy side skips imagination step 0 (a real posterior state): H - 1 steps from all 2B x L starts.
+    policy_in = [f for f, noise in seen if noise][1]
+    assert policy_in.shape[0] == (cfg.agent.horizon - 1) * 2 * B * L
+
+
+def test_shared_critic_forward_gives_the_updates_of_separate_forwards(setup, monkeypatch):
+    # The twin critics run once on the imagined steps, for the actor's objective and for the critic loss;
+    # the old code ran them again on detached inputs. Both must give the same parameters after updates.
+    method, expert, replay = setup
+    shared, separate = copy.deepcopy(method), copy.deepcopy(method)
+    critic_loss = separate.critic_loss
+    monkeypatch.setattr(separate, "critic_loss", lambda *args, q_imag=None, **kw: critic_loss(*args, **kw))
+    results = []
+    for agent in (shared, separate):
+        torch.manual_seed(3)
+        e, r = copy.deepcopy(expert), copy.deepcopy(replay)
+        for _ in range(3):
+            agent.update(e, r)
+        results.append({f"{name}.{k}": v for name, mod in agent.modules().items() for k, v in mod.state_dict().items()})
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("objective", ["lambda", "q"])
+def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective):
+    # 'q': the actor follows the critics' action slope alone; the reward (through the dynamics) moves it only
+    # under eq. 12's lambda-return objective.
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
+    actors = []
+    for slope in (0.0, 5.0):
+        agent = copy.deepcopy(method)
+        forward = agent.disc.forward  # kept in the graph (x 0) so that the discriminator still has a loss to step
+        agent.disc.forward = lambda feat, action, noise=False, s=slope, f=forward: 0 * f(feat, action) + s * feat.sum(-1)
+        torch.manual_seed(0)
+        agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
+        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+    assert torch.equal(actors[0], actors[1]) == (objective == "q")

@@ -38,6 +38,9 @@ def test_diagnose_writes_every_measurement(demos, tmp_path):
                 "action_mse_heldout_actions_zeroed"):
         assert result[key] > 0, key
     assert all(0.0 <= acc <= 1.0 for acc in result["fresh_disc_heldout_acc"].values())
+    probe = result["disc_probe"]
+    assert {f"D/{side}_{kind}" for side in ("expert", "policy") for kind in ("posterior", "prior", "imagined")} <= set(probe)
+    assert all(0.0 <= v <= 1.0 for v in probe.values()) and "fresh/artifact: expert posterior vs expert prior" in probe
     assert {"real/expert", "real/policy", "real/random", "imagined/policy"} <= set(result["disagreement_expert_states"])
     assert result["online"]["train/actor_grad_bc"] > 0 and "rl_to_bc_ratio" in result["online"]
     assert (demos.parent / "point-heldout2").is_dir()  # held-out expert episodes, collected once
@@ -64,6 +67,12 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     rows = json.loads((tmp_path / "ckpt.json").read_text())["checkpoints"]
     assert [r["checkpoint"] for r in rows] == sorted(p.name for p in (run / "checkpoints").glob("step_*.pt"))
     assert rows and all(r["action_mse_train"] > 0 and r["action_mse_heldout"] > 0 for r in rows)
+    # What the run's discriminator separates, at its last checkpoint.
+    _run("diagnose_cmil.py", *TINY, "--disc-probe", str(run), "--demos", str(demos), "--out", str(tmp_path),
+         "--name", "probe")
+    (row,) = json.loads((tmp_path / "probe.json").read_text())["disc_probe"]
+    assert row["checkpoint"] == rows[-1]["checkpoint"] and 0.0 <= row["D/expert_prior"] <= 1.0
+    assert 0.0 <= row["fresh/behaviour: expert vs policy, posterior"] <= 1.0
 
 
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):

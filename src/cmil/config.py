@@ -110,6 +110,11 @@ class AgentConfig:
     stop_grad_actor_input: bool = True
     """Query the actor on a stop-gradient copy of each imagined feature (authors' code, DreamerV2), so the
     actor's gradient reaches it through the dynamics only via its actions; False lets it flow through its input."""
+    actor_objective: Literal["lambda", "q"] = "lambda"
+    """What the actor maximises on imagined steps. 'lambda' (paper eq. 12): lambda V^lambda + (1 - lambda) V0,
+    with gradients through the learnt dynamics, reward and critics. 'q': min_i Q_i(s^t, pi(s^t)) with the
+    imagined states detached, so the actor's RL gradient is the critics' action slope alone (DDPG / TD3+BC
+    style) and never runs back through the model's dynamics or the discriminator."""
     bc_loss: Literal["nll", "mse"] = "nll"
     """BC term: 'nll' = -log pi(a^E | s^E) (authors' code); 'mse' = squared error of the actor's mean action."""
     bc_fit_std: bool = False
@@ -133,6 +138,14 @@ class AgentConfig:
     [-1, 1]). The latent state carries the previous action and the expert's actions are smooth, so a BC actor
     on clean features learns to copy its last action (held-out error 0.026 -> 0.079 with the actions zeroed);
     noise makes the state's action history unreliable so that BC reads the image instead. 0 = authors' code."""
+    disc_states: Literal["posterior", "prior"] = "posterior"
+    """Which latent states the discriminator and the reward read on real data. 'posterior' (paper): expert pairs
+    are posterior states, policy pairs imagined (prior) ones, so D can separate the two by how the state was
+    made rather than by behaviour (a fresh D tells expert posterior states from the model's one-step prior
+    predictions of the same expert frames with 0.99 accuracy). 'prior': real frames enter D as the model's
+    one-step prediction from the previous posterior state and the action taken (the posterior at the first
+    frame of a window, which has no predecessor), and D's policy pairs are the imagined steps after the
+    start, so both sides come from the prior and only behaviour tells them apart."""
     disc_input_norm: bool = False
     """Standardise the discriminator's input with running per-dimension statistics of the expert and policy
     pairs before the noise, so `disc_noise_std` is in units of each feature's std (off in the authors' code)."""

@@ -26,8 +26,10 @@ from cmil.models.world_model import STATE_KEYS, WorldModel
 
 
 def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> float:
+    """Backward into `params` only (a shared graph may also reach other modules), clip, step."""
+    params = list(params)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward(inputs=params)
     norm = nn.utils.clip_grad_norm_(params, clip)
     opt.step()
     return float(norm)
@@ -122,7 +124,7 @@ class CMIL(Method):
         # the representation too (the actor is frozen for that term: its own BC step comes below).
         carried = self.carry.get() if cfg.wm.carry_state else None
         wm_loss, post, m = self.wm.loss(batch, carried)
-        embed = post.pop("embed")
+        embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
         bc_feat = self.wm.agent_feat(post)[:B, :-1]                       # the expert states BC acts on
         if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
             bc_post = self.wm.observe_acting(
@@ -143,6 +145,7 @@ class CMIL(Method):
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
+        disc_feat = self._disc_states(feat, prior_feat, batch["is_first"])   # what D reads on real frames
         exp_feat = feat[:B, :-1]
 
         # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
@@ -157,13 +160,19 @@ class CMIL(Method):
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
             start = {k: v[idx] for k, v in start.items()}
-        with frozen(self.wm, self.critic, self.disc):
+        with frozen(self.wm, self.disc):
             feats, actions, disagreement, entropy = self.imagine(start, a.horizon)
             reward = self.reward(feats[:-1], actions[:-1], disagreement)            # (H, N), eq. 10
-            q_min = self.critic(feats, actions).min(0).values                        # V0(s^t) = min_i Q_i
+            # One critic forward serves the actor (through the actions) and the critic loss (through the
+            # critics' parameters); each backward is restricted to its own module's parameters.
+            q_feats = feats.detach() if a.actor_objective == "q" else feats
+            q_imag = self.critic(q_feats, actions)                                   # (2, H+1, N)
+            q_min = q_imag.min(0).values                                             # V0(s^t) = min_i Q_i
             returns = lambda_returns(reward, q_min, a.gamma, a.lam)                  # eq. 11
-            # Eq. 12: maximise lambda * V^lambda + (1 - lambda) * V0 over the imagined steps.
-            actor_obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
+            if a.actor_objective == "q":  # the critics' action slope only (no path through the dynamics)
+                actor_obj = q_min[:-1]
+            else:  # eq. 12: maximise lambda * V^lambda + (1 - lambda) * V0 over the imagined steps
+                actor_obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
             if a.return_norm:
                 self.stats["returns"].update(returns)
                 actor_obj = actor_obj / self.stats["returns"].scale
@@ -172,8 +181,11 @@ class CMIL(Method):
 
         # Discriminator (eq. 8): expert posterior pairs vs imagined pairs, noise on both inputs.
         feats, actions = feats.detach(), actions.detach()
-        pol_feat, pol_act = feats[:-1], actions[:-1]
-        e_in, p_in = (_flat(exp_feat), _flat(exp_act)), (_flat(pol_feat), _flat(pol_act))
+        # With disc_states 'prior' both sides are the prior's: no imagination step 0 (a real posterior state)
+        # and no window-first expert frame (no prediction for it).
+        s0 = 1 if a.disc_states == "prior" else 0
+        pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
+        e_in, p_in = (_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:])), (_flat(pol_feat), _flat(pol_act))
         if a.disc_input_norm:
             self.stats["disc_input"].update(torch.cat([torch.cat(e_in, -1), torch.cat(p_in, -1)]))
         e_logit = self.disc_logit(*e_in, noise=True)
@@ -183,7 +195,8 @@ class CMIL(Method):
         _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
-        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions, reward.detach())
+        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions, reward.detach(),
+                                           disc_feat, q_imag=q_imag[:, :-1])
         _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
         self.updates += 1
@@ -210,6 +223,16 @@ class CMIL(Method):
             self._diag[key].append(m[key])
         return m
 
+    def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the
+        model's one-step prior prediction of each frame, except where the frame has no predecessor in the
+        window (its first frame and episode starts), which keep the posterior."""
+        if self.cfg.agent.disc_states == "posterior":
+            return feat
+        predicted = ~is_first.bool()
+        predicted[:, 0] = False
+        return torch.where(predicted[..., None], prior_feat, feat)
+
     def bc_loss(self, feat: torch.Tensor, action: torch.Tensor, shaping: bool = False) -> torch.Tensor:
         """The BC term on expert states: -log pi(a^E | s^E), or the squared error of pi's mean action
         (plus, with agent.bc_fit_std, the NLL of the std around the detached mean; not when `shaping` the
@@ -232,7 +255,7 @@ class CMIL(Method):
         params = list(self.actor.parameters())
         g_bc = torch.autograd.grad(a.beta * bc_loss, params, retain_graph=True, allow_unused=True)
         self.actor_opt.zero_grad(set_to_none=True)
-        (rl_loss + a.beta * bc_loss).backward()
+        (rl_loss + a.beta * bc_loss).backward(inputs=params, retain_graph=True)  # the critic loss reuses the graph
         total = torch.cat([p.grad.flatten() for p in params])
         bc = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, g_bc, strict=True)])
         rl = total - bc
@@ -292,16 +315,19 @@ class CMIL(Method):
             return q[int(np.random.randint(2))]
         return q.min(0).values
 
-    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward):
+    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward, disc_feat=None, q_imag=None):
         """Eq. 13 on imagined steps + eq. 14 on real transitions, summed (eq. 15).
 
-        feat/act_taken/is_first: the real sequences (2B, L, ...); imag_feat/imag_act: (H+1, N, ...)."""
+        feat/act_taken/is_first: the real sequences (2B, L, ...); imag_feat/imag_act: (H+1, N, ...);
+        disc_feat: what the reward reads on the real frames (`_disc_states`; default `feat`); q_imag: both
+        critics on imag_feat[:-1], imag_act[:-1] if already computed (its graph may reach the actor: step the
+        critics with a backward restricted to their parameters)."""
         a = self.cfg.agent
         with torch.no_grad():
             # Targets recomputed with the target critics; the last imagined state bootstraps.
             v0 = self._target_values(imag_feat, imag_act)                         # (H+1, N)
             target = lambda_returns(reward, v0, a.gamma, a.lam)                   # (H, N)
-        q = self.critic(imag_feat[:-1], imag_act[:-1])                            # (2, H, N)
+        q = self.critic(imag_feat[:-1], imag_act[:-1]) if q_imag is None else q_imag  # (2, H, N)
         model_loss = (q - target).pow(2).mean(-1).mean(-1).sum()                  # eq. 13, both critics
         metrics = {"train/critic_model_loss": model_loss.item()}
         loss = model_loss
@@ -310,7 +336,7 @@ class CMIL(Method):
             # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
             n_b, n_l = feat.shape[:2]
             with torch.no_grad():
-                r_real = self.reward(feat[:, :-1], act_taken, None)               # no penalty on real data
+                r_real = self.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken, None)  # no penalty
                 v0_next = v0[0].reshape(n_b, n_l)[:, 1:]
                 vlam_next = target[0].reshape(n_b, n_l)[:, 1:]
                 y = r_real + a.gamma * ((1 - a.lam) * v0_next + a.lam * vlam_next)

@@ -336,7 +336,8 @@ class WorldModel(nn.Module):
         log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
         and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
         dynamics see a consistent scene). Returns (loss, post, metrics); post keeps its graph (detach it
-        for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from.
+        for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from, and
+        'prior_feat' (B, T, F), the detached agent features of the one-step prior predictions of each frame.
         """
         image = batch["image"]
         B, T = image.shape[:2]
@@ -357,7 +358,7 @@ class WorldModel(nn.Module):
                 "model/post_std")
         metrics = dict(zip(keys, values, strict=True))
         metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
-        return loss, {**post, "embed": embed}, metrics
+        return loss, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
