@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 from cmil.config import PRESETS, apply_method, flatten, replace
 from cmil.data.collect import collect_demos
 from cmil.data.episodes import EpisodeRecorder, episode_success, load_episodes
-from cmil.data.replay import SequenceReplay
+from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import run_episode
 from cmil.methods.cmil import CMIL
 from cmil.models.actor_critic import Discriminator
+from cmil.models.world_model import STATE_KEYS
 
 HELDOUT_SEED = 3_000_000  # expert episodes for held-out measurements (the training demos use 1_000_000)
 EVAL_SEED = 20_000
@@ -356,6 +357,27 @@ def _restore_agent(run: Path, checkpoint: Path, action_dim: int) -> CMIL:
     return agent
 
 
+@torch.no_grad()
+def reward_parts(agent: CMIL, episodes: list[dict], windows: int = 16) -> dict[str, float]:
+    """How much each part of the imagined reward (eq. 10) varies: D's logit and alpha x the (normalised, with
+    agent.penalty_norm) disagreement, over the steps imagined from `windows` replay windows of `episodes`."""
+    cfg = agent.cfg
+    replay = SequenceReplay(cfg.seq_len, seed=0)
+    for ep in episodes:
+        replay.add_episode(ep)
+    _, post, _ = agent.wm.loss(batch_to_torch(replay.sample(windows), agent.device))
+    start = {k: v.flatten(0, 1) for k, v in post.items() if k in STATE_KEYS}
+    feats, actions, disagreement, _ = agent.imagine(start, cfg.agent.horizon)
+    logit = agent.disc_logit(feats[:-1], actions[:-1])
+    penalty = disagreement
+    if cfg.agent.penalty_norm:
+        penalty = agent.stats["disagreement"].normalize(disagreement)
+    penalty = cfg.agent.alpha * penalty
+    return {"d_logit_mean": float(logit.mean()), "d_logit_std": float(logit.std()),
+            "penalty_mean": float(penalty.mean()), "penalty_std": float(penalty.std()),
+            "raw_disagreement_mean": float(disagreement.mean()), "raw_disagreement_std": float(disagreement.std())}
+
+
 def disc_probe_runs(runs: list[Path], heldout: list[dict], out: Path) -> None:
     rows = []
     for run in runs:
@@ -364,10 +386,11 @@ def disc_probe_runs(runs: list[Path], heldout: list[dict], out: Path) -> None:
         policy_eps = load_episodes(run / "episodes")[-30:]
         row = {"run": run.name, "checkpoint": checkpoint.name,
                "policy_success_last30": float(np.mean([episode_success(ep) for ep in policy_eps])),
-               **disc_probe(agent, heldout, policy_eps)}
+               **disc_probe(agent, heldout, policy_eps), "reward_parts": reward_parts(agent, policy_eps)}
         rows.append(row)
         print(f"== {run.name} {checkpoint.name}: success of its last 30 episodes {row['policy_success_last30']:.2f}")
         print_disc_probe(row)
+        print("imagined reward parts     " + ", ".join(f"{k} {v:.3f}" for k, v in row["reward_parts"].items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"disc_probe": rows}, indent=2))
     print(f"written: {out}")

@@ -296,3 +296,16 @@ def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective
         agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
         actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
     assert torch.equal(actors[0], actors[1]) == (objective == "q")
+
+
+def test_imagination_from_the_replay_batch_only(setup, monkeypatch):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.imag_from": "replay"})
+    starts, real = [], []
+    imagine, critic_loss = method.imagine, method.critic_loss
+    monkeypatch.setattr(method, "imagine", lambda start, h: starts.append(start["deter"].shape[0]) or imagine(start, h))
+    monkeypatch.setattr(method, "critic_loss", lambda feat, *args, **kw: real.append(feat.shape[0]) or critic_loss(feat, *args, **kw))
+    metrics = method.update(expert, replay)
+    B, L = method.cfg.batch_size, method.cfg.seq_len
+    assert starts == [B * L] and real == [B]   # the replay half: imagination starts and eq. 14's sequences
+    assert "train/critic_data_loss" in metrics

@@ -171,6 +171,12 @@ class AgentConfig:
     """Critic bootstrap: 'min' of the two target critics (paper), or one drawn at random per update (code)."""
     real_critic_loss: bool = True
     """Train the critics on real replay transitions too (eq. 14); off for VMAIL."""
+    imag_from: Literal["all", "replay"] = "all"
+    """Where imagination starts: 'all' = every posterior state of the expert and the replay batch; 'replay' =
+    the replay batch's states only, as in the authors' code (there the demos are copied into the replay, so
+    online its batches are mostly the policy's own). With 'all', half of D's policy pairs are rolled out from
+    expert states by a BC-trained actor and look like the expert's. With 'replay' the real-data critic loss
+    (eq. 14) runs on the replay sequences, the states whose imagined continuations exist."""
     imag_starts: int = 0
     """Imagination starts drawn from the B x L posterior states (0 = all, as in the paper; >0 needs
     real_critic_loss False, since eq. 14 uses the imagined continuation from every real state)."""

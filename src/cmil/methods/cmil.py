@@ -156,7 +156,8 @@ class CMIL(Method):
             return m
 
         # Imagination from every posterior state (eq. 11 notation: s^0 real, s^1..s^H imagined).
-        start = {k: _flat(v) for k, v in post.items()}
+        real = slice(B, None) if a.imag_from == "replay" else slice(None)   # the sequences imagined from
+        start = {k: _flat(v[real]) for k, v in post.items()}
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
             start = {k: v[idx] for k, v in start.items()}
@@ -195,8 +196,8 @@ class CMIL(Method):
         _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
-        critic_loss, cm = self.critic_loss(feat, act_taken, batch["is_first"], feats, actions, reward.detach(),
-                                           disc_feat, q_imag=q_imag[:, :-1])
+        critic_loss, cm = self.critic_loss(feat[real], act_taken[real], batch["is_first"][real], feats, actions,
+                                           reward.detach(), disc_feat[real], q_imag=q_imag[:, :-1])
         _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
         self.updates += 1
