@@ -109,13 +109,8 @@ def generated_pairs(agent: CMIL, episodes: list[dict]) -> dict[str, torch.Tensor
         out["posterior"].append(torch.cat([feat[1:], action[1:]], -1))
         nxt, _ = wm.imagine_step({k: v[:-1] for k, v in post.items()}, action[:-1], sample=False, head=0)
         out["prior"].append(torch.cat([wm.agent_feat(nxt), action[1:]], -1))
-        state = {k: v[::10] for k, v in post.items()}
-        for t in range(10):
-            f = wm.agent_feat(state)
-            a = agent.actor(f).rsample()
-            if t:
-                out["imagined"].append(torch.cat([f, a], -1))
-            state, _ = wm.imagine_step(state, a)
+        feats, actions, _, _ = agent.imagine({k: v[::10] for k, v in post.items()}, 9)
+        out["imagined"].append(torch.cat([feats[1:], actions[1:]], -1).flatten(0, 1))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
