@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from cmil.config import PRESETS
 from cmil.plot import report
 
@@ -122,6 +124,8 @@ def run_record(run_dir: Path) -> dict:
     record = {"seed": final["seed"], "final_success": final["success_rate"], "final_return": final["return"],
               "episodes": final["episodes"], "wall_time_s": final.get("wall_time_s"), "evaluations": evals,
               "best_evaluation": max((s for _, s in evals), default=None)}
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    record["evaluation_episodes"] = [cfg["eval_episodes"]] * (len(evals) - 1) + [final["episodes"]]
     if len(evals) > 1 and evals[0][0] == 0:  # an online method's evaluation before its first env step
         record["pretrained_success"] = evals[0][1]
     record["commit"] = commit_file(run_dir).read_text().strip() if commit_file(run_dir).exists() else None
@@ -132,7 +136,7 @@ def write_summary_json(root: Path, args, jobs) -> None:
     """benchmarks/results/compare_methods.json: every run's per-seed numbers and the commit."""
     import numpy as np
 
-    from cmil.stats import bootstrap_ci
+    from cmil.stats import bootstrap_ci, final_over_best_if_constant
 
     commit = current_commit()
     methods: dict[str, dict] = {}
@@ -149,6 +153,9 @@ def write_summary_json(root: Path, args, jobs) -> None:
         bests = [r["best_evaluation"] for r in entry["runs"] if r["best_evaluation"] is not None]
         if bests:
             entry["final_over_best"] = float(np.mean(finals) / max(np.mean(bests), 1e-9))
+            # What a policy that never changed, at the mean final success, would score on the same schedule.
+            entry["final_over_best_if_constant"] = final_over_best_if_constant(
+                float(np.mean(finals)), entry["runs"][0]["evaluation_episodes"])
     out = Path(args.json or "benchmarks/results/compare_methods.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"task": args.task, "commit": commit, "root": str(root), "overrides": args.set,

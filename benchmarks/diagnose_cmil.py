@@ -140,8 +140,9 @@ def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], spli
     return out
 
 
-def rollouts(env, agent: CMIL, episodes: int, deterministic: bool) -> list[dict]:
-    policy = agent.policy()
+def rollouts(env, agent: CMIL, episodes: int, deterministic: bool, live: bool = False) -> list[dict]:
+    """`episodes` episodes of the agent's acting policy (its live weights with `live`) from EVAL_SEED on."""
+    policy = agent.policy(live=live)
     out = []
     for i in tqdm(range(episodes), desc="pretrained policy", leave=False):
         rec = EpisodeRecorder()

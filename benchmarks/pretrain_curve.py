@@ -5,7 +5,8 @@
 
 Runs `--full` full CMIL updates, then `--updates` world-model + BC updates on the demos only (what
 `pretrain_updates` / `pretrain_bc_updates` do), and every `--every` updates measures:
-  - the policy's success over `--episodes` episodes (eval seeds 20000+, never the benchmark's 10000+);
+  - the policy's success over `--episodes` episodes (eval seeds 20000+, never the benchmark's 10000+), and
+    with agent.policy_ema also the live weights' success on the same episode seeds;
   - its action error on held-out expert episodes, both on states filtered with the expert's actions
     and on states filtered with the actor's own actions (as in closed loop);
   - ridge-probe R^2 of the true hand, puck and goal positions from the agent's features (fit on the
@@ -89,6 +90,9 @@ def main() -> None:
                "probe_r2": probe_r2(agent, demos, heldout),
                "train_bc_loss": metrics["train/bc_loss"], "recon_mse": metrics["model/recon_mse"],
                "wall_s": round(time.time() - start)}
+        if agent.policy_ema is not None:  # the same episodes with the live weights, for a paired comparison
+            live = rollouts(env, agent, args.episodes, cfg.eval_deterministic, live=True)
+            row["success_live"] = float(np.mean([episode_success(ep) for ep in live]))
         rows.append(row)
         print(json.dumps(row), flush=True)
     env.close()

@@ -309,3 +309,26 @@ def test_imagination_from_the_replay_batch_only(setup, monkeypatch):
     B, L = method.cfg.batch_size, method.cfg.seq_len
     assert starts == [B * L] and real == [B]   # the replay half: imagination starts and eq. 14's sequences
     assert "train/critic_data_loss" in metrics
+
+
+def test_policy_ema_acts_with_averaged_weights_and_is_checkpointed(setup):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.policy_ema": 0.5})
+    torch.manual_seed(0)
+    ema = CMIL(method.cfg, 2, torch.device("cpu"))
+    assert "policy_ema" in ema.modules()
+    ema.update(expert, replay)
+    first = copy.deepcopy(ema.actor.state_dict())
+    # After one update the average is the live weights; after two it is halfway between the two snapshots.
+    for key, value in ema.policy(live=False).actor.state_dict().items():
+        torch.testing.assert_close(value, first[key])
+    ema.update(expert, replay, agent=False)
+    live = ema.policy(live=True)
+    acting = ema.policy()
+    assert live.actor is ema.actor and acting.actor is not ema.actor
+    for key, value in acting.actor.state_dict().items():
+        torch.testing.assert_close(value, 0.5 * first[key] + 0.5 * ema.actor.state_dict()[key])
+    assert not torch.equal(acting.wm.encoder.state_dict()[next(iter(acting.wm.encoder.state_dict()))],
+                           ema.wm.encoder.state_dict()[next(iter(ema.wm.encoder.state_dict()))])
+    # Without the option the acting policy is the live one.
+    assert method.policy().actor is method.actor and "policy_ema" not in method.modules()

@@ -11,7 +11,13 @@ import yaml
 
 from cmil.cli import main
 from cmil.plot import common_curves, find_run_dirs, group_runs, load_run, report
-from cmil.stats import bootstrap_band, bootstrap_ci, bootstrap_means, first_crossing
+from cmil.stats import (
+    bootstrap_band,
+    bootstrap_ci,
+    bootstrap_means,
+    final_over_best_if_constant,
+    first_crossing,
+)
 
 
 def test_bootstrap_ci_hand_computed_cases():
@@ -133,3 +139,15 @@ def test_plot_custom_metric_and_missing_dir(runs, tmp_path):
     assert names == ["expert_success_rate.png", "expert_success_rate.svg", "results.csv", "results.md"]
     assert result["rows"][0]["expert_success_rate_mean"] == pytest.approx(0.8)
     assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_final_over_best_of_a_policy_that_never_changes():
+    # One evaluation, or a policy that always or never succeeds: no selection effect.
+    assert final_over_best_if_constant(0.4, [20]) == 1.0
+    assert final_over_best_if_constant(1.0, [10] * 5 + [20]) == 1.0
+    # Five 10-episode evaluations and a 20-episode final one at success 0.3: the best of six noisy draws is
+    # ~0.48 on average (binomial order statistics), so the ratio is ~0.62 although nothing changed.
+    ratio = final_over_best_if_constant(0.3, [10] * 5 + [20])
+    assert 0.60 < ratio < 0.65
+    # More episodes per evaluation shrink the selection effect.
+    assert final_over_best_if_constant(0.3, [40] * 5 + [40]) > ratio + 0.05

@@ -155,6 +155,11 @@ class AgentConfig:
     return_norm: bool = False
     """Divide the actor's return objective (eq. 12) by max(1, running 5-95% range of the returns), DreamerV3
     style, so that beta sets the real ratio of the RL and BC parts of the actor loss."""
+    policy_ema: float = 0.0
+    """Act (collect and evaluate) with an exponential moving average of the world model's and the actor's
+    weights, updated after every update with this decay (0 = act with the latest weights, as the authors).
+    Closed-loop success of a BC-trained latent policy swings between consecutive snapshots (0.1 -> 0.5 at
+    the same held-out action error); averaging the weights damps that (Polyak averaging)."""
     horizon: int = 15
     """H: imagination horizon."""
     gamma: float = 0.99

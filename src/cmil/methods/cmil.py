@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay, batch_to_torch
@@ -75,6 +76,10 @@ class CMIL(Method):
         self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
+        # The acting weights (agent.policy_ema): an EMA of the world model and the actor, or the live modules.
+        self._acting = nn.ModuleDict({"wm": self.wm, "actor": self.actor})
+        self.policy_ema = (AveragedModel(self._acting, multi_avg_fn=get_ema_multi_avg_fn(a.policy_ema), use_buffers=True)
+                           if a.policy_ema else None)
         self._diag: dict[str, list[float]] = defaultdict(list)
         self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
@@ -84,14 +89,18 @@ class CMIL(Method):
                 "stats": self.stats, "carried_state": self.carry}
         if self.embed_bc is not None:
             mods["embed_bc"] = self.embed_bc
+        if self.policy_ema is not None:
+            mods["policy_ema"] = self.policy_ema
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
                 "discriminator": self.disc_opt}
 
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.wm, self.actor, self.action_dim, self.device)
+    def policy(self, live: bool = False) -> LatentPolicy:
+        """The acting policy: the EMA weights when agent.policy_ema is on (unless `live`), else the live ones."""
+        acting = self._acting if live or self.policy_ema is None else self.policy_ema.module
+        return LatentPolicy(acting["wm"], acting["actor"], self.action_dim, self.device)
 
     def pretrain_steps(self) -> int:
         return self.cfg.pretrain_updates + self.cfg.pretrain_bc_updates
@@ -109,6 +118,14 @@ class CMIL(Method):
 
     # --- the update -----------------------------------------------------------------------
     def update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool = True) -> dict[str, float]:
+        """One update of the world model and the BC term, and with `agent` of the actor, critics and
+        discriminator in imagination; then the acting EMA (agent.policy_ema) follows."""
+        m = self._update(expert, replay, agent)
+        if self.policy_ema is not None:
+            self.policy_ema.update_parameters(self._acting)
+        return m
+
+    def _update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool) -> dict[str, float]:
         cfg, a = self.cfg, self.cfg.agent
         B = cfg.batch_size
         exp = batch_to_torch(expert.sample(B), self.device)
