@@ -78,7 +78,7 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from compare_methods import flags, parse_variant
+        from compare_methods import flags, parse_variant, run_record
     finally:
         sys.path.remove(str(BENCHMARKS))
     name, (method, sets) = parse_variant("cmil-ablation=cmil:agent.alpha=0,agent.real_critic_loss=false")
@@ -92,3 +92,7 @@ def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
                  "--env-steps", "20", "--run-dir", str(run), *args]) == 0
     saved = (run / "config.yaml").read_text()
     assert "real_critic_loss: false" in saved and "alpha: 0.0" in saved
+    # The summary knows how many episodes each evaluation had (for the constant-policy final / best reference).
+    record = run_record(run)
+    assert len(record["evaluation_episodes"]) == len(record["evaluations"]) >= 2
+    assert record["evaluation_episodes"][-1] == record["episodes"]
