@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from cmil.config import PRESETS, apply_method, flatten, replace
 from cmil.data.collect import collect_demos
-from cmil.data.episodes import EpisodeRecorder, episode_success, load_episodes
+from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
-from cmil.evaluate import run_episode
+from cmil.evaluate import demo_success_rate, run_episode
 from cmil.methods.cmil import CMIL
 from cmil.models.actor_critic import Discriminator
 from cmil.models.world_model import STATE_KEYS
@@ -268,7 +268,7 @@ def main() -> None:
     # 1. The pretrained policy in the env.
     policy_eps = rollouts(env, agent, args.episodes, cfg.eval_deterministic)
     env.close()
-    result["pretrained_success"] = float(np.mean([episode_success(ep) for ep in policy_eps]))
+    result["pretrained_success"] = demo_success_rate(policy_eps)
     result["pretrained_return"] = float(np.mean([ep["reward"].sum() for ep in policy_eps]))
 
     # 2. Action error on held-out demo frames.
@@ -381,7 +381,7 @@ def disc_probe_runs(runs: list[Path], heldout: list[dict], out: Path) -> None:
         agent = _restore_agent(run, checkpoint, heldout[0]["action"].shape[-1])
         policy_eps = load_episodes(run / "episodes")[-30:]
         row = {"run": run.name, "checkpoint": checkpoint.name,
-               "policy_success_last30": float(np.mean([episode_success(ep) for ep in policy_eps])),
+               "policy_success_last30": demo_success_rate(policy_eps),
                **disc_probe(agent, heldout, policy_eps), "reward_parts": reward_parts(agent, policy_eps)}
         rows.append(row)
         print(f"== {run.name} {checkpoint.name}: success of its last 30 episodes {row['policy_success_last30']:.2f}")
@@ -432,7 +432,7 @@ def bc_reference(cfg, env, demos, heldout, expert, args, name, t0) -> None:
     with torch.no_grad():
         pred = bc.net(torch.as_tensor(images))
     result = {"name": name, "method": "bc", "seed": cfg.seed, "bc_steps": cfg.bc.steps,
-              "success": float(np.mean([episode_success(ep) for ep in eps])),
+              "success": demo_success_rate(eps),
               "action_mse_heldout": float((pred - torch.as_tensor(actions)).pow(2).mean()),
               "action_mse_heldout_mean_baseline": float(
                   (torch.as_tensor(train_actions).mean(0) - torch.as_tensor(actions)).pow(2).mean()),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from cmil.config import PRESETS
-from cmil.data.episodes import episode_success
+from cmil.evaluate import demo_success_rate
 from cmil.methods.cmil import CMIL
 from diagnose_cmil import action_error, episode_features, prepare, rollouts
 
@@ -84,7 +84,7 @@ def main() -> None:
         if step % args.every:
             continue
         episodes = rollouts(env, agent, args.episodes, cfg.eval_deterministic)
-        row = {"updates": step, "success": float(np.mean([episode_success(ep) for ep in episodes])),
+        row = {"updates": step, "success": demo_success_rate(episodes),
                "action_mse_heldout": action_error(agent, heldout),
                "action_mse_heldout_acting": action_error(agent, heldout, acting=True),
                "probe_r2": probe_r2(agent, demos, heldout),
@@ -92,7 +92,7 @@ def main() -> None:
                "wall_s": round(time.time() - start)}
         if agent.policy_ema is not None:  # the same episodes with the live weights, for a paired comparison
             live = rollouts(env, agent, args.episodes, cfg.eval_deterministic, live=True)
-            row["success_live"] = float(np.mean([episode_success(ep) for ep in live]))
+            row["success_live"] = demo_success_rate(live)
         rows.append(row)
         print(json.dumps(row), flush=True)
     env.close()
