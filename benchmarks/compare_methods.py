@@ -28,6 +28,7 @@ import yaml
 
 from cmil.config import PRESETS
 from cmil.plot import report
+from cmil.runs import source_commit
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     overrides = flags(args.set)
     kinds = {m: (m, []) for m in args.methods} | dict(parse_variant(v) for v in args.variant)
-    commit = current_commit()
+    commit = source_commit()
 
     def run(label: str, seed: int) -> tuple[str, int, float]:
         method, extra = kinds[label]
@@ -112,10 +113,6 @@ def commit_file(run_dir: Path) -> Path:
     return run_dir.parent / f"{run_dir.name}.commit"
 
 
-def current_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
 def run_record(run_dir: Path) -> dict:
     """Per-run facts for the JSON summary: final success, wall time, curve, pretrained-policy success."""
     final = json.loads((run_dir / "final.json").read_text())
@@ -138,7 +135,7 @@ def write_summary_json(root: Path, args, jobs) -> None:
 
     from cmil.stats import bootstrap_ci, final_over_best_if_constant
 
-    commit = current_commit()
+    commit = source_commit()
     methods: dict[str, dict] = {}
     for method, seed in jobs:
         run_dir = root / f"{args.task}__{method}__seed{seed}"

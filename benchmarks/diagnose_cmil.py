@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from cmil.evaluate import demo_success_rate, run_episode
 from cmil.methods.cmil import CMIL
 from cmil.models.actor_critic import Discriminator
 from cmil.models.world_model import STATE_KEYS
+from cmil.runs import source_commit
 
 HELDOUT_SEED = 3_000_000  # expert episodes for held-out measurements (the training demos use 1_000_000)
 EVAL_SEED = 20_000
@@ -332,8 +332,7 @@ def main() -> None:
     result["online"]["rl_to_bc_ratio"] = result["online"]["train/actor_grad_rl"] / max(
         result["online"]["train/actor_grad_bc"], 1e-12)
     result["wall_s"] = round(time.time() - t0, 1)
-    result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                      text=True).stdout.strip()
+    result["commit"] = source_commit()
     result["config"] = {k: v for k, v in flatten(cfg).items() if not k.startswith("dac.")}
     out = Path(args.out) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from cmil.envs.metaworld_env import EPISODE_LENGTHS, MetaWorldImageEnv  # noqa: E402
 from cmil.experts.metaworld_expert import MetaWorldExpert  # noqa: E402
+from cmil.runs import source_commit  # noqa: E402
 
 
 def first_successes(task: str, seeds: range, cap: int, render: bool = False) -> list[int | None]:
@@ -79,14 +79,6 @@ def summarize(task: str, firsts: list[int | None], cap: int) -> dict:
             "first_success": firsts}
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def table(results: dict) -> str:
     lines = ["| task | expert success | episode length | steps to success (mean / max) |",
              "|---|---|---|---|"]
@@ -126,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(f"{task:28s} {row['successes']:2d}/{row['episodes']} within {row['episode_length']} steps "
               f"(max {row['steps_to_success_max']}), {time.time() - t0:.0f} s", flush=True)
-    results = {"benchmark": "metaworld_experts", "commit": _commit(), "seeds": [0, args.episodes - 1],
+    results = {"benchmark": "metaworld_experts", "commit": source_commit(), "seeds": [0, args.episodes - 1],
                "cap": args.cap, "check_rendered": args.check_rendered,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "python": sys.version.split()[0],
                "wall_time_s": round(time.time() - start, 1), "tasks": rows}

@@ -28,6 +28,7 @@ import torch
 from cmil.config import PRESETS
 from cmil.evaluate import demo_success_rate
 from cmil.methods.cmil import CMIL
+from cmil.runs import source_commit
 from diagnose_cmil import action_error, episode_features, prepare, rollouts
 
 # Indices of the true positions in Meta-World's 39-dim state: hand xyz, object xy, goal xy.
@@ -99,7 +100,7 @@ def main() -> None:
     out = Path(args.out) / f"curve_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"name": name, "preset": args.preset, "overrides": sets, "seed": cfg.seed,
-                               "full_updates": args.full, "rows": rows}, indent=2))
+                               "commit": source_commit(), "full_updates": args.full, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

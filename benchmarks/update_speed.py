@@ -47,10 +47,13 @@ import torch
 
 from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
 from cmil.data.replay import SequenceReplay
-from cmil.methods.base import make_method as build_method
 from world_model_speed import matmul_peak as _matmul_peak  # a sibling script: benchmarks/ is on sys.path
 from world_model_speed import sync
 
+try:
+    from cmil.methods.base import make_method as build_method
+except ImportError:  # checkouts before the method registry (e.g. 4f4d2e5, the baseline of issue 12's targets)
+    from cmil.train import build_method
 try:  # absent in checkouts older than the precision field (then only fp32 can run)
     from cmil.precision import resolve_precision, use_precision
 except ImportError:

@@ -20,6 +20,7 @@ import datetime
 import json
 import math
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,16 @@ def default_run_dir(cfg: Config, root: str = "runs") -> Path:
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{task_slug(cfg.task)}__{cfg.method}__seed{cfg.seed}__{stamp}"
+
+
+def source_commit() -> str:
+    """Short git commit of the checkout this `cmil` is imported from ('unknown' outside a git checkout), so
+    that benchmark results name the code that produced them whatever the working directory."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write_json(path: Path, data: dict) -> None:
