@@ -38,6 +38,8 @@ CASES = [
     ("actor-lr-0", [*TRAIN, "--agent.actor-lr", "0"], "agent.actor_lr must be > 0"),
     ("bc-steps-0", [*TRAIN, "--bc.steps", "0"], "bc.steps must be >= 1"),
     ("imag-starts-with-real-critic", [*TRAIN, "--agent.imag-starts", "4"], "agent.imag_starts"),
+    ("bc-frame-shift-filter", [*TRAIN, "--agent.bc-frame-shift", "--wm.posterior", "filter"],
+     "agent.bc_frame_shift needs wm.posterior 'image'"),
     ("empty-run-dir", [*TRAIN, "--run-dir", ""], "run_dir must not be empty"),
     ("unknown-method", [*TRAIN, "--method", "xx"], "'--method'"),
     ("unknown-task", [*TRAIN, "--task", "nope"], "unknown task 'nope'"),

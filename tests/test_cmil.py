@@ -331,3 +331,23 @@ def test_policy_ema_acts_with_averaged_weights_and_is_checkpointed(setup):
     assert not torch.equal(next(acting.wm.encoder.parameters()), next(ema.wm.encoder.parameters()))
     # Without the option the acting policy is the live one.
     assert method.policy().actor is method.actor and "policy_ema" not in method.modules()
+
+
+def test_frame_shifted_bc_reads_each_expert_frame_alone(setup, monkeypatch):
+    # bc_frame_shift: both BC terms act on frame_feat of the expert frames (each shifted on its own).
+    _, expert, replay = setup
+    cfg = replace(setup[0].cfg, **{"wm.posterior": "image", "wm.agent_feat": "stoch", "agent.bc_frame_shift": True,
+                                   "agent.bc_model_weight": 1.0})
+    torch.manual_seed(0)
+    method = CMIL(cfg, 2, torch.device("cpu"))
+    calls = []
+    original = method.wm.frame_feat
+
+    def spy(image, shift=False):
+        calls.append((tuple(image.shape), shift))
+        return original(image, shift)
+
+    monkeypatch.setattr(method.wm, "frame_feat", spy)
+    metrics = method.update(expert, replay)
+    assert calls == [((cfg.batch_size, cfg.seq_len - 1, 64, 64, 3), True)]
+    assert "model/bc_loss" in metrics and "train/bc_loss" in metrics

@@ -350,3 +350,17 @@ def test_agent_feature_choices(agent_feat, size):
     expected = {"sample": torch.cat([state["stoch"], state["deter"]], -1),
                 "mean": torch.cat([state["mean"], state["deter"]], -1), "stoch": state["mean"]}[agent_feat]
     torch.testing.assert_close(feat, expected)
+
+
+def test_frame_feature_is_the_image_posterior_mean_and_shifts_each_frame():
+    # frame_feat reads one frame at a time: unshifted it equals what observe gives the agent.
+    torch.manual_seed(0)
+    wm = WorldModel(A, WorldModelConfig(**{**TINY.__dict__, "posterior": "image", "agent_feat": "stoch"}))
+    batch = make_batch(B=2, T=4)
+    post, _ = wm.observe(wm.encode(batch["image"]), batch["action"], batch["is_first"], sample=False)
+    torch.testing.assert_close(wm.frame_feat(batch["image"]), wm.agent_feat(post))
+    # Shifted, every frame gets its own offset: identical frames give different features.
+    same = batch["image"][:1, :1].expand(1, 16, 64, 64, 3)
+    shifted = wm.frame_feat(same, shift=True)
+    assert shifted.shape == (1, 16, 4)
+    assert len({tuple(f.round(decimals=5).tolist()) for f in shifted[0]}) > 1

@@ -130,6 +130,11 @@ class AgentConfig:
     """Weight of an auxiliary BC head on the world model's per-frame image embedding (an MLP predicting the
     expert's action from one frame, as pixel BC does), trained with the world model so that the encoder learns
     the features that place the puck and goal; the actor still acts on latent states only. 0 = off (authors)."""
+    bc_frame_shift: bool = False
+    """Compute the BC term (the actor's and, with bc_model_weight, the representation's) on its own copy of
+    the expert frames, each shifted independently (pad 4), as pixel BC's batches are, instead of on the world
+    model's states, where a batch of 8 windows gets 8 shifts. Needs wm.posterior 'image' and wm.agent_feat
+    'stoch' (the agent's feature is then a function of one frame). Off in the authors' code."""
     bc_model_weight: float = 0.0
     """Weight of the BC loss in the world model's loss (the BC gradient shapes the representation; the actor's
     parameters get none of it). 0 = the authors' code, where only the actor learns from BC."""
@@ -373,6 +378,7 @@ PRESETS: dict[str, Config] = {
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
+              "agent.bc_frame_shift": False,
               "pretrain_updates": 0, "pretrain_bc_updates": 0},
 }
 
@@ -556,6 +562,9 @@ def validate(cfg: Config, where: str = "") -> None:
                            f"got {cfg.image_size}")
     if cfg.device not in DEVICES and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
         fail("device", f"must be one of {', '.join(DEVICES)} or cuda:N, got {cfg.device!r}")
+    if cfg.agent.bc_frame_shift and (cfg.wm.posterior, cfg.wm.agent_feat) != ("image", "stoch"):
+        fail("agent.bc_frame_shift", "needs wm.posterior 'image' and wm.agent_feat 'stoch' (a feature of one frame), "
+                                     f"got {cfg.wm.posterior!r} / {cfg.wm.agent_feat!r}")
     if cfg.agent.imag_starts and cfg.agent.real_critic_loss:
         fail("agent.imag_starts", "> 0 needs agent.real_critic_loss False (eq. 14 uses the imagined "
                                   "continuation from every real state)")

@@ -143,6 +143,8 @@ class CMIL(Method):
         wm_loss, post, m = self.wm.loss(batch, carried)
         embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
         bc_feat = self.wm.agent_feat(post)[:B, :-1]                       # the expert states BC acts on
+        if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
+            bc_feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
         if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
             bc_post = self.wm.observe_acting(
                 embed[:B], batch["is_first"][:B], lambda f: self.actor(f).mean, batch["action"][:B, 0],

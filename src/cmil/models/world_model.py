@@ -134,6 +134,15 @@ class WorldModel(nn.Module):
         """uint8 images (..., H, W, 3) -> embeddings (..., E)."""
         return self.encoder(preprocess_image(image))
 
+    def frame_feat(self, image: torch.Tensor, shift: bool = False) -> torch.Tensor:
+        """uint8 frames (..., H, W, 3) -> the agent's feature of each frame alone (posterior 'image',
+        agent_feat 'stoch': the image posterior's mean), optionally with an independent random shift per frame."""
+        x = preprocess_image(image)
+        if shift:
+            x = random_shift(x.reshape(-1, *x.shape[-3:])).reshape(x.shape)
+        hidden = F.elu(self.post_hidden(self.encoder(x)))
+        return self.post_out(hidden)[..., : self.cfg.stoch]
+
     def decode(self, feat: torch.Tensor) -> torch.Tensor:
         """Features (..., F) -> image means (..., 3, 64, 64) in the preprocessed space."""
         return self.decoder(feat)
