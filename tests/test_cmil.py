@@ -351,3 +351,17 @@ def test_frame_shifted_bc_reads_each_expert_frame_alone(setup, monkeypatch):
     metrics = method.update(expert, replay)
     assert calls == [((cfg.batch_size, cfg.seq_len - 1, 64, 64, 3), True)]
     assert "model/bc_loss" in metrics and "train/bc_loss" in metrics
+
+
+def test_feature_noise_reaches_only_the_actors_bc_step(setup):
+    method, expert, replay = setup
+    params = []
+    for noise in (0.0, 1.0):
+        m = copy.deepcopy(method)
+        m.cfg = replace(m.cfg, **{"agent.bc_feat_noise": noise})
+        torch.manual_seed(5)
+        m.update(copy.deepcopy(expert), copy.deepcopy(replay), agent=False)
+        params.append((torch.cat([p.flatten() for p in m.wm.parameters()]),
+                       torch.cat([p.flatten() for p in m.actor.parameters()])))
+    torch.testing.assert_close(params[0][0], params[1][0])  # the world model's step is untouched
+    assert not torch.allclose(params[0][1], params[1][1])  # the actor learnt from perturbed states

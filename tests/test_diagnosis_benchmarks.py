@@ -96,3 +96,23 @@ def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
     record = run_record(run)
     assert len(record["evaluation_episodes"]) == len(record["evaluations"]) >= 2
     assert record["evaluation_episodes"][-1] == record["episodes"]
+
+
+def test_closed_loop_error_relabels_with_the_expert(demos, tmp_path):
+    from cmil.cli import main
+
+    runs = []
+    for method in ("bc", "cmil"):
+        run = tmp_path / method
+        assert main(["train", "--method", method, "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "20",
+                     "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(run)]) == 0
+        runs.append(str(run))
+    out = tmp_path / "cle.json"
+    _run("closed_loop_error.py", *runs, "--heldout", str(demos), "--episodes", "2", "--bin", "5", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert [r["method"] for r in result["runs"]] == ["bc", "cmil"]
+    for row in result["runs"]:
+        assert 0.0 <= row["success"] <= 1.0 and row["closed_loop_error"] > 0 and row["teacher_forced_error"] > 0
+        assert len(row["closed_loop_error_bins"]) >= 1 and len(row["closed_loop_error_per_dim"]) == 2
+        # The overall error is a step-weighted mean of the bins' means, so it lies between them.
+        assert min(row["teacher_forced_error_bins"]) <= row["teacher_forced_error"] <= max(row["teacher_forced_error_bins"])

@@ -135,6 +135,10 @@ class AgentConfig:
     the expert frames, each shifted independently (pad 4), as pixel BC's batches are, instead of on the world
     model's states, where a batch of 8 windows gets 8 shifts. Needs wm.posterior 'image' and wm.agent_feat
     'stoch' (the agent's feature is then a function of one frame). Off in the authors' code."""
+    bc_feat_noise: float = 0.0
+    """Std of Gaussian noise, in units of each feature dimension's std over the batch, added to the expert states
+    the actor's own BC step reads (not the representation's BC term), so that nearby latent states map to nearby
+    actions (noise injection against compounding error in closed loop). 0 = off (authors' code)."""
     bc_model_weight: float = 0.0
     """Weight of the BC loss in the world model's loss (the BC gradient shapes the representation; the actor's
     parameters get none of it). 0 = the authors' code, where only the actor learns from BC."""
@@ -378,7 +382,7 @@ PRESETS: dict[str, Config] = {
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
-              "agent.bc_frame_shift": False,
+              "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0},
 }
 
@@ -505,7 +509,7 @@ AT_LEAST_ONE = {
     "dac.feature_dim", "dac.cnn_depth", "dac.hidden", "dac.layers", "dac.batch_size"}
 AT_LEAST_ZERO = {
     "seed", "threads", "env_steps", "seed_steps", "pretrain_updates", "pretrain_bc_updates", "video_episodes",
-    "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std",
+    "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std", "agent.bc_feat_noise",
     "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight"}
 POSITIVE = {"wm.lr", "wm.eps", "wm.grad_clip", "wm.min_std", "agent.disc_lr", "agent.actor_lr", "agent.critic_lr",
             "agent.grad_clip", "agent.actor_min_std", "dac.lr", "dac.disc_lr", "dac.init_temperature",

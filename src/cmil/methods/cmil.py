@@ -168,7 +168,11 @@ class CMIL(Method):
         exp_feat = feat[:B, :-1]
 
         # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
-        bc_loss = self.bc_loss(bc_feat.detach(), exp_act)
+        actor_bc_feat = bc_feat.detach()
+        if a.bc_feat_noise:  # nearby states, the same expert action (agent.bc_feat_noise)
+            scale = actor_bc_feat.flatten(0, -2).std(0)
+            actor_bc_feat = actor_bc_feat + a.bc_feat_noise * scale * torch.randn_like(actor_bc_feat)
+        bc_loss = self.bc_loss(actor_bc_feat, exp_act)
         if not agent:
             _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
             m["train/bc_loss"] = bc_loss.item()
