@@ -130,19 +130,26 @@ def test_stop_gradient_on_the_actors_imagined_input(setup, stop_grad):
     assert (grad is None or torch.all(grad == 0)) == stop_grad
 
 
-def test_bc_loss_can_shape_the_world_model(setup):
+def _bc_phase_step(setup, field: str, values: tuple, parts) -> list[tuple[torch.Tensor, ...]]:
+    """One BC-phase update from the same state and seed per value of `field`: the flat parameters of each of
+    `parts(method)` afterwards, and the update's metrics."""
     method, expert, replay = setup
-    params = []
-    for weight in (0.0, 1.0):
+    out = []
+    for value in values:
         m = copy.deepcopy(method)
-        m.cfg = replace(m.cfg, **{"agent.bc_model_weight": weight})
+        m.cfg = replace(m.cfg, **{field: value})
         torch.manual_seed(5)
         metrics = m.update(copy.deepcopy(expert), copy.deepcopy(replay), agent=False)
-        assert ("model/bc_loss" in metrics) == (weight > 0)
-        params.append((torch.cat([p.flatten() for p in m.wm.encoder.parameters()]),
-                       torch.cat([p.flatten() for p in m.actor.parameters()])))
-    assert not torch.allclose(params[0][0], params[1][0])  # the encoder got the BC gradient
-    torch.testing.assert_close(params[0][1], params[1][1])  # the actor's own BC step is unchanged
+        out.append((*(torch.cat([p.flatten() for p in mod.parameters()]) for mod in parts(m)), metrics))
+    return out
+
+
+def test_bc_loss_can_shape_the_world_model(setup):
+    (enc0, actor0, m0), (enc1, actor1, m1) = _bc_phase_step(setup, "agent.bc_model_weight", (0.0, 1.0),
+                                                            lambda m: (m.wm.encoder, m.actor))
+    assert "model/bc_loss" not in m0 and "model/bc_loss" in m1
+    assert not torch.allclose(enc0, enc1)  # the encoder got the BC gradient
+    torch.testing.assert_close(actor0, actor1)  # the actor's own BC step is unchanged
 
 
 @pytest.mark.parametrize("carry", [True, False])
@@ -354,14 +361,7 @@ def test_frame_shifted_bc_reads_each_expert_frame_alone(setup, monkeypatch):
 
 
 def test_feature_noise_reaches_only_the_actors_bc_step(setup):
-    method, expert, replay = setup
-    params = []
-    for noise in (0.0, 1.0):
-        m = copy.deepcopy(method)
-        m.cfg = replace(m.cfg, **{"agent.bc_feat_noise": noise})
-        torch.manual_seed(5)
-        m.update(copy.deepcopy(expert), copy.deepcopy(replay), agent=False)
-        params.append((torch.cat([p.flatten() for p in m.wm.parameters()]),
-                       torch.cat([p.flatten() for p in m.actor.parameters()])))
-    torch.testing.assert_close(params[0][0], params[1][0])  # the world model's step is untouched
-    assert not torch.allclose(params[0][1], params[1][1])  # the actor learnt from perturbed states
+    (wm0, actor0, _), (wm1, actor1, _) = _bc_phase_step(setup, "agent.bc_feat_noise", (0.0, 1.0),
+                                                        lambda m: (m.wm, m.actor))
+    torch.testing.assert_close(wm0, wm1)  # the world model's step is untouched
+    assert not torch.allclose(actor0, actor1)  # the actor learnt from perturbed states
