@@ -65,7 +65,8 @@ def closed_loop(parts, episodes: int, seed: int) -> tuple[list[list[float]], lis
 
 @torch.no_grad()
 def teacher_forced(policy, heldout: list[dict]) -> list[list[float]]:
-    """Per-step squared error per dimension of the policy's action on expert frames (frame t -> action[t + 1])."""
+    """Per-step squared error (mean over action dimensions) of the policy's action on expert frames (frame t ->
+    action[t + 1])."""
     errors = []
     for ep in heldout:
         policy.reset()
