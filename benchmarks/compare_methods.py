@@ -77,7 +77,7 @@ def main() -> None:
         for name, code, wall in pool.map(lambda job: run(*job), jobs):
             print(f"{'ok    ' if code == 0 else 'FAILED'} {name} ({wall:.0f} s)", flush=True)
     print(f"all runs: {time.time() - start:.0f} s")
-    write_summary_json(root, args, jobs)
+    write_summary_json(root, args, jobs, commit)
     report([root / f"{args.task}__{m}__seed{s}" for m, s in jobs
                       if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()], root / "summary")
     print((root / "summary" / "results.md").read_text())
@@ -129,13 +129,13 @@ def run_record(run_dir: Path) -> dict:
     return record
 
 
-def write_summary_json(root: Path, args, jobs) -> None:
-    """benchmarks/results/compare_methods.json: every run's per-seed numbers and the commit."""
+def write_summary_json(root: Path, args, jobs, commit: str) -> None:
+    """benchmarks/results/compare_methods.json: every run's per-seed numbers and the commit that wrote it
+    (each run also names the commit that started it)."""
     import numpy as np
 
     from cmil.stats import bootstrap_ci, final_over_best_if_constant
 
-    commit = source_commit()
     methods: dict[str, dict] = {}
     for method, seed in jobs:
         run_dir = root / f"{args.task}__{method}__seed{seed}"

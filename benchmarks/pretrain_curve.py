@@ -77,7 +77,7 @@ def main() -> None:
     actions = env.action_space.shape[0]
     agent = CMIL(cfg, actions, torch.device("cpu"))
 
-    start, rows = time.time(), []
+    start, rows, commit = time.time(), [], source_commit()  # the code the curve was measured with
     for _ in range(args.full):
         agent.update(expert, expert)
     for step in range(1, args.updates + 1):
@@ -100,7 +100,7 @@ def main() -> None:
     out = Path(args.out) / f"curve_{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"name": name, "preset": args.preset, "overrides": sets, "seed": cfg.seed,
-                               "commit": source_commit(), "full_updates": args.full, "rows": rows}, indent=2))
+                               "commit": commit, "full_updates": args.full, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -364,3 +364,18 @@ def test_frame_feature_is_the_image_posterior_mean_and_shifts_each_frame():
     shifted = wm.frame_feat(same, shift=True)
     assert shifted.shape == (1, 16, 4)
     assert len({tuple(f.round(decimals=5).tolist()) for f in shifted[0]}) > 1
+
+
+def test_encoder_depth_widens_the_encoder_only():
+    """wm.encoder_depth sets the encoder's channels apart from the decoder's; 0 keeps them equal."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    wide = WorldModel(A, replace(TINY, encoder_depth=8))
+    same = WorldModel(A, TINY)
+    assert wide.encoder.net[0].out_channels == 8 and same.encoder.net[0].out_channels == TINY.cnn_depth
+    assert wide.embed_dim == 2 * same.embed_dim
+    assert [p.shape for p in wide.decoder.parameters()] == [p.shape for p in same.decoder.parameters()]
+    batch = make_batch()
+    post, prior = wide.observe(wide.encode(batch["image"]), batch["action"], batch["is_first"])
+    assert post["mean"].shape == (2, 6, TINY.stoch) and torch.isfinite(wide.loss(batch)[0]).all()

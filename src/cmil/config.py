@@ -38,6 +38,10 @@ class WorldModelConfig:
     """K: number of prior (transition) heads; their disagreement is eq. 9's model-mismatch estimate."""
     cnn_depth: int = 16
     """Channels of the first conv layer (doubling each layer) of the encoder and decoder."""
+    encoder_depth: int = 0
+    """Channels of the encoder's first conv layer when it should differ from the decoder's (0 = cnn_depth, as in
+    DreamerV2 and the authors' code). The encoder is the cheap half (the decoder's transposed convs cost ~3x
+    as much at equal depth), and with wm.posterior 'image' it is all the policy sees of a frame."""
     kl_balance: float = 0.8
     """KL balancing: weight of the prior-side term (posterior held fixed)."""
     kl_free: float = 1.0
@@ -420,6 +424,7 @@ def dry_run_config(cfg: Config) -> Config:
         pretrain_bc_updates=1, eval_every=40, eval_episodes=1, final_eval_episodes=1,
         video_episodes=1, log_every=20, checkpoint_every=20, num_demos=min(cfg.num_demos, 2),
         **{"wm.deter": 16, "wm.hidden": 16, "wm.stoch": 4, "wm.ensemble": 2, "wm.cnn_depth": 4,
+           "wm.encoder_depth": 8 if cfg.wm.encoder_depth else 0,
            "agent.horizon": 3, "agent.actor_units": 16, "agent.critic_units": 16, "agent.disc_units": 16,
            "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2,
            "bc.steps": 3, "bc.batch": 4, "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
@@ -510,7 +515,7 @@ AT_LEAST_ONE = {
 AT_LEAST_ZERO = {
     "seed", "threads", "env_steps", "seed_steps", "pretrain_updates", "pretrain_bc_updates", "video_episodes",
     "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std", "agent.bc_feat_noise",
-    "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight"}
+    "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight", "wm.encoder_depth"}
 POSITIVE = {"wm.lr", "wm.eps", "wm.grad_clip", "wm.min_std", "agent.disc_lr", "agent.actor_lr", "agent.critic_lr",
             "agent.grad_clip", "agent.actor_min_std", "dac.lr", "dac.disc_lr", "dac.init_temperature",
             "dac.actor_min_std", "bc.lr"}

@@ -89,7 +89,7 @@ class WorldModel(nn.Module):
         super().__init__()
         self.cfg, self.action_dim, self.image_size = cfg, action_dim, image_size
         S, D, H, K = cfg.stoch, cfg.deter, cfg.hidden, cfg.ensemble
-        self.encoder = ConvEncoder(cfg.cnn_depth, image_size)
+        self.encoder = ConvEncoder(cfg.encoder_depth or cfg.cnn_depth, image_size)
         self.embed_dim = self.encoder.out_dim
         self.img_in = nn.Linear(S + action_dim, H)
         self.gru = LayerNormGRUCell(H, D)
