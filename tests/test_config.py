@@ -72,5 +72,19 @@ def test_configs_saved_before_the_bc_group_still_load():
 
     data = to_dict(PRESETS["default"])
     bc = data.pop("bc")
-    data.update({f"bc_{k}": v for k, v in bc.items()})
+    data.update({f"bc_{k}": bc[k] for k in ("steps", "batch", "lr", "augment")})  # the fields it had then
     assert from_dict(data) == PRESETS["default"]
+
+
+def test_network_sizes_are_config_fields():
+    """bc.cnn_depth / bc.units size pixel BC's network; wm.encoder_depth the world model's encoder alone."""
+    import torch
+
+    from cmil.methods.bc import BC
+
+    bc = BC(replace(Config(method="bc"), **{"bc.cnn_depth": 8, "bc.units": 24}), 4, torch.device("cpu")).net
+    assert bc.encoder.net[0].out_channels == 8 and bc.head[0].out_features == 24
+    with pytest.raises(ConfigError, match=r"^wm.encoder_depth "):
+        validate(replace(Config(), **{"wm.encoder_depth": -1}))
+    dry = dry_run_preset(replace(PRESETS["default"], **{"wm.encoder_depth": 32}))
+    assert dry.wm.encoder_depth == 8 and dry_run_preset(PRESETS["default"]).wm.encoder_depth == 0

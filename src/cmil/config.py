@@ -249,6 +249,10 @@ class BCConfig:
     """Adam learning rate of BC."""
     augment: bool = True
     """Random-shift augmentation (pad 4) of BC's images."""
+    cnn_depth: int = 32
+    """Channels of the conv encoder's first layer (doubling each layer)."""
+    units: int = 256
+    """Units of each of the two hidden layers of the MLP head."""
 
 
 @dataclass(frozen=True)
@@ -427,7 +431,8 @@ def dry_run_config(cfg: Config) -> Config:
            "wm.encoder_depth": 8 if cfg.wm.encoder_depth else 0,
            "agent.horizon": 3, "agent.actor_units": 16, "agent.critic_units": 16, "agent.disc_units": 16,
            "agent.actor_layers": 2, "agent.critic_layers": 2, "agent.target_update_every": 2,
-           "bc.steps": 3, "bc.batch": 4, "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
+           "bc.steps": 3, "bc.batch": 4, "bc.cnn_depth": 4, "bc.units": 16,
+           "dac.batch_size": 8, "dac.hidden": 16, "dac.cnn_depth": 4, "dac.feature_dim": 8})
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -508,6 +513,7 @@ class ConfigError(UsageError):
 AT_LEAST_ONE = {
     "num_demos", "train_every", "train_updates", "batch_size", "seq_len", "eval_every", "eval_episodes",
     "final_eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints", "bc.steps", "bc.batch",
+    "bc.cnn_depth", "bc.units",
     "wm.deter", "wm.hidden", "wm.stoch", "wm.ensemble", "wm.cnn_depth",
     "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.critic_layers",
     "agent.critic_units", "agent.horizon", "agent.target_update_every",

@@ -39,7 +39,7 @@ class BC(Method):
 
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
-        self.net = PixelPolicy(action_dim, cfg.image_size).to(device)
+        self.net = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc.lr, fused=True)
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.rng = np.random.default_rng(cfg.seed)
