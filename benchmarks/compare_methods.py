@@ -34,6 +34,8 @@ from cmil.runs import source_commit
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=PRESETS["default"].task)
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="cmil train's preset for every run (e.g. 'long': the same recipe, 100K env steps)")
     parser.add_argument("--methods", nargs="+", default=["bc", "vmail", "cmil"])
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:FIELD=VALUE,...]",
                         help="a method with its own overrides, e.g. cmil-alpha0=cmil:agent.alpha=0")
@@ -61,7 +63,7 @@ def main() -> None:
         run_dir = root / f"{args.task}__{label}__seed{seed}"
         if (run_dir / "final.json").exists() or args.report_only:  # finished runs are reported as they are
             return run_dir.name, 0, 0.0
-        cmd = [sys.executable, "-m", "cmil.cli", "train", "--method", method, "--task", args.task, "--seed", str(seed),
+        cmd = [sys.executable, "-m", "cmil.cli", "train", "--preset", args.preset, "--method", method, "--task", args.task, "--seed", str(seed),
                "--demos", demos, "--run-dir", str(run_dir), "--threads", str(args.threads), "--device", args.device,
                *overrides, *flags(extra)]
         if not commit_file(run_dir).exists():  # the code that started the run (a resumed run keeps it)
@@ -155,7 +157,7 @@ def write_summary_json(root: Path, args, jobs, commit: str) -> None:
                 float(np.mean(finals)), entry["runs"][0]["evaluation_episodes"])
     out = Path(args.json or "benchmarks/results/compare_methods.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": args.task, "commit": commit, "root": str(root), "overrides": args.set,
+    out.write_text(json.dumps({"task": args.task, "preset": args.preset, "commit": commit, "root": str(root), "overrides": args.set,
                                "variants": args.variant, "methods": methods}, indent=2))
     print(f"summary: {out}")
 
