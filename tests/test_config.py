@@ -62,6 +62,15 @@ def test_every_learning_field_conflicts_on_resume_and_steering_fields_never_do()
     assert [c.split(":")[0] for c in both] == ["seed", "agent.alpha"]
 
 
+def test_long_preset_is_the_default_recipe_at_a_longer_budget():
+    """`long` must learn exactly as `default` does: only steering fields (the budget, how often it reports) differ,
+    so a `long` curve's first 8K env steps are the `default` recipe's."""
+    default, long = flatten(PRESETS["default"]), flatten(PRESETS["long"])
+    differing = {key for key, value in long.items() if default[key] != value}
+    assert differing == {"env_steps", "eval_every", "checkpoint_every"} and differing <= STEERING_FIELDS
+    assert long["env_steps"] >= 10 * default["env_steps"]
+
+
 def test_registered_methods_are_the_config_choices():
     choices = set(typing.get_args(typing.get_type_hints(Config)["method"]))
     assert set(method_classes()) == choices

@@ -88,7 +88,8 @@ def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
     from cmil.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--method", method, "--task", "point", "--dry-run", "--threads", "1", "--video-episodes", "0",
+    # compare_methods names its preset right after `train` (here the one of the long curves).
+    assert main(["train", "--preset", "long", "--method", method, "--task", "point", "--dry-run", "--threads", "1", "--video-episodes", "0",
                  "--env-steps", "20", "--run-dir", str(run), *args]) == 0
     saved = (run / "config.yaml").read_text()
     assert "real_critic_loss: false" in saved and "alpha: 0.0" in saved
