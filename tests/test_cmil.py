@@ -365,3 +365,19 @@ def test_feature_noise_reaches_only_the_actors_bc_step(setup):
                                                         lambda m: (m.wm, m.actor))
     torch.testing.assert_close(wm0, wm1)  # the world model's step is untouched
     assert not torch.allclose(actor0, actor1)  # the actor learnt from perturbed states
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_state_only_discriminator_ignores_the_action(setup, norm):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, **{"agent.disc_action": False, "agent.disc_input_norm": norm})
+    torch.manual_seed(0)
+    state_only = CMIL(cfg, 2, torch.device("cpu"))
+    assert state_only.disc.net[0].in_features == state_only.wm.agent_feat_dim
+    metrics = state_only.update(expert, replay)
+    assert 0.0 <= metrics["disc/expert_prob"] <= 1.0 and metrics["train/disc_loss"] > 0
+    feat = torch.randn(5, state_only.wm.agent_feat_dim)
+    a1, a2 = torch.rand(5, 2) * 2 - 1, torch.rand(5, 2) * 2 - 1
+    torch.testing.assert_close(state_only.disc_logit(feat, a1), state_only.disc_logit(feat, a2))
+    # The paper's D(s, a) does read it.
+    assert not torch.allclose(method.disc_logit(feat, a1), method.disc_logit(feat, a2))

@@ -159,6 +159,12 @@ class AgentConfig:
     one-step prediction from the previous posterior state and the action taken (the posterior at the first
     frame of a window, which has no predecessor), and D's policy pairs are the imagined steps after the
     start, so both sides come from the prior and only behaviour tells them apart."""
+    disc_action: bool = True
+    """Whether the discriminator reads the action beside the latent state (paper: state-action pairs). False: D
+    reads the state alone, so the reward reaches the actor only through the learnt dynamics. Beside a BC-trained
+    policy a D(s, a) separates expert from policy pairs by action features that say nothing of the task (on the
+    `default` recipe's runs it scored zero actions and an open gripper as more expert-like than the expert's own
+    actions at the expert's states: docs/results.md, round 8), and its action slope then steers the actor."""
     disc_input_norm: bool = False
     """Standardise the discriminator's input with running per-dimension statistics of the expert and policy
     pairs before the noise, so `disc_noise_std` is in units of each feature's std (off in the authors' code)."""

@@ -43,7 +43,7 @@ def _adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) -> (B * L, ...)."""
-    return x.reshape(-1, *x.shape[2:])
+    return x.flatten(0, 1)
 
 
 @register("cmil", "vmail")
@@ -61,9 +61,10 @@ class CMIL(Method):
         feat = self.wm.agent_feat_dim
         self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
-        self.disc = Discriminator(feat, action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
+        self.disc_action_dim = action_dim if a.disc_action else 0   # agent.disc_action: D reads (s, a) or s
+        self.disc = Discriminator(feat, self.disc_action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
         # Running statistics of the optional rescalings (buffers, so they are checkpointed).
-        self.stats = nn.ModuleDict({"disc_input": RunningMeanStd(feat + action_dim),
+        self.stats = nn.ModuleDict({"disc_input": RunningMeanStd(feat + self.disc_action_dim),
                                     "disagreement": RunningMeanStd(), "returns": ReturnScale()}).to(device)
         # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
         # world model, in the world model's optimiser.
@@ -209,7 +210,9 @@ class CMIL(Method):
         # and no window-first expert frame (no prediction for it).
         s0 = 1 if a.disc_states == "prior" else 0
         pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
-        e_in, p_in = (_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:])), (_flat(pol_feat), _flat(pol_act))
+        d_act = self.disc_action_dim
+        e_in = (_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:, :d_act]))
+        p_in = (_flat(pol_feat), _flat(pol_act[..., :d_act]))
         if a.disc_input_norm:
             self.stats["disc_input"].update(torch.cat([torch.cat(e_in, -1), torch.cat(p_in, -1)]))
         e_logit = self.disc_logit(*e_in, noise=True)
@@ -293,7 +296,9 @@ class CMIL(Method):
         return out
 
     def disc_logit(self, feat: torch.Tensor, action: torch.Tensor, noise: bool = False) -> torch.Tensor:
-        """D's logit on (feature, action), standardised first when agent.disc_input_norm."""
+        """D's logit on (feature, action), standardised first when agent.disc_input_norm; a state-only D
+        (agent.disc_action false) ignores the action."""
+        action = action[..., : self.disc_action_dim]
         if not self.cfg.agent.disc_input_norm:
             return self.disc(feat, action, noise=noise)
         x = self.stats["disc_input"].normalize(torch.cat([feat, action], -1))
