@@ -114,6 +114,27 @@ def generated_pairs(agent: CMIL, episodes: list[dict]) -> dict[str, torch.Tensor
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
+    """What the agent's D makes of the action at the expert's own (held-out) states: its mean probability with
+    the expert's action, the actor's mean action, zero actions and the expert's action scaled by 0.5; per action
+    dimension, the mean slope of D's logit at the actor's action (the direction the reward pulls the actor in
+    when eq. 12's gradient reaches the action directly), the mean gap expert - actor, and how often the
+    slope's sign points at the expert's action. A D that reads behaviour scores the expert's action highest
+    and slopes towards it; the task-free shortcut of docs/results.md (round 8) scores zero actions highest."""
+    pairs = [episode_features(agent, ep)[:2] for ep in expert_eps]
+    feat, expert = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    with torch.no_grad():
+        mean = agent.actor(feat).mean
+        prob = {name: float(torch.sigmoid(agent.disc_logit(feat, act)).mean()) for name, act in
+                (("expert", expert), ("actor", mean), ("zero", torch.zeros_like(expert)), ("expert_x0.5", 0.5 * expert))}
+    action = mean.clone().requires_grad_(True)
+    slope, = torch.autograd.grad(agent.disc_logit(feat, action).sum(), action)
+    gap = expert - mean
+    return {f"D_action/{k}": v for k, v in prob.items()} | {
+        "D_action/slope_per_dim": slope.mean(0).tolist(), "D_action/expert_minus_actor_per_dim": gap.mean(0).tolist(),
+        "D_action/slope_towards_expert_per_dim": ((slope * gap) > 0).float().mean(0).tolist()}
+
+
 def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], split_seed: int = 0) -> dict:
     """What the discriminator can separate. The agent's own D: its mean probability on expert and policy
     pairs made each way (`generated_pairs`). A fresh D (no noise, standardised inputs, held-out frames):
@@ -381,7 +402,8 @@ def disc_probe_runs(runs: list[Path], heldout: list[dict], out: Path) -> None:
         policy_eps = load_episodes(run / "episodes")[-30:]
         row = {"run": run.name, "checkpoint": checkpoint.name,
                "policy_success_last30": demo_success_rate(policy_eps),
-               **disc_probe(agent, heldout, policy_eps), "reward_parts": reward_parts(agent, policy_eps)}
+               **disc_probe(agent, heldout, policy_eps), **disc_action_probe(agent, heldout),
+               "reward_parts": reward_parts(agent, policy_eps)}
         rows.append(row)
         print(f"== {run.name} {checkpoint.name}: success of its last 30 episodes {row['policy_success_last30']:.2f}")
         print_disc_probe(row)
@@ -474,6 +496,9 @@ def print_disc_probe(probe: dict) -> None:
     for k, v in probe.items():
         if k.startswith("fresh/"):
             print(f"fresh D (no noise)        {k[6:]}: {v:.2f}")
+        elif k.startswith("D_action/"):
+            shown = f"{v:.3f}" if isinstance(v, float) else " ".join(f"{x:+.3f}" for x in v)
+            print(f"D at expert states        {k[9:]}: {shown}")
 
 
 if __name__ == "__main__":
