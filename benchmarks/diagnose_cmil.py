@@ -115,24 +115,32 @@ def generated_pairs(agent: CMIL, episodes: list[dict]) -> dict[str, torch.Tensor
 
 
 def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
-    """What the agent's D makes of the action at the expert's own (held-out) states: its mean probability with
-    the expert's action, the actor's mean action, zero actions and the expert's action scaled by 0.5; per action
-    dimension, the mean slope of D's logit at the actor's action (the direction the reward pulls the actor in
-    when eq. 12's gradient reaches the action directly), the mean gap expert - actor, and how often the
-    slope's sign points at the expert's action. A D that reads behaviour scores the expert's action highest
-    and slopes towards it; the task-free shortcut of docs/results.md (round 8) scores zero actions highest."""
-    pairs = [episode_features(agent, ep)[:2] for ep in expert_eps]
-    feat, expert = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    """What the imagined reward (eq. 10) makes of the action at the expert's own (held-out) states. D's mean
+    probability with the expert's action, the actor's mean action, zero actions and the expert's action x 0.5;
+    then, per action dimension, the mean slope at the actor's action of D's logit and of minus the penalty
+    (alpha x the disagreement of the step, normalised as the run normalises it): the direction each part of the
+    reward pulls the actor in where eq. 12's gradient reaches the action directly; the mean gap expert - actor;
+    and how often each slope's sign points at the expert's action. A reward that reads behaviour slopes towards
+    the expert's action; docs/results.md (round 8) found neither part does."""
+    parts = [episode_features(agent, ep) for ep in expert_eps]
+    feat, expert = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    state = {k: torch.cat([p[2][k] for p in parts]) for k in STATE_KEYS}
     with torch.no_grad():
         mean = agent.actor(feat).mean
         prob = {name: float(torch.sigmoid(agent.disc_logit(feat, act)).mean()) for name, act in
                 (("expert", expert), ("actor", mean), ("zero", torch.zeros_like(expert)), ("expert_x0.5", 0.5 * expert))}
+    gap, out = expert - mean, {f"D_action/{k}": v for k, v in prob.items()}
+    out["D_action/expert_minus_actor_per_dim"] = gap.mean(0).tolist()
     action = mean.clone().requires_grad_(True)
-    slope, = torch.autograd.grad(agent.disc_logit(feat, action).sum(), action)
-    gap = expert - mean
-    return {f"D_action/{k}": v for k, v in prob.items()} | {
-        "D_action/slope_per_dim": slope.mean(0).tolist(), "D_action/expert_minus_actor_per_dim": gap.mean(0).tolist(),
-        "D_action/slope_towards_expert_per_dim": ((slope * gap) > 0).float().mean(0).tolist()}
+    disagreement = agent.wm.imagine_step(state, action, sample=False, head=0)[1]
+    if agent.cfg.agent.penalty_norm:
+        disagreement = agent.stats["disagreement"].normalize(disagreement)
+    for name, value in (("D", agent.disc_logit(feat, action)), ("penalty", -agent.cfg.agent.alpha * disagreement)):
+        slope, = torch.autograd.grad(value.sum(), action)
+        out[f"D_action/{name}_slope_per_dim"] = slope.mean(0).tolist()
+        out[f"D_action/{name}_abs_slope_per_dim"] = slope.abs().mean(0).tolist()
+        out[f"D_action/{name}_slope_towards_expert_per_dim"] = ((slope * gap) > 0).float().mean(0).tolist()
+    return out
 
 
 def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], split_seed: int = 0) -> dict:

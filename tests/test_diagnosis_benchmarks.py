@@ -74,7 +74,7 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     assert row["checkpoint"] == rows[-1]["checkpoint"] and 0.0 <= row["D/expert_prior"] <= 1.0
     assert 0.0 <= row["fresh/behaviour: expert vs policy, posterior"] <= 1.0
     # ... and what it makes of the action at the expert's states (one slope per action dimension).
-    assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
+    assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
 
 
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
