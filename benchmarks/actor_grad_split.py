@@ -1,6 +1,7 @@
 """Which way the RL part of CMIL's actor gradient points, by parameter group (issue 9, round 8).
 
     python benchmarks/actor_grad_split.py RUN [RUN ...] [--updates 30] [--demos DIR] [--out JSON]
+                                          [--set agent.actor_objective=q ...]
 
 `train/actor_grad_cos` (logged by every CMIL run) is the cosine of the RL part and the beta-weighted BC part of the
 actor's whole gradient. This splits it: the actor's last layer has one row per action mean and one per action std,
@@ -8,7 +9,9 @@ so the cosine over the mean rows says whether the imagined objective moves the m
 (positive: the same way as BC) or away from them (negative); the std rows and the hidden layers are reported beside.
 Each run's last checkpoint is replayed through `--updates` CMIL updates on its own demos and online episodes, with
 the actor's optimiser step replaced by the measurement (the actor does not move; the world model, discriminator
-and critics update as in training, so the measurement sees the run's own moving parts).
+and critics update as in training, so the measurement sees the run's own moving parts). `--set` changes the run's
+config for the measurement only, e.g. `agent.actor_objective=q` (the critics' action slope alone) or `agent.alpha=0`,
+to see which part of the objective makes the direction.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
-from cmil.config import load_config
+from cmil.config import load_config, replace
 from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.methods.cmil import CMIL
@@ -55,8 +59,8 @@ def grad_split(agent: CMIL, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dic
             "rl_norm_mean_rows": float(rows(rl, means).norm()), "bc_norm_mean_rows": float(rows(bc, means).norm())}
 
 
-def measure(run: Path, demos: Path | None, updates: int) -> dict:
-    cfg = load_config(run / "config.yaml")
+def measure(run: Path, demos: Path | None, updates: int, sets: dict | None = None) -> dict:
+    cfg = replace(load_config(run / "config.yaml"), **(sets or {}))
     demo_eps = load_episodes(demos or Path(cfg.demos), cfg.image_size, limit=cfg.num_demos)
     action_dim = demo_eps[0]["action"].shape[-1]
     checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
@@ -73,7 +77,7 @@ def measure(run: Path, demos: Path | None, updates: int) -> dict:
     agent._actor_step = lambda rl_loss, bc_loss: samples.append(grad_split(agent, rl_loss, bc_loss)) or {}
     for _ in range(updates):
         agent.update(expert, replay)
-    return {"run": str(run), "checkpoint": checkpoint.name, "updates": updates,
+    return {"run": str(run), "checkpoint": checkpoint.name, "updates": updates, "set": sets or {},
             **{k: float(np.mean([s[k] for s in samples])) for k in samples[0]}}
 
 
@@ -82,12 +86,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--updates", type=int, default=30, help="updates to average over, per run")
     parser.add_argument("--demos", type=Path, default=None, help="the runs' demos (default: each run's config)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="config change for the measurement, e.g. agent.actor_objective=q")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/actor_grad_split.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    sets = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
     rows = []
     for run in args.runs:
-        rows.append(measure(run, args.demos, args.updates))
+        rows.append(measure(run, args.demos, args.updates, sets))
         print(f"{run.name}: cosine RL vs BC, mean rows {rows[-1]['cos_mean_rows']:+.3f}, std rows "
               f"{rows[-1]['cos_std_rows']:+.3f}, hidden {rows[-1]['cos_hidden']:+.3f}, all {rows[-1]['cos_all']:+.3f}; "
               f"norm over the mean rows RL {rows[-1]['rl_norm_mean_rows']:.2f}, BC {rows[-1]['bc_norm_mean_rows']:.2f}",
