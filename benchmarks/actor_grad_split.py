@@ -6,7 +6,8 @@
 `train/actor_grad_cos` (logged by every CMIL run) is the cosine of the RL part and the beta-weighted BC part of the
 actor's whole gradient. This splits it: the actor's last layer has one row per action mean and one per action std,
 so the cosine over the mean rows says whether the imagined objective moves the mean actions towards the expert's
-(positive: the same way as BC) or away from them (negative); the std rows and the hidden layers are reported beside.
+(positive: the same way as BC) or away from them (negative); the std rows and the hidden layers are reported beside,
+and so is where a small step down each part moves the mean actions on the demos' states.
 Each run's last checkpoint is replayed through `--updates` CMIL updates on its own demos and online episodes, with
 the actor's optimiser step replaced by the measurement (the actor does not move; the world model, discriminator
 and critics update as in training, so the measurement sees the run's own moving parts). `--set` changes the run's
@@ -17,6 +18,7 @@ to see which part of the objective makes the direction.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -30,15 +32,19 @@ from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.methods.cmil import CMIL
 from cmil.runs import restore, source_commit
+from diagnose_cmil import episode_features
 
 
-def grad_split(agent: CMIL, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, float]:
+def grad_split(agent: CMIL, rl_loss: torch.Tensor, bc_loss: torch.Tensor,
+               sums: dict[str, list[torch.Tensor]]) -> dict[str, float]:
     """Cosines of the RL and beta * BC gradients over the last layer's mean rows, its std rows, the hidden layers
-    and all parameters; the two parts' norms over the mean rows."""
+    and all parameters; the two parts' norms over the mean rows. Adds each part's gradient to `sums`."""
     params = list(agent.actor.parameters())
     rl = torch.autograd.grad(rl_loss, params, retain_graph=True, allow_unused=True)
     bc = torch.autograd.grad(agent.cfg.agent.beta * bc_loss, params, retain_graph=True, allow_unused=True)
     rl, bc = ([torch.zeros_like(p) if g is None else g for g, p in zip(gs, params, strict=True)] for gs in (rl, bc))
+    for name, grads in (("rl", rl), ("bc", bc)):
+        sums[name] = grads if name not in sums else [a + b for a, b in zip(sums[name], grads, strict=True)]
     last = agent.actor.net[-1]
     head = {i for i, p in enumerate(params) if p is last.weight or p is last.bias}
     A = last.out_features // 2      # the actor's output: A means, then A stds
@@ -74,11 +80,33 @@ def measure(run: Path, demos: Path | None, updates: int, sets: dict | None = Non
     for ep in load_episodes(run / "episodes", cfg.image_size, action_dim):
         replay.add_episode(ep)
     samples: list[dict[str, float]] = []
-    agent._actor_step = lambda rl_loss, bc_loss: samples.append(grad_split(agent, rl_loss, bc_loss)) or {}
+    sums: dict[str, list[torch.Tensor]] = {}
+    agent._actor_step = lambda rl_loss, bc_loss: samples.append(grad_split(agent, rl_loss, bc_loss, sums)) or {}
     for _ in range(updates):
         agent.update(expert, replay)
     return {"run": str(run), "checkpoint": checkpoint.name, "updates": updates, "set": sets or {},
-            **{k: float(np.mean([s[k] for s in samples])) for k in samples[0]}}
+            **{k: float(np.mean([s[k] for s in samples])) for k in samples[0]},
+            **action_push(agent, demo_eps, sums)}
+
+
+@torch.no_grad()
+def action_push(agent: CMIL, episodes: list[dict], sums: dict[str, list[torch.Tensor]], step: float = 0.01) -> dict:
+    """Where each part moves the mean actions: the change of the actor's mean action on the demos' states, per action
+    dimension, after a step of `step` (in parameter norm) down each part's summed gradient, and that change's
+    cosine with the direction from the actor's mean action to the expert's."""
+    feats, actions = zip(*(episode_features(agent, ep)[:2] for ep in episodes), strict=True)
+    feat, expert = torch.cat(feats), torch.cat(actions)
+    mean = agent.actor(feat).mean
+    out = {}
+    for name, grads in sums.items():
+        moved = copy.deepcopy(agent.actor)
+        norm = torch.sqrt(sum(g.square().sum() for g in grads)).clamp_min(1e-12)
+        for p, g in zip(moved.parameters(), grads, strict=True):
+            p -= step * g / norm
+        change = moved(feat).mean - mean
+        out[f"push_{name}_per_dim"] = change.mean(0).tolist()
+        out[f"push_{name}_cos_to_expert"] = float(F.cosine_similarity(change.flatten(), (expert - mean).flatten(), dim=0))
+    return out
 
 
 def main() -> None:
@@ -99,6 +127,11 @@ def main() -> None:
               f"{rows[-1]['cos_std_rows']:+.3f}, hidden {rows[-1]['cos_hidden']:+.3f}, all {rows[-1]['cos_all']:+.3f}; "
               f"norm over the mean rows RL {rows[-1]['rl_norm_mean_rows']:.2f}, BC {rows[-1]['bc_norm_mean_rows']:.2f}",
               flush=True)
+        print("    mean-action change per dim after a step down each part: RL "
+              + " ".join(f"{x:+.3f}" for x in rows[-1]["push_rl_per_dim"]) + ", BC "
+              + " ".join(f"{x:+.3f}" for x in rows[-1]["push_bc_per_dim"])
+              + f"; cosine with the way to the expert's actions RL {rows[-1]['push_rl_cos_to_expert']:+.2f}, "
+              f"BC {rows[-1]['push_bc_cos_to_expert']:+.2f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "runs": rows}, indent=2))
     print(f"written: {args.out}")

@@ -79,6 +79,8 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     (split,) = json.loads((tmp_path / "split.json").read_text())["runs"]
     assert all(-1.0 <= split[k] <= 1.0 for k in ("cos_mean_rows", "cos_std_rows", "cos_hidden", "cos_all"))
     assert split["bc_norm_mean_rows"] > 0 and split["updates"] == 2
+    assert len(split["push_rl_per_dim"]) == len(split["push_bc_per_dim"]) == 2   # the point task's actions
+    assert -1.0 <= split["push_bc_cos_to_expert"] <= 1.0
     assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
 
 
