@@ -31,8 +31,8 @@ from cmil.config import load_config, replace
 from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.methods.cmil import CMIL
-from cmil.runs import restore, source_commit
-from diagnose_cmil import episode_features
+from cmil.runs import source_commit
+from diagnose_cmil import _restore_agent, episode_features
 
 
 def grad_split(agent: CMIL, rl_loss: torch.Tensor, bc_loss: torch.Tensor,
@@ -70,8 +70,7 @@ def measure(run: Path, demos: Path | None, updates: int, sets: dict | None = Non
     demo_eps = load_episodes(demos or Path(cfg.demos), cfg.image_size, limit=cfg.num_demos)
     action_dim = demo_eps[0]["action"].shape[-1]
     checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
-    agent = CMIL(cfg, action_dim, torch.device("cpu"))
-    restore(torch.load(checkpoint, map_location="cpu", weights_only=False), agent.modules())
+    agent = _restore_agent(run, checkpoint, action_dim, cfg)
     torch.manual_seed(0)
     expert = SequenceReplay(cfg.seq_len, seed=0, cover_edges=cfg.cover_edges)
     replay = SequenceReplay(cfg.seq_len, seed=1, cover_edges=cfg.cover_edges)

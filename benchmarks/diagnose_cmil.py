@@ -372,11 +372,13 @@ def main() -> None:
     print(f"written: {out}")
 
 
-def _restore_agent(run: Path, checkpoint: Path, action_dim: int) -> CMIL:
+def _restore_agent(run: Path, checkpoint: Path, action_dim: int, cfg=None) -> CMIL:
+    """A run's CMIL agent at `checkpoint`, on the CPU; built from `cfg` when given (the run's config changed
+    for a measurement), else from the run's config.yaml."""
     from cmil.launch import load_config
     from cmil.runs import restore
 
-    agent = CMIL(load_config(run / "config.yaml"), action_dim, torch.device("cpu"))
+    agent = CMIL(cfg or load_config(run / "config.yaml"), action_dim, torch.device("cpu"))
     restore(torch.load(checkpoint, map_location="cpu", weights_only=False), agent.modules())
     return agent
 

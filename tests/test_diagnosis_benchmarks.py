@@ -74,6 +74,7 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     assert row["checkpoint"] == rows[-1]["checkpoint"] and 0.0 <= row["D/expert_prior"] <= 1.0
     assert 0.0 <= row["fresh/behaviour: expert vs policy, posterior"] <= 1.0
     # ... and what it makes of the action at the expert's states (one slope per action dimension).
+    assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
     # Which way the RL part of the actor gradient points against the BC part, by parameter group.
     _run("actor_grad_split.py", str(run), "--demos", str(demos), "--updates", "2", "--out", str(tmp_path / "split.json"))
     (split,) = json.loads((tmp_path / "split.json").read_text())["runs"]
@@ -81,7 +82,6 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     assert split["bc_norm_mean_rows"] > 0 and split["updates"] == 2
     assert len(split["push_rl_per_dim"]) == len(split["push_bc_per_dim"]) == 2   # the point task's actions
     assert -1.0 <= split["push_bc_cos_to_expert"] <= 1.0
-    assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
 
 
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
