@@ -305,6 +305,23 @@ def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective
     assert torch.equal(actors[0], actors[1]) == (objective == "q")
 
 
+@pytest.mark.parametrize("through_action", [True, False])
+def test_critic_action_grad_false_hides_the_critics_action_slope_from_the_actor(setup, through_action):
+    # With agent.critic_action_grad False the critics are read as state values on the imagined steps: a slope
+    # of Q in the action alone must leave the actor's update as it is (and change it when True).
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.critic_action_grad": through_action})
+    actors = []
+    for slope in (0.0, 5.0):
+        agent = copy.deepcopy(method)
+        forward = agent.critic.forward
+        agent.critic.forward = lambda feat, action, s=slope, f=forward: f(feat, action) + s * action.sum(-1)
+        torch.manual_seed(0)
+        agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
+        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+    assert torch.equal(actors[0], actors[1]) != through_action
+
+
 def test_imagination_from_the_replay_batch_only(setup, monkeypatch):
     method, expert, replay = setup
     method.cfg = replace(method.cfg, **{"agent.imag_from": "replay"})

@@ -33,6 +33,7 @@ def test_every_preset_and_its_dry_run_are_valid(name):
     ({"eval_deterministic": "yes"}, "eval_deterministic"), ({"method": "ppo"}, "method"),
     ({"wm.lr": 0.0}, "wm.lr"), ({"agent.lam": -0.1}, "agent.lam"), ({"dac.tau": float("inf")}, "dac.tau"),
     ({"bc.batch": 0}, "bc.batch"), ({"agent.reward": "other"}, "agent.reward"),
+    ({"agent.critic_action_grad": False, "agent.actor_objective": "q"}, "agent.critic_action_grad"),
 ])
 def test_a_bad_value_names_its_field(change, field):
     with pytest.raises(ConfigError, match=rf"^{field} "):

@@ -119,6 +119,12 @@ class AgentConfig:
     with gradients through the learnt dynamics, reward and critics. 'q': min_i Q_i(s^t, pi(s^t)) with the
     imagined states detached, so the actor's RL gradient is the critics' action slope alone (DDPG / TD3+BC
     style) and never runs back through the model's dynamics or the discriminator."""
+    critic_action_grad: bool = True
+    """Let the actor's RL gradient run through the critics' action input (paper eq. 12: the values are
+    Q(s^t, a^t) of the actor's own reparameterised actions). False reads the critics with the actions detached,
+    as state values (DreamerV2's V), so an action moves the objective only through the reward and the dynamics:
+    the critics' action slope, which their narrow action coverage leaves to the across-state link between an
+    action and the value (docs/results.md, round 9), no longer steers the actor. Needs actor_objective 'lambda'."""
     bc_loss: Literal["nll", "mse"] = "nll"
     """BC term: 'nll' = -log pi(a^E | s^E) (authors' code); 'mse' = squared error of the actor's mean action."""
     bc_fit_std: bool = False
@@ -591,6 +597,9 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.agent.bc_frame_shift and (cfg.wm.posterior, cfg.wm.agent_feat) != ("image", "stoch"):
         fail("agent.bc_frame_shift", "needs wm.posterior 'image' and wm.agent_feat 'stoch' (a feature of one frame), "
                                      f"got {cfg.wm.posterior!r} / {cfg.wm.agent_feat!r}")
+    if not cfg.agent.critic_action_grad and cfg.agent.actor_objective == "q":
+        fail("agent.critic_action_grad", "False needs agent.actor_objective 'lambda' (with 'q' the critics' action "
+                                         "slope is the actor's whole RL gradient)")
     if cfg.agent.imag_starts and cfg.agent.real_critic_loss:
         fail("agent.imag_starts", "> 0 needs agent.real_critic_loss False (eq. 14 uses the imagined "
                                   "continuation from every real state)")

@@ -191,7 +191,8 @@ class CMIL(Method):
             # One critic forward serves the actor (through the actions) and the critic loss (through the
             # critics' parameters); each backward is restricted to its own module's parameters.
             q_feats = feats.detach() if a.actor_objective == "q" else feats
-            q_imag = self.critic(q_feats, actions)                                   # (2, H+1, N)
+            q_acts = actions if a.critic_action_grad else actions.detach()           # Q as a state value
+            q_imag = self.critic(q_feats, q_acts)                                    # (2, H+1, N)
             q_min = q_imag.min(0).values                                             # V0(s^t) = min_i Q_i
             returns = lambda_returns(reward, q_min, a.gamma, a.lam)                  # eq. 11
             if a.actor_objective == "q":  # the critics' action slope only (no path through the dynamics)
