@@ -121,7 +121,8 @@ def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
     (alpha x the disagreement of the step, normalised as the run normalises it): the direction each part of the
     reward pulls the actor in where eq. 12's gradient reaches the action directly; the mean gap expert - actor;
     and how often each slope's sign points at the expert's action. A reward that reads behaviour slopes towards
-    the expert's action; docs/results.md (round 8) found neither part does."""
+    the expert's action; docs/results.md (round 8) found neither part does. The same for the critics' min Q
+    ('Q_...'): what eq. 12 asks of the action through the critics' action input (round 9)."""
     parts = [episode_features(agent, ep) for ep in expert_eps]
     feat, expert = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     state = {k: torch.cat([p[2][k] for p in parts]) for k in STATE_KEYS}
@@ -135,7 +136,9 @@ def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
     disagreement = agent.wm.imagine_step(state, action, sample=False, head=0)[1]
     if agent.cfg.agent.penalty_norm:
         disagreement = agent.stats["disagreement"].normalize(disagreement)
-    for name, value in (("D", agent.disc_logit(feat, action)), ("penalty", -agent.cfg.agent.alpha * disagreement)):
+    q_min = agent.critic(feat, action).min(0).values  # the critics' own action slope (eq. 12 with critic_action_grad)
+    for name, value in (("D", agent.disc_logit(feat, action)), ("penalty", -agent.cfg.agent.alpha * disagreement),
+                        ("Q", q_min)):
         slope, = torch.autograd.grad(value.sum(), action)
         out[f"D_action/{name}_slope_per_dim"] = slope.mean(0).tolist()
         out[f"D_action/{name}_abs_slope_per_dim"] = slope.abs().mean(0).tolist()

@@ -75,6 +75,7 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     assert 0.0 <= row["fresh/behaviour: expert vs policy, posterior"] <= 1.0
     # ... and what it makes of the action at the expert's states (one slope per action dimension).
     assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
+    assert len(row["D_action/Q_slope_per_dim"]) == 2 and 0.0 <= min(row["D_action/Q_slope_towards_expert_per_dim"]) <= 1.0
     # Which way the RL part of the actor gradient points against the BC part, by parameter group.
     _run("actor_grad_split.py", str(run), "--demos", str(demos), "--updates", "2", "--out", str(tmp_path / "split.json"))
     (split,) = json.loads((tmp_path / "split.json").read_text())["runs"]
