@@ -76,6 +76,14 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     # ... and what it makes of the action at the expert's states (one slope per action dimension).
     assert 0.0 <= row["D_action/zero"] <= 1.0 and len(row["D_action/D_slope_per_dim"]) == len(row["D_action/expert_minus_actor_per_dim"])
     assert len(row["D_action/Q_slope_per_dim"]) == 2 and 0.0 <= min(row["D_action/Q_slope_towards_expert_per_dim"]) <= 1.0
+    # What D and the critics make of one action dimension, split by the expert's value of it.
+    checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    _run("action_dim_probe.py", str(checkpoint), "--run", str(run), "--heldout", str(demos), "--dim", "1",
+         "--split", "0", "--values", "-0.5", "0.5", "--out", str(tmp_path / "dim.json"))
+    (dim_row,) = json.loads((tmp_path / "dim.json").read_text())["rows"]
+    parts = [dim_row[side] for side in ("below", "above") if side in dim_row]
+    assert sum(p["states"] for p in parts) > 0
+    assert all(len(p["Q_slope_per_dim"]) == 2 and "D_logit@-0.5" in p and "Q@0.5" in p for p in parts)
     # Which way the RL part of the actor gradient points against the BC part, by parameter group.
     _run("actor_grad_split.py", str(run), "--demos", str(demos), "--updates", "2", "--out", str(tmp_path / "split.json"))
     (split,) = json.loads((tmp_path / "split.json").read_text())["runs"]
