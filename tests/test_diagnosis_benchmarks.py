@@ -115,6 +115,10 @@ def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
     record = run_record(run)
     assert len(record["evaluation_episodes"]) == len(record["evaluations"]) >= 2
     assert record["evaluation_episodes"][-1] == record["episodes"]
+    # ... and the run's own training episodes, binned by env step: every episode counted once.
+    from cmil.data.episodes import load_episodes
+    curve = record["training_episode_success"]
+    assert sum(n for _, n, _ in curve) == len(load_episodes(run / "episodes")) and all(0 <= s <= 1 for *_, s in curve)
 
 
 def test_closed_loop_error_relabels_with_the_expert(demos, tmp_path):
