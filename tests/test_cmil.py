@@ -288,20 +288,31 @@ def test_shared_critic_forward_gives_the_updates_of_separate_forwards(setup, mon
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _actors_after_sloped_update(method, expert, replay, add_slope) -> list[torch.Tensor]:
+    """The actor's parameters after one update of a copy of `method` patched by `add_slope(agent, slope)`, for a
+    slope of 0 and of 5 (same seed): equal when the patched slope cannot reach the actor."""
+    actors = []
+    for slope in (0.0, 5.0):
+        agent = copy.deepcopy(method)
+        add_slope(agent, slope)
+        torch.manual_seed(0)
+        agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
+        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+    return actors
+
+
 @pytest.mark.parametrize("objective", ["lambda", "q"])
 def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective):
     # 'q': the actor follows the critics' action slope alone; the reward (through the dynamics) moves it only
     # under eq. 12's lambda-return objective.
     method, expert, replay = setup
     method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
-    actors = []
-    for slope in (0.0, 5.0):
-        agent = copy.deepcopy(method)
-        forward = agent.disc.forward  # kept in the graph (x 0) so that the discriminator still has a loss to step
-        agent.disc.forward = lambda feat, action, noise=False, s=slope, f=forward: 0 * f(feat, action) + s * feat.sum(-1)
-        torch.manual_seed(0)
-        agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
-        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+
+    def reward_slope(agent, slope):  # D kept in the graph (x 0) so that it still has a loss to step
+        forward = agent.disc.forward
+        agent.disc.forward = lambda feat, action, noise=False: 0 * forward(feat, action) + slope * feat.sum(-1)
+
+    actors = _actors_after_sloped_update(method, expert, replay, reward_slope)
     assert torch.equal(actors[0], actors[1]) == (objective == "q")
 
 
@@ -311,14 +322,12 @@ def test_critic_action_grad_false_hides_the_critics_action_slope_from_the_actor(
     # of Q in the action alone must leave the actor's update as it is (and change it when True).
     method, expert, replay = setup
     method.cfg = replace(method.cfg, **{"agent.critic_action_grad": through_action})
-    actors = []
-    for slope in (0.0, 5.0):
-        agent = copy.deepcopy(method)
+
+    def critic_action_slope(agent, slope):
         forward = agent.critic.forward
-        agent.critic.forward = lambda feat, action, s=slope, f=forward: f(feat, action) + s * action.sum(-1)
-        torch.manual_seed(0)
-        agent.update(copy.deepcopy(expert), copy.deepcopy(replay))
-        actors.append(torch.cat([p.flatten() for p in agent.actor.parameters()]))
+        agent.critic.forward = lambda feat, action: forward(feat, action) + slope * action.sum(-1)
+
+    actors = _actors_after_sloped_update(method, expert, replay, critic_action_slope)
     assert torch.equal(actors[0], actors[1]) != through_action
 
 
