@@ -23,7 +23,7 @@ import torch
 
 from cmil.data.episodes import load_episodes
 from cmil.runs import source_commit
-from diagnose_cmil import _restore_agent, episode_features
+from diagnose_cmil import _restore_agent, episodes_features
 
 
 def probe(agent, feat: torch.Tensor, expert: torch.Tensor, dim: int, values: list[float]) -> dict:
@@ -62,8 +62,7 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         agent = _restore_agent(args.run, checkpoint, action_dim)
-        parts = [episode_features(agent, ep) for ep in heldout]
-        feat, expert = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        feat, expert, _ = episodes_features(agent, heldout)
         row = {"checkpoint": str(checkpoint)}
         for side, mask in (("below", expert[:, args.dim] < args.split), ("above", expert[:, args.dim] >= args.split)):
             if mask.any():

@@ -32,7 +32,7 @@ from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.methods.cmil import CMIL
 from cmil.runs import source_commit
-from diagnose_cmil import _restore_agent, episode_features
+from diagnose_cmil import _restore_agent, episodes_features
 
 
 def grad_split(agent: CMIL, rl_loss: torch.Tensor, bc_loss: torch.Tensor,
@@ -93,8 +93,7 @@ def action_push(agent: CMIL, episodes: list[dict], sums: dict[str, list[torch.Te
     """Where each part moves the mean actions: the change of the actor's mean action on the demos' states, per action
     dimension, after a step of `step` (in parameter norm) down each part's summed gradient, and that change's
     cosine with the direction from the actor's mean action to the expert's."""
-    feats, actions = zip(*(episode_features(agent, ep)[:2] for ep in episodes), strict=True)
-    feat, expert = torch.cat(feats), torch.cat(actions)
+    feat, expert, _ = episodes_features(agent, episodes)
     mean = agent.actor(feat).mean
     out = {}
     for name, grads in sums.items():

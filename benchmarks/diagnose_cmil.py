@@ -83,6 +83,13 @@ def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple
     return wm.agent_feat(post), action[0, 1:], post
 
 
+def episodes_features(agent: CMIL, episodes: list[dict]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`episode_features` of several episodes, concatenated over their frames: features, actions, states."""
+    parts = [episode_features(agent, ep) for ep in episodes]
+    return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+            {k: torch.cat([p[2][k] for p in parts]) for k in STATE_KEYS})
+
+
 @torch.no_grad()
 def action_error(agent: CMIL, episodes: list[dict], acting: bool = False) -> float:
     """Mean over episodes of the actor's mean action's squared error per dimension against the expert's, on
@@ -123,9 +130,7 @@ def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
     and how often each slope's sign points at the expert's action. A reward that reads behaviour slopes towards
     the expert's action; docs/results.md (round 8) found neither part does. The same for the critics' min Q
     ('Q_...'): what eq. 12 asks of the action through the critics' action input (round 9)."""
-    parts = [episode_features(agent, ep) for ep in expert_eps]
-    feat, expert = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    state = {k: torch.cat([p[2][k] for p in parts]) for k in STATE_KEYS}
+    feat, expert, state = episodes_features(agent, expert_eps)
     with torch.no_grad():
         mean = agent.actor(feat).mean
         prob = {name: float(torch.sigmoid(agent.disc_logit(feat, act)).mean()) for name, act in
