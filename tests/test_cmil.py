@@ -152,6 +152,22 @@ def test_bc_loss_can_shape_the_world_model(setup):
     torch.testing.assert_close(actor0, actor1)  # the actor's own BC step is unchanged
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_frozen_representation_trains_only_in_pretraining(setup, freeze):
+    # wm.freeze_representation: the encoder and the posterior layers learn in pretraining and stay as they are
+    # online, while the rest of the world model (here the decoder) keeps learning.
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"wm.freeze_representation": freeze})
+    flat = lambda params: torch.cat([p.detach().flatten() for p in params])  # noqa: E731
+    before = flat(method.wm.representation_parameters())
+    method.pretrain(expert, lambda n: None)
+    pretrained, decoder = flat(method.wm.representation_parameters()), flat(method.wm.decoder.parameters())
+    assert not torch.equal(before, pretrained)
+    method.update(expert, replay)
+    assert torch.equal(pretrained, flat(method.wm.representation_parameters())) == freeze
+    assert not torch.equal(decoder, flat(method.wm.decoder.parameters()))
+
+
 @pytest.mark.parametrize("carry", [True, False])
 def test_recurrent_state_carried_between_batches(setup, carry, monkeypatch):
     method, expert, replay = setup

@@ -91,6 +91,45 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     assert split["bc_norm_mean_rows"] > 0 and split["updates"] == 2
     assert len(split["push_rl_per_dim"]) == len(split["push_bc_per_dim"]) == 2   # the point task's actions
     assert -1.0 <= split["push_bc_cos_to_expert"] <= 1.0
+    # A fresh actor fitted by BC on the checkpoint's frozen world model, beside the run's own policy.
+    _run("refit_probe.py", str(checkpoint), "--run", str(run), "--demos", str(demos), "--heldout", str(demos),
+         "--updates", "3", "--episodes", "1", "--refit-seeds", "0", "1", "--out", str(tmp_path / "refit.json"))
+    (refit,) = json.loads((tmp_path / "refit.json").read_text())["rows"]
+    assert refit["checkpoint"] == checkpoint.name and 0.0 <= refit["own_success"] <= 1.0
+    assert [r["seed"] for r in refit["refits"]] == [0, 1] and all(r["action_mse_heldout"] > 0 for r in refit["refits"])
+
+
+def test_refit_changes_only_the_actor(demos, tmp_path):
+    """refit_probe.refit_actor re-initialises and trains the actor; the world model stays as it was, and the
+    acting (EMA) policy is the refitted actor on that world model."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from diagnose_cmil import _restore_agent
+        from refit_probe import refit_actor
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import torch
+
+    from cmil.cli import main
+    from cmil.data.episodes import load_episodes
+    from cmil.data.replay import SequenceReplay
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "20",
+                 "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(run)]) == 0
+    agent = _restore_agent(run, sorted((run / "checkpoints").glob("step_*.pt"))[-1], 2)
+    expert = SequenceReplay(agent.cfg.seq_len, seed=0)
+    for ep in load_episodes(demos):
+        expert.add_episode(ep)
+    wm_before = {k: v.clone() for k, v in agent.wm.state_dict().items()}
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    refit_actor(agent, expert, updates=2, seed=0)
+    assert all(torch.equal(v, agent.wm.state_dict()[k]) for k, v in wm_before.items())
+    assert not any(torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters(), strict=True))
+    acting = agent.policy_ema.module
+    assert all(torch.equal(a, b) for a, b in zip(acting["wm"].parameters(), agent.wm.parameters(), strict=True))
+    # two updates of the average after a copy: between the first refitted weights and the live ones, not the old actor
+    assert not any(torch.equal(a, b) for a, b in zip(acting["actor"].parameters(), actor_before, strict=True))
 
 
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):

@@ -72,6 +72,12 @@ class WorldModelConfig:
     fitted to ~1,000 demo frames learns to read; the mean keeps what the image told the model. 'stoch' = the
     mean alone, without h_t: with posterior 'image', the agent then reads the current frame as pixel BC does
     (and in imagination the prior's prediction of it)."""
+    freeze_representation: bool = False
+    """After pretraining, stop training the path from an image to the posterior (the encoder and the posterior
+    layers); the dynamics, the prior heads and the decoder keep learning from the online data. Off in the
+    authors' code. Issue 9, round 10: on the `long` preset a fresh actor fitted by BC to the world model's
+    frozen features acts worse the later the checkpoint (docs/results.md), so the representation the actor
+    reads drifts away from what BC needs as the replay fills with the policy's own states."""
     carry_state: bool = True
     """Start each training batch from the last posterior state of the previous one (detached), as the
     authors' code does; `is_first` still resets it at episode starts. False starts every window from zeros."""
@@ -602,6 +608,9 @@ def validate(cfg: Config, where: str = "") -> None:
     if not cfg.agent.critic_action_grad and cfg.agent.actor_objective == "q":
         fail("agent.critic_action_grad", "False needs agent.actor_objective 'lambda' (with 'q' the critics' action "
                                          "slope is the actor's whole RL gradient)")
+    if cfg.wm.freeze_representation and (cfg.method != "cmil" or cfg.pretrain_updates + cfg.pretrain_bc_updates == 0):
+        fail("wm.freeze_representation", "needs a pretrained representation (CMIL with pretrain_updates or "
+                                         "pretrain_bc_updates > 0): it would freeze a random encoder")
     if cfg.agent.imag_starts and cfg.agent.real_critic_loss:
         fail("agent.imag_starts", "> 0 needs agent.real_critic_loss False (eq. 14 uses the imagined "
                                   "continuation from every real state)")

@@ -82,6 +82,7 @@ class CMIL(Method):
         self.policy_ema = (AveragedModel(self._acting, multi_avg_fn=get_ema_multi_avg_fn(a.policy_ema), use_buffers=True)
                            if a.policy_ema else None)
         self._diag: dict[str, list[float]] = defaultdict(list)
+        self._pretraining = False   # wm.freeze_representation stops the representation's training after it
         self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
     # --- plumbing -------------------------------------------------------------------------
@@ -109,12 +110,14 @@ class CMIL(Method):
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5)."""
         metrics: dict[str, float] = {}
+        self._pretraining = True
         for _ in range(self.cfg.pretrain_updates):
             metrics = self.update(expert, expert)
             progress(1)
         for _ in range(self.cfg.pretrain_bc_updates):
             metrics = self.update(expert, expert, agent=False)
             progress(1)
+        self._pretraining = False
         return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
 
     # --- the update -----------------------------------------------------------------------
@@ -160,8 +163,7 @@ class CMIL(Method):
             embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
             m["model/embed_bc_loss"] = embed_bc.item()
-        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, [p for g in self.wm_opt.param_groups for p in g["params"]],
-                                     cfg.wm.grad_clip)
+        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
@@ -250,6 +252,15 @@ class CMIL(Method):
                     "model/imag_disagreement", "train/q_mean", "train/actor_std", "train/bc_loss"):
             self._diag[key].append(m[key])
         return m
+
+    def _wm_trained_parameters(self) -> list[nn.Parameter]:
+        """What the world-model step trains: all of its optimiser's parameters, less the representation's once
+        pretraining is over with wm.freeze_representation (they then get no gradient, so no step and no decay)."""
+        params = [p for g in self.wm_opt.param_groups for p in g["params"]]
+        if self.cfg.wm.freeze_representation and not self._pretraining:
+            frozen_ids = {id(p) for p in self.wm.representation_parameters()}
+            params = [p for p in params if id(p) not in frozen_ids]
+        return params
 
     def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the

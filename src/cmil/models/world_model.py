@@ -105,6 +105,10 @@ class WorldModel(nn.Module):
         self.agent_feat_dim = S if cfg.agent_feat == "stoch" else S + D
         self.optimizer: torch.optim.Optimizer | None = None
 
+    def representation_parameters(self) -> list[nn.Parameter]:
+        """The path from an image to the posterior: the encoder and the posterior layers."""
+        return [*self.encoder.parameters(), *self.post_hidden.parameters(), *self.post_out.parameters()]
+
     @property
     def device(self) -> torch.device:
         return self.post_out.weight.device
