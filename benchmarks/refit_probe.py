@@ -28,6 +28,7 @@ from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate
+from cmil.launch import load_config
 from cmil.methods.cmil import CMIL, _adam, _step
 from cmil.models.world_model import _shift_sequences
 from cmil.runs import source_commit
@@ -81,12 +82,13 @@ def main() -> None:
     torch.set_num_threads(1)
     heldout = load_episodes(args.heldout)
     action_dim = heldout[0]["action"].shape[-1]
+    cfg = load_config(args.run / "config.yaml")   # every checkpoint is the same run's
+    env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)   # each rollout reseeds it per episode
+    demos = load_episodes(args.demos, cfg.image_size, action_dim, limit=cfg.num_demos)
     rows, commit = [], source_commit()
     for checkpoint in args.checkpoints:
-        agent = _restore_agent(args.run, checkpoint, action_dim)
-        cfg = agent.cfg
-        env = make_env(cfg.task, seed=cfg.seed, image_size=cfg.image_size)
-        demos = load_episodes(args.demos, cfg.image_size, action_dim, limit=cfg.num_demos)
+        agent = _restore_agent(args.run, checkpoint, action_dim, cfg)
+        # A fresh demo replay per checkpoint: each refit draws the same batches whatever the checkpoints' order.
         expert = SequenceReplay(cfg.seq_len, seed=cfg.seed, cover_edges=cfg.cover_edges)
         for ep in demos:
             expert.add_episode(ep)
@@ -100,9 +102,9 @@ def main() -> None:
                                   "success": demo_success_rate(rollouts(env, agent, args.episodes, cfg.eval_deterministic))})
         row["refit_success_mean"] = float(np.mean([r["success"] for r in row["refits"]]))
         row["wall_s"] = round(time.time() - start)
-        env.close()
         rows.append(row)
         print(json.dumps(row), flush=True)
+    env.close()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"run": str(args.run), "commit": commit, "updates": args.updates,
