@@ -97,6 +97,13 @@ def test_checkpoint_errors_of_a_trained_run(demos, tmp_path):
     (refit,) = json.loads((tmp_path / "refit.json").read_text())["rows"]
     assert refit["checkpoint"] == checkpoint.name and 0.0 <= refit["own_success"] <= 1.0
     assert [r["seed"] for r in refit["refits"]] == [0, 1] and all(r["action_mse_heldout"] > 0 for r in refit["refits"])
+    # What pulls the representation, loss term by loss term (the dry run's BC shaping weight is the preset's).
+    _run("representation_grads.py", str(checkpoint), "--run", str(run), "--demos", str(demos), "--batches", "1",
+         "--out", str(tmp_path / "grads.json"))
+    (grads,) = json.loads((tmp_path / "grads.json").read_text())["rows"]
+    assert grads["replay_episodes"] > 0
+    assert all(grads[f"norm {k}"] > 0 for k in ("expert/recon", "replay/recon", "expert/bc"))
+    assert all(-1.0 <= grads[f"cos {k}, bc"] <= 1.0 for k in ("expert/recon", "expert/kl", "replay/recon", "replay/kl"))
 
 
 def test_refit_changes_only_the_actor(demos, tmp_path):

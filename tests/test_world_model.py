@@ -75,6 +75,14 @@ def test_shapes_of_every_method(wm):
     assert {"model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
             "model/post_std"} <= set(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
+    # The terms the loss sums, as the logged metrics report them (kl times kl_scale).
+    torch.manual_seed(3)
+    terms, _, terms_metrics = wm.loss_terms(batch)
+    torch.manual_seed(3)
+    total = wm.loss(batch)[0]
+    assert set(terms) == {"recon", "kl"} and torch.allclose(terms["recon"] + terms["kl"], total)
+    assert terms["recon"].item() == pytest.approx(terms_metrics["model/recon"], rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(wm.cfg.kl_scale * terms_metrics["model/kl"], rel=1e-5)
     assert wm.open_loop(batch, context=2).shape == (B, T, 3, 64, 64)
 
 

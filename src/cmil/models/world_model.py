@@ -342,13 +342,20 @@ class WorldModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor], state: State | None = None
              ) -> tuple[torch.Tensor, State, dict[str, float]]:
+        """The world-model loss (eq. 1) on a batch: the sum of `loss_terms`. Returns (loss, post, metrics)."""
+        terms, post, metrics = self.loss_terms(batch, state)
+        return terms["recon"] + terms["kl"], post, metrics
+
+    def loss_terms(self, batch: dict[str, torch.Tensor], state: State | None = None
+                   ) -> tuple[dict[str, torch.Tensor], State, dict[str, float]]:
         """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)},
         filtered from `state` (zeros if None).
 
-        loss = reconstruction + kl_scale * KL. Reconstruction is the Normal(mean, 1) negative
+        Terms: 'recon' and 'kl' (already times kl_scale), kept apart for diagnoses that split the
+        gradient by term (benchmarks/representation_grads.py). Reconstruction is the Normal(mean, 1) negative
         log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
         and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
-        dynamics see a consistent scene). Returns (loss, post, metrics); post keeps its graph (detach it
+        dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
         for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from, and
         'prior_feat' (B, T, F), the detached agent features of the one-step prior predictions of each frame.
         """
@@ -364,14 +371,14 @@ class WorldModel(nn.Module):
         target = to_unit_range(subpixel_layout(image))
         recon = _HalfSquaredError.apply(pred, target) / (B * T)
         kl, kl_raw = self.kl_loss(post, prior)
-        loss = recon + self.cfg.kl_scale * kl
         values = torch.stack([recon.detach(), kl.detach(), kl_raw, prior["disagreement"].mean(),
                               prior["std"].detach().mean(), post["std"].detach().mean()]).tolist()
         keys = ("model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
                 "model/post_std")
         metrics = dict(zip(keys, values, strict=True))
         metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
-        return loss, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
+        terms = {"recon": recon, "kl": self.cfg.kl_scale * kl}
+        return terms, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
