@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--task", default=PRESETS["default"].task)
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
                         help="cmil train's preset for every run (e.g. 'long': the same recipe, 100K env steps)")
-    parser.add_argument("--methods", nargs="+", default=["bc", "vmail", "cmil"])
+    parser.add_argument("--methods", nargs="*", default=["bc", "vmail", "cmil"],
+                        help="methods with their preset's settings ('--methods' alone: only the --variant runs)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:FIELD=VALUE,...]",
                         help="a method with its own overrides, e.g. cmil-alpha0=cmil:agent.alpha=0")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -56,6 +57,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     overrides = flags(args.set)
     kinds = {m: (m, []) for m in args.methods} | dict(parse_variant(v) for v in args.variant)
+    if not kinds:
+        parser.error("nothing to run: name --methods or a --variant")
     commit = source_commit()
 
     def run(label: str, seed: int) -> tuple[str, int, float]:
