@@ -61,12 +61,12 @@ def summarise(grads: dict[str, torch.Tensor]) -> dict[str, float]:
     row = {f"norm {k}": round(g.norm().item(), 3) for k, g in grads.items()}
     bc = grads.get("expert/bc")
     if bc is not None:
-        model = [g for k, g in grads.items() if k != "expert/bc"]
-        for k, g in grads.items():
-            if k != "expert/bc":
-                row[f"cos {k}, bc"] = round(torch.cosine_similarity(g, bc, 0).item(), 3)
-        row["cos model, bc"] = round(torch.cosine_similarity(sum(model), bc, 0).item(), 3)
-        row["norm model"] = round(sum(model).norm().item(), 3)
+        model = {k: g for k, g in grads.items() if k != "expert/bc"}
+        for k, g in model.items():
+            row[f"cos {k}, bc"] = round(torch.cosine_similarity(g, bc, 0).item(), 3)
+        model_sum = sum(model.values())
+        row["cos model, bc"] = round(torch.cosine_similarity(model_sum, bc, 0).item(), 3)
+        row["norm model"] = round(model_sum.norm().item(), 3)
     return row
 
 
