@@ -13,7 +13,8 @@ from torch import nn
 
 from cmil import precision
 from cmil.config import WorldModelConfig
-from cmil.models.networks import ConvEncoder, LayerNormGRUCell, mlp
+from cmil.models import networks
+from cmil.models.networks import ConvDecoder, ConvEncoder, LayerNormGRUCell, mlp
 from cmil.models.world_model import WorldModel
 from cmil.precision import resolve_precision, use_precision
 
@@ -40,7 +41,7 @@ def _dtypes_inside(module: nn.Module, x: torch.Tensor) -> tuple[set[torch.dtype]
     """dtypes of every Linear/Conv output inside `module`, and the dtype of its output."""
     seen: set[torch.dtype] = set()
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
-             for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+             for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
     out = module(x)
     for h in hooks:
         h.remove()
@@ -61,6 +62,33 @@ def test_regions_run_bf16_only_inside_use_precision_and_return_fp32(make):
     with pytest.raises(ValueError, match="resolved"):
         with use_precision("auto"):
             pass
+
+
+def test_decoder_runs_its_last_layer_in_fp32_on_the_cpu_under_bf16(monkeypatch):
+    """oneDNN's bf16 backward of the last sub-pixel conv is slower than fp32: under bf16 on the CPU the middle
+    transposed convs run in bf16 and the last one in fp32, and the images stay close to fp32's."""
+    torch.manual_seed(0)
+    decoder, feat = ConvDecoder(12, depth=4), torch.randn(3, 12)
+    last_inputs: list[tuple[torch.dtype, bool]] = []
+    subpixel = networks.conv_transpose_subpixel
+
+    def spy(x, layer, interleave=True):
+        last_inputs.append((x.dtype, torch.is_autocast_enabled("cpu")))
+        return subpixel(x, layer, interleave)
+
+    monkeypatch.setattr(networks, "conv_transpose_subpixel", spy)
+    ref = decoder(feat)
+    with use_precision("bf16"):
+        middle, out = _dtypes_inside(decoder, feat)
+    assert middle == {torch.bfloat16} and out == torch.float32
+    assert last_inputs == [(torch.float32, False), (torch.float32, False)]
+    torch.testing.assert_close(decoder(feat), ref)
+    with use_precision("bf16"):
+        torch.testing.assert_close(decoder(feat), ref, atol=0.05, rtol=0.05)
+    assert not precision.cpu_fp32_inside_region(feat)  # outside a bf16 block: nothing to undo
+    with use_precision("bf16"):
+        assert precision.cpu_fp32_inside_region(feat)
+        assert not precision.cpu_fp32_inside_region(torch.empty(1, device="meta"))  # other devices keep bf16
 
 
 def test_gru_cell_runs_under_autocast_and_keeps_its_state_fp32():

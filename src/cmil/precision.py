@@ -89,3 +89,12 @@ def autocast_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     if not _bf16_active:
         return contextlib.nullcontext()
     return torch.autocast(x.device.type, dtype=torch.bfloat16)
+
+
+def cpu_fp32_inside_region(x: torch.Tensor) -> bool:
+    """Whether a layer inside an autocast region should run in float32 instead: on a CPU in a bf16 block.
+
+    For layers whose oneDNN bf16 kernels are slower than fp32 on the CPU (the decoder's last, 12-output
+    sub-pixel conv: its bf16 backward is 1.6x slower, docs/performance.md); on CUDA bf16 stays. The caller
+    wraps the layer in `torch.autocast("cpu", enabled=False)` and casts its input to float32."""
+    return _bf16_active and x.device.type == "cpu"
