@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from cmil.models.actor_critic import Actor, Discriminator, TruncNormal, TwinQ, frozen, lambda_returns
@@ -73,3 +74,27 @@ def test_frozen_passes_input_gradients_but_not_parameter_gradients():
     assert net.weight.grad is None and x.grad is not None
     assert net.weight.requires_grad
     assert math.isfinite(x.grad.sum().item())
+
+
+def test_actor_heads_average_independent_mlps_and_one_head_is_the_plain_actor():
+    torch.manual_seed(0)
+    single = Actor(6, 3, 2, 8)
+    assert list(single.state_dict()) == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
+                                         "net.4.weight", "net.4.bias"]  # checkpoints of one-head actors load
+    feat = torch.randn(5, 6)
+    dist, means = single.with_head_means(feat)
+    raw_mean, _ = single.net(feat).chunk(2, -1)
+    assert means.shape == (1, 5, 3) and torch.equal(dist.mean, torch.tanh(raw_mean))
+
+    ensemble = Actor(6, 3, 2, 8, heads=4)
+    dist, means = ensemble.with_head_means(feat)
+    assert means.shape == (4, 5, 3)
+    assert torch.allclose(dist.mean, means.mean(0)) and torch.allclose(ensemble(feat).mean, dist.mean)
+    assert not torch.allclose(means[0], means[1])  # independently initialised heads
+    assert 0.1 <= dist.std.min() and dist.std.max() <= 1.1
+    with torch.no_grad():
+        for net in ensemble.net[1:]:  # heads that agree give that head's policy
+            net.load_state_dict(ensemble.net[0].state_dict())
+    assert torch.allclose(ensemble(feat).mean, means[0])
+    with pytest.raises(ValueError, match="head"):
+        Actor(6, 3, 2, 8, heads=0)

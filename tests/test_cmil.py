@@ -1,6 +1,7 @@
 """CMIL's update pieces: the reward of eq. 10, no penalty on real data, targets, the BC term."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -240,6 +241,25 @@ def test_mse_bc_fits_the_std_only_with_bc_fit_std(setup):
         method.actor.zero_grad()
         method.bc_loss(feat, action, shaping=True).backward()
         assert method.actor.net[-1].weight.grad[2:].abs().sum() == 0
+
+
+def test_mse_bc_fits_every_actor_head_on_its_own(setup):
+    """agent.actor_heads: the MSE term is the mean of each head's squared error (not the error of their
+    average), so that every head is a BC policy; the policy is their average and a full update runs."""
+    method, expert, replay = setup
+    cfg = replace(method.cfg, **{"agent.bc_loss": "mse", "agent.bc_fit_std": False, "agent.actor_heads": 3})
+    torch.manual_seed(0)
+    method = CMIL(cfg, 2, torch.device("cpu"))
+    assert len(method.actor.net) == 3
+    feat, action = torch.randn(6, method.wm.agent_feat_dim), torch.rand(6, 2) * 2 - 1
+    dist, means = method.actor.with_head_means(feat)
+    expected = torch.stack([(m - action).pow(2).sum(-1).mean() for m in means]).mean()
+    torch.testing.assert_close(method.bc_loss(feat, action), expected)
+    assert not torch.allclose(expected, (dist.mean - action).pow(2).sum(-1).mean())
+    method.bc_loss(feat, action).backward()
+    assert all(net[-1].weight.grad.abs().sum() > 0 for net in method.actor.net)
+    metrics = method.update(expert, replay)
+    assert all(math.isfinite(v) for v in metrics.values())
 
 
 def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(setup):

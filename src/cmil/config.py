@@ -105,6 +105,11 @@ class AgentConfig:
     """Hidden layers of the actor MLP."""
     actor_units: int = 400
     """Units per actor hidden layer."""
+    actor_heads: int = 1
+    """Independently initialised actor MLPs whose means (and stds) are averaged into the policy; with bc_loss
+    'mse' the BC term fits each head's mean on its own, so the average is an ensemble of BC policies (less
+    variance between initialisations, against the closed-loop drift of docs/results.md round 6). 1 = one
+    actor (authors' code)."""
     critic_layers: int = 4
     """Hidden layers of each Q critic MLP."""
     critic_units: int = 400
@@ -540,7 +545,8 @@ AT_LEAST_ONE = {
     "final_eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints", "bc.steps", "bc.batch",
     "bc.cnn_depth", "bc.units",
     "wm.deter", "wm.hidden", "wm.stoch", "wm.ensemble", "wm.cnn_depth",
-    "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.critic_layers",
+    "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.actor_heads",
+    "agent.critic_layers",
     "agent.critic_units", "agent.horizon", "agent.target_update_every",
     "dac.feature_dim", "dac.cnn_depth", "dac.hidden", "dac.layers", "dac.batch_size"}
 AT_LEAST_ZERO = {

@@ -59,7 +59,8 @@ class CMIL(Method):
                              "set agent.imag_starts 0 or agent.real_critic_loss False")
         self.wm = WorldModel(action_dim, cfg.wm, cfg.image_size).to(device)
         feat = self.wm.agent_feat_dim
-        self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std).to(device)
+        self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std,
+                           a.actor_heads).to(device)
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
         self.disc_action_dim = action_dim if a.disc_action else 0   # agent.disc_action: D reads (s, a) or s
         self.disc = Discriminator(feat, self.disc_action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
@@ -277,11 +278,12 @@ class CMIL(Method):
         (plus, with agent.bc_fit_std, the NLL of the std around the detached mean; not when `shaping` the
         world model, which should learn only what predicts the action)."""
         a = self.cfg.agent
-        dist = self.actor(feat)
+        dist, head_means = self.actor.with_head_means(feat)
         target = action.clamp(-1 + 1e-4, 1 - 1e-4)
         if a.bc_loss == "nll":
             return -dist.log_prob(target).mean()
-        loss = (dist.mean - action).pow(2).sum(-1).mean()
+        # Every head fits the expert's action on its own (agent.actor_heads; one head: the actor's mean).
+        loss = (head_means - action).pow(2).sum(-1).mean()
         if a.bc_fit_std and not shaping:
             loss = loss - TruncNormal(dist.mean.detach(), dist.std).log_prob(target).mean()
         return loss

@@ -60,16 +60,32 @@ class TruncNormal:
 
 
 class Actor(nn.Module):
-    """pi(a | feat): MLP -> truncated normal with mean tanh(.) and std in [min_std, 1 + min_std]."""
+    """pi(a | feat): MLP -> truncated normal with mean tanh(.) and std in [min_std, 1 + min_std].
 
-    def __init__(self, feat_dim: int, action_dim: int, layers: int, units: int, min_std: float = 0.1):
+    With `heads` > 1 the actor is an ensemble of that many independently initialised MLPs whose means and
+    stds are averaged into one distribution (what acts, imagines and gets the RL gradient); `with_head_means`
+    also returns each head's mean, so that BC can fit every head on its own and the average is an ensemble
+    of BC policies (agent.actor_heads)."""
+
+    def __init__(self, feat_dim: int, action_dim: int, layers: int, units: int, min_std: float = 0.1,
+                 heads: int = 1):
         super().__init__()
-        self.net = mlp(feat_dim, 2 * action_dim, layers, units)
-        self.min_std = min_std
+        if heads < 1:
+            raise ValueError(f"an actor needs at least one head, got heads={heads}")
+        # One head keeps the plain MLP (and its checkpoint keys, `net.*`).
+        self.net = (mlp(feat_dim, 2 * action_dim, layers, units) if heads == 1 else
+                    nn.ModuleList(mlp(feat_dim, 2 * action_dim, layers, units) for _ in range(heads)))
+        self.heads, self.min_std = heads, min_std
+
+    def with_head_means(self, feat: torch.Tensor) -> tuple[TruncNormal, torch.Tensor]:
+        """The policy's distribution and every head's mean, stacked first: (heads, ..., action_dim)."""
+        nets = [self.net] if self.heads == 1 else self.net
+        mean, std = torch.stack([net(feat) for net in nets]).chunk(2, -1)
+        mean, std = torch.tanh(mean), torch.sigmoid(std + 2.0) + self.min_std
+        return TruncNormal(mean.mean(0), std.mean(0)), mean
 
     def forward(self, feat: torch.Tensor) -> TruncNormal:
-        mean, std = self.net(feat).chunk(2, -1)
-        return TruncNormal(torch.tanh(mean), torch.sigmoid(std + 2.0) + self.min_std)
+        return self.with_head_means(feat)[0]
 
 
 class TwinQ(nn.Module):
