@@ -79,8 +79,8 @@ class Actor(nn.Module):
 
     def with_head_means(self, feat: torch.Tensor) -> tuple[TruncNormal, torch.Tensor]:
         """The policy's distribution and every head's mean, stacked first: (heads, ..., action_dim)."""
-        nets = [self.net] if self.heads == 1 else self.net
-        mean, std = torch.stack([net(feat) for net in nets]).chunk(2, -1)
+        out = self.net(feat)[None] if self.heads == 1 else torch.stack([net(feat) for net in self.net])
+        mean, std = out.chunk(2, -1)
         mean, std = torch.tanh(mean), torch.sigmoid(std + 2.0) + self.min_std
         return TruncNormal(mean.mean(0), std.mean(0)), mean
 
