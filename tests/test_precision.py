@@ -85,10 +85,13 @@ def test_decoder_runs_its_last_layer_in_fp32_on_the_cpu_under_bf16(monkeypatch):
     torch.testing.assert_close(decoder(feat), ref)
     with use_precision("bf16"):
         torch.testing.assert_close(decoder(feat), ref, atol=0.05, rtol=0.05)
-    assert not precision.cpu_fp32_inside_region(feat)  # outside a bf16 block: nothing to undo
+    dtype_seen = lambda t: t.dtype  # noqa: E731
+    half = feat.bfloat16()
+    assert precision.fp32_on_cpu(dtype_seen, half) == torch.bfloat16  # outside a bf16 block: nothing to undo
     with use_precision("bf16"):
-        assert precision.cpu_fp32_inside_region(feat)
-        assert not precision.cpu_fp32_inside_region(torch.empty(1, device="meta"))  # other devices keep bf16
+        assert precision.fp32_on_cpu(dtype_seen, half) == torch.float32
+        meta = torch.empty(1, device="meta", dtype=torch.bfloat16)
+        assert precision.fp32_on_cpu(dtype_seen, meta) == torch.bfloat16  # other devices keep bf16
 
 
 def test_gru_cell_runs_under_autocast_and_keeps_its_state_fp32():

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -91,10 +91,12 @@ def autocast_region(x: torch.Tensor) -> contextlib.AbstractContextManager:
     return torch.autocast(x.device.type, dtype=torch.bfloat16)
 
 
-def cpu_fp32_inside_region(x: torch.Tensor) -> bool:
-    """Whether a layer inside an autocast region should run in float32 instead: on a CPU in a bf16 block.
+def fp32_on_cpu(layer: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """`layer(x, ...)` in float32 when inside a bf16 block on the CPU, as is elsewhere (CUDA keeps bf16).
 
     For layers whose oneDNN bf16 kernels are slower than fp32 on the CPU (the decoder's last, 12-output
-    sub-pixel conv: its bf16 backward is 1.6x slower, docs/performance.md); on CUDA bf16 stays. The caller
-    wraps the layer in `torch.autocast("cpu", enabled=False)` and casts its input to float32."""
-    return _bf16_active and x.device.type == "cpu"
+    sub-pixel conv: its bf16 backward is 1.6x slower, docs/performance.md)."""
+    if not (_bf16_active and x.device.type == "cpu"):
+        return layer(x, *args, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return layer(x.float(), *args, **kwargs)

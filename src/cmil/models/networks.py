@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmil.precision import autocast_region, cpu_fp32_inside_region
+from cmil.precision import autocast_region, fp32_on_cpu
 
 
 class MLP(nn.Sequential):
@@ -174,11 +174,8 @@ class ConvDecoder(nn.Module):
             x = nn.functional.elu(conv_transpose_stem(x, first), inplace=True)
             for layer in middle:
                 x = nn.functional.elu(layer(x.contiguous(memory_format=torch.channels_last)), inplace=True)
-            if cpu_fp32_inside_region(x):  # oneDNN's bf16 backward of this layer is slower than fp32
-                with torch.autocast("cpu", enabled=False):
-                    x = conv_transpose_subpixel(x.float(), last, interleave=not subpixel)
-            else:
-                x = conv_transpose_subpixel(x, last, interleave=not subpixel)
+            # fp32 on the CPU under bf16: oneDNN's bf16 backward of this layer is slower than fp32's
+            x = fp32_on_cpu(conv_transpose_subpixel, x, last, interleave=not subpixel)
         return x.to(feat.dtype).reshape(*lead, *x.shape[1:])
 
 
