@@ -345,8 +345,13 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / (f"update_speed_{args.device}"
                                                      + ("_vs_baseline" if args.baseline_src else "") + ".json")
-    out.write_text(json.dumps({"argv": sys.argv[1:], "ratio_of": key, "records": records, "ratios": summary},
-                              indent=1) + "\n")
+    from cmil.runs import source_commit  # here, not at the top: the baseline's children import this script
+
+    commits = {"commit": source_commit()}
+    if args.baseline_src:
+        commits["baseline_commit"] = source_commit(Path(args.baseline_src).resolve())
+    out.write_text(json.dumps({"argv": sys.argv[1:], **commits, "ratio_of": key, "records": records,
+                               "ratios": summary}, indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -16,7 +16,10 @@ def test_benchmark_writes_records_with_flops_peaks_and_phases(tmp_path):
     subprocess.run([sys.executable, str(SCRIPT), "--presets", "tiny", "--methods", "cmil", "dac", "bc",
                     "--precision", precision, "--updates", "2", "--warmup", "1", "--out", str(out)],
                    check=True, capture_output=True, text=True)
-    records = {r["method"]: r for r in json.loads(out.read_text())["records"]}
+    result = json.loads(out.read_text())
+    from cmil.runs import source_commit
+    assert result["commit"] == source_commit() and "baseline_commit" not in result  # names the code it timed
+    records = {r["method"]: r for r in result["records"]}
     assert set(records) == {"cmil", "dac", "bc"}
     for rec in records.values():
         assert rec["precision"] == precision and rec["threads"] == 1 and len(rec["times"]) == 2

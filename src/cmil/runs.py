@@ -39,12 +39,13 @@ def default_run_dir(cfg: Config, root: str = "runs") -> Path:
     return Path(root) / f"{task_slug(cfg.task)}__{cfg.method}__seed{cfg.seed}__{stamp}"
 
 
-def source_commit() -> str:
-    """Short git commit of the checkout this `cmil` is imported from ('unknown' outside a git checkout), so
-    that benchmark results name the code that produced them whatever the working directory."""
+def source_commit(directory: Path | None = None) -> str:
+    """Short git commit of the checkout this `cmil` is imported from, or of the one holding `directory`
+    ('unknown' outside a git checkout), so that benchmark results name the code that produced them whatever
+    the working directory."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+                              cwd=directory or Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
