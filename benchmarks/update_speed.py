@@ -20,7 +20,9 @@ Data are synthetic uint8 episodes (the update's cost does not depend on the pixe
 rendering + acting), the env step timed on the preset's task in the same process.
 
 With `--baseline-src OLD/src` every case also runs against an older checkout of cmil (always fp32),
-the two alternating A B A B in fresh processes, and old/new ratios are reported pair by pair.
+the two alternating A B A B in fresh processes, and old/new ratios are reported pair by pair. Each side
+runs as its commit's `cmil` command does: the new code with the glibc malloc settings of
+`cmil.allocator` (`--malloc default` leaves them out, to measure their effect), the baseline without.
 
     python benchmarks/update_speed.py --presets default --threads 1                # CPU, one thread
     python benchmarks/update_speed.py --presets default dv2 paper --precision fp32 bf16 --updates 2
@@ -266,11 +268,17 @@ def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, 
         cmd.append("--compile")
     if not args.flops:
         cmd.append("--no-flops")
-    env = {**os.environ, "PYTHONPATH": src}
+    # The new code runs as the `cmil` command runs it (with its malloc settings unless `--malloc default`);
+    # a baseline as its own commit ran, without them.
+    from cmil import allocator  # the driver's (new) cmil; a baseline child may predate the module
+
+    tuned = not baseline and args.malloc == "tuned"
+    env = allocator.tuned_environ(os.environ) if tuned else allocator.plain_environ(os.environ)
+    env["PYTHONPATH"] = src
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "malloc_tuned": allocator.is_tuned(env)}
 
 
 def line(rec: dict) -> str:
@@ -305,6 +313,8 @@ def main() -> None:
     parser.add_argument("--project", action="store_true", help="project the preset's whole run (env steps too)")
     parser.add_argument("--baseline-src", default=None, help="src/ of an older cmil checkout to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="A B rounds per case with --baseline-src")
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                        help="the new code's glibc malloc settings: as `cmil` runs (cmil.allocator) or glibc's own")
     parser.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/update_speed_*.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -1,7 +1,8 @@
 """The update's speed fixes give the old computation's results: each against a reference of the old code.
 
-Sub-pixel loss layout, the disagreement without `std`, fused optimisers, and the head draw kept a
-tensor (so that imagination traces into one graph)."""
+Sub-pixel loss layout, the disagreement without `std`, fused optimisers, the head draw kept a tensor
+(so that imagination traces into one graph), and the image shifts and preprocessing without padded or
+intermediate copies."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from cmil.models.networks import (
     ConvDecoder,
     conv_transpose_subpixel,
     preprocess_image,
+    random_shift,
     subpixel_layout,
     to_unit_range,
 )
-from cmil.models.world_model import WorldModel, _HalfSquaredError
+from cmil.models.world_model import WorldModel, _HalfSquaredError, _shift_sequences
 
 TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
 A = 2
@@ -163,3 +165,45 @@ def test_imagination_traces_without_graph_breaks():
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(rollout)(state, torch.zeros(4, A))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def _pad_and_crop(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, pad: int) -> torch.Tensor:
+    """The old shift: replicate-pad every float image by `pad`, crop each back at its own offset."""
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (x, y) in enumerate(zip(dx.tolist(), dy.tolist(), strict=True))])
+
+
+def _draws(n: int, pad: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    return torch.randint(0, 2 * pad + 1, (n,)), torch.randint(0, 2 * pad + 1, (n,))  # dx, then dy
+
+
+def test_random_shift_equals_replicate_padding_and_cropping():
+    images = torch.randn(6, 5, 64, 64)
+    torch.manual_seed(7)
+    shifted = random_shift(images, pad=4)
+    dx, dy = _draws(6, 4, seed=7)
+    assert (dx != 4).any() and (dy != 4).any()  # the draws do move the images
+    assert torch.equal(shifted, _pad_and_crop(images, dx, dy, 4))
+
+
+def test_sequence_shift_on_uint8_equals_the_old_float_pad_and_crop():
+    image = _batch(B=4, T=3, seed=2)["image"]
+    torch.manual_seed(5)
+    shifted = _shift_sequences(image)
+    dx, dy = _draws(4, 4, seed=5)
+    B, T, H, W, C = image.shape
+    as_channels = image.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()  # each sequence shifted whole
+    old = _pad_and_crop(as_channels, dx, dy, 4).to(torch.uint8).reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2)
+    assert shifted.dtype == torch.uint8 and shifted.is_contiguous()
+    assert torch.equal(shifted, old)
+
+
+def test_to_unit_range_copies_once_and_leaves_its_input_alone():
+    image = _batch(seed=3)["image"]
+    assert torch.equal(to_unit_range(image), image.float().div(255.0).sub(0.5))
+    floats = torch.rand(2, 3)
+    before = floats.clone()
+    to_unit_range(floats)
+    assert torch.equal(floats, before)

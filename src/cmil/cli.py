@@ -297,5 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `cmil` command (and `python -m cmil.cli`): the process first re-executes itself once with glibc
+    malloc settings that keep freed tensor memory mapped (`cmil.allocator`; 10-15% faster updates)."""
+    from cmil.allocator import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

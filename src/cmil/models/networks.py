@@ -37,7 +37,8 @@ def mlp(in_dim: int, out_dim: int, layers: int, units: int, act: type[nn.Module]
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
     """uint8 pixel values -> float in [-0.5, 0.5] (any layout), as DreamerV2 feeds its encoder."""
-    return image.float().div(255.0).sub(0.5)
+    # One copy, then in place: each out-of-place step would allocate (and page-fault) a new image tensor.
+    return image.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
 
 
 def preprocess_image(image: torch.Tensor) -> torch.Tensor:
@@ -83,19 +84,25 @@ class ConvEncoder(nn.Module):
         return out.to(x.dtype).reshape(*lead, self.out_dim)
 
 
+def shift_indices(n: int, h: int, w: int, pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row (n, h) and column (n, w) indices of `n` random shifts in [-pad, pad], clamped to the image: indexing
+    with them equals padding by replication and cropping back (without building the padded images)."""
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=device)
+    rows = (torch.arange(h, device=device)[None, :] + dy[:, None] - pad).clamp_(0, h - 1)
+    cols = (torch.arange(w, device=device)[None, :] + dx[:, None] - pad).clamp_(0, w - 1)
+    return rows, cols
+
+
 def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
     """DrQ-style augmentation: pad by replication and crop back at a random offset per image.
 
-    `images` is float (N, C, H, W); each image gets its own integer shift in [-pad, pad].
+    `images` is (N, C, H, W), any dtype; each image gets its own integer shift in [-pad, pad].
     """
     n, _, h, w = images.shape
-    padded = nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    rows = (torch.arange(h, device=images.device)[None, :] + dy[:, None])  # (n, h)
-    cols = (torch.arange(w, device=images.device)[None, :] + dx[:, None])  # (n, w)
+    rows, cols = shift_indices(n, h, w, pad, images.device)
     idx_n = torch.arange(n, device=images.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    out = images.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
     return out.permute(0, 3, 1, 2)
 
 

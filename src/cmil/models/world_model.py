@@ -39,6 +39,7 @@ from cmil.models.networks import (
     gaussian_std,
     preprocess_image,
     random_shift,
+    shift_indices,
     subpixel_layout,
     to_unit_range,
 )
@@ -67,13 +68,15 @@ class _HalfSquaredError(torch.autograd.Function):
 
 
 def _shift_sequences(image: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> the same with one random shift (pad 4, replicated edges) per sequence.
-
-    Shifting moves pixels without changing their values, so the uint8 round trip is exact."""
+    """uint8 (B, T, H, W, 3) -> the same with one random shift (pad 4, replicated edges) per sequence."""
     B, T, H, W, C = image.shape
-    x = image.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()
-    x = random_shift(x).round().to(torch.uint8)
-    return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2)
+    rows, cols = shift_indices(B, H, W, 4, image.device)
+    # Row then column selection on the uint8 frames, one sequence at a time: contiguous runs, no float or
+    # padded copy (3x faster on the CPU than padding and gathering, and the output stays contiguous).
+    shifted = torch.empty_like(image)
+    for b in range(B):
+        torch.index_select(image[b].index_select(1, rows[b]), 2, cols[b], out=shifted[b])
+    return shifted
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
