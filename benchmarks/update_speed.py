@@ -11,6 +11,8 @@ One record per (method, preset, device, threads, precision), each measured in a 
                     every timed update (the machine is shared: the probes track its load)
   frac_fp32/bf16    gflops / peak_fp32, gflops / peak_bf16
   maxrss_mb         the subprocess's peak resident memory; on CUDA also cuda_peak_mb
+  page_faults_per_update  minor page faults per timed update (memory the allocator handed back and
+                    had to map again; see cmil.allocator)
   phases            seconds per update by phase, cut at each optimiser step (and around CMIL's
                     imagination): world_model, imagination (forward), actor (reward, critics on the
                     imagined steps and the backward pass through imagination), discriminator, critics,
@@ -188,6 +190,7 @@ def child(args: argparse.Namespace) -> dict:
         gflop = None if flops is None else flops / 1e9
         timer = PhaseTimer(method, device)
         times, cpu_times, phases, peaks = [], [], [], {"fp32": [], "bf16": []}
+        faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(args.updates):
             if args.peaks:
                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -201,6 +204,7 @@ def child(args: argparse.Namespace) -> dict:
             times.append(end - start)
             cpu_times.append(time.process_time() - cpu_start)
             phases.append(timer.split(start, end))
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start) / args.updates
     load.append(os.getloadavg()[0])
     rec = {"method": cfg.method, "preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),
            "precision": precision, "compile": bool(args.compile), "updates": args.updates,
@@ -209,7 +213,7 @@ def child(args: argparse.Namespace) -> dict:
            "s_per_update": statistics.median(times), "s_per_update_best": min(times), "times": times,
            "cpu_s_per_update": statistics.median(cpu_times),
            "phases": {k: statistics.median(p.get(k, 0.0) for p in phases) for k in phases[0]},
-           "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "page_faults_per_update": faults,
            "load_avg_1min": [round(x, 2) for x in load], "src": str(Path(sys.modules["cmil"].__file__).parent)}
     if args.peaks:
         for name in ("fp32", "bf16"):
@@ -290,6 +294,8 @@ def line(rec: dict) -> str:
     if "frac_fp32" in rec:
         text += f" = {100 * rec['frac_fp32']:3.0f}% fp32 / {100 * rec['frac_bf16']:3.0f}% bf16 peak"
     text += f"  rss {rec['maxrss_mb']:6.0f} MB"
+    if "page_faults_per_update" in rec:
+        text += f"  faults {rec['page_faults_per_update']:7.0f}/update"
     if "cuda_peak_mb" in rec:
         text += f"  cuda {rec['cuda_peak_mb']:.0f} MB"
     total = sum(rec["phases"].values()) or 1.0

@@ -4,8 +4,8 @@ glibc serves large allocations with fresh mmap'd pages and returns freed memory 
 to the OS. A training update allocates and frees the same large activations every time, so each update
 page-faults its whole working set in again: ~230K faults (~900 MB) per DreamerV2-size update, 10-16K at
 the `default` sizes. With both thresholds raised the memory stays in the heap and is reused, and the
-update takes 10-15% less CPU time on this project's CPU (docs/performance.md). The peak memory does not
-grow: the same blocks are reused; what changes is that the process keeps them until it exits.
+update takes 5-15% less CPU time on this project's CPU (docs/performance.md). The price is ~10% more peak
+resident memory (DreamerV2 size: 1,349 -> 1,468 MB): freed blocks stay with the process for reuse.
 
 glibc reads these settings only when a process starts, so the `cmil` command re-executes itself once with
 them (`reexec_with_tuned_malloc`). `CMIL_MALLOC=default` keeps glibc's own settings; a variable already
