@@ -185,3 +185,32 @@ def test_closed_loop_error_relabels_with_the_expert(demos, tmp_path):
         assert len(row["closed_loop_error_bins"]) >= 1 and len(row["closed_loop_error_per_dim"]) == 2
         # The overall error is a step-weighted mean of the bins' means, so it lies between them.
         assert min(row["teacher_forced_error_bins"]) <= row["teacher_forced_error"] <= max(row["teacher_forced_error_bins"])
+
+
+def test_run_curves_bins_the_runs_own_episodes_and_reads_its_evaluations(tmp_path):
+    import numpy as np
+
+    from cmil.data.episodes import save_episode
+
+    run = tmp_path / "run"
+    (run / "episodes").mkdir(parents=True)
+    # 6 episodes of 10 steps ending at 10, 20, ..., 60; an episode counts in the bin where it ends:
+    # [0, 20): the first; [20, 40): the 2nd and 3rd; [40, 60): the 4th and 5th; [60, 80): the last.
+    for i, ok in enumerate([1, 0, 0, 1, 1, 0]):
+        rows = 11
+        ep = {"image": np.zeros((rows, 8, 8, 3), np.uint8), "action": np.zeros((rows, 2), np.float32),
+              "reward": np.zeros(rows, np.float32), "success": np.arange(rows) == (5 if ok else -1),
+              "is_first": np.arange(rows) == 0, "is_last": np.arange(rows) == rows - 1,
+              "is_terminal": np.zeros(rows, bool)}
+        save_episode(run / "episodes", ep, name=f"ep{i:03d}.npz")
+    rows = [{"env_step": 0, "eval/success_rate": 0.5}, {"env_step": 30, "disc/expert_prob": 0.6, "disc/policy_prob": 0.4},
+            {"env_step": 60, "eval/success_rate": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curves.json"
+    _run("run_curves.py", str(run), "--bin", "20", "--min-episodes", "2", "--out", str(out))
+    summary = json.loads(out.read_text())["runs"][str(run)]
+    bins = summary["training_episode_success"]  # the bins with fewer than 2 episodes are left out
+    assert [(b["env_steps"], b["success"]) for b in bins] == [([20, 40], 0.0), ([40, 60], 1.0)]
+    assert summary["evaluations"] == [[0, 0.5], [60, 0.25]] and summary["best_evaluation"] == 0.5
+    assert summary["final"] is None  # still running: no final.json
+    assert summary["disc_expert_policy_prob"] == [[30, 0.6, 0.4]]
