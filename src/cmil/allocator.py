@@ -2,10 +2,11 @@
 
 glibc serves large allocations with fresh mmap'd pages and returns freed memory above its trim threshold
 to the OS. A training update allocates and frees the same large activations every time, so each update
-page-faults its whole working set in again: ~230K faults (~900 MB) per DreamerV2-size update, 10-16K at
-the `default` sizes. With both thresholds raised the memory stays in the heap and is reused, and the
-update takes 5-15% less CPU time on this project's CPU (docs/performance.md). The price is ~10% more peak
-resident memory (DreamerV2 size: 1,349 -> 1,468 MB): freed blocks stay with the process for reuse.
+page-faults its working set in again: 5.5 million faults (~21 GB) per update at the `paper` sizes in bf16,
+~200K at a DreamerV2-like size, ~7K at `default`. With both thresholds raised the memory stays in the heap
+and is reused: the `paper` bf16 update takes 1.5x less CPU time on this project's CPU, smaller ones gain
+less (docs/performance.md). The price is resident memory: freed blocks stay with the process, ~10% more
+at the DreamerV2-like size, ~27% more at `paper`.
 
 glibc reads these settings only when a process starts, so the `cmil` command re-executes itself once with
 them (`reexec_with_tuned_malloc`). `CMIL_MALLOC=default` keeps glibc's own settings; a variable already
