@@ -30,7 +30,7 @@ from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate
 from cmil.launch import load_config
 from cmil.methods.cmil import CMIL, _adam, _step
-from cmil.models.world_model import _shift_sequences
+from cmil.models.networks import random_shift
 from cmil.runs import source_commit
 from diagnose_cmil import _restore_agent, action_error, rollouts
 
@@ -40,7 +40,7 @@ def demo_features(agent: CMIL, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The agent's features of a demo batch's frames 0..L-2 as the BC term reads them in `CMIL._update` (one
     random shift per window under wm.augment), from the frozen world model, filtered from a zero state."""
     wm = agent.wm
-    image = _shift_sequences(batch["image"]) if wm.cfg.augment else batch["image"]
+    image = random_shift(batch["image"]) if wm.cfg.augment else batch["image"]
     post, _ = wm.observe(wm.encode(image), batch["action"], batch["is_first"])
     return wm.agent_feat(post)[:, :-1]
 

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from cmil.envs.metaworld_env import METAWORLD_TASKS, make_metaworld_env  # noqa: E402
 from cmil.experts.metaworld_expert import make_metaworld_expert  # noqa: E402
+from cmil.models.networks import preprocess_image, random_shift  # noqa: E402
 
 # Seeds: demos and expert statistics use 0.., BC evaluation uses held-out seeds from here on.
 EVAL_SEED0 = 10_000
@@ -97,28 +98,6 @@ def build_policy_net(action_dim: int):
         nn.Flatten(), nn.Linear(256, 256), nn.ELU(), nn.Linear(256, action_dim), nn.Tanh())
 
 
-def random_shift(x, pad: int = 4):
-    """DrQ-style augmentation: pad by replication and crop back at a random offset per image."""
-    import torch
-    import torch.nn.functional as F
-
-    n, _, h, w = x.shape
-    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dev = x.device
-    ox = torch.randint(0, 2 * pad + 1, (n,), device=dev)
-    oy = torch.randint(0, 2 * pad + 1, (n,), device=dev)
-    rows = oy[:, None] + torch.arange(h, device=dev)[None]  # n, h
-    cols = ox[:, None] + torch.arange(w, device=dev)[None]  # n, w
-    idx_n = torch.arange(n, device=dev)[:, None, None]
-    return x.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
-def to_tensor(frames: np.ndarray):
-    import torch
-
-    return torch.as_tensor(frames).permute(0, 3, 1, 2).float().div(255.0).sub(0.5)
-
-
 def cmd_bc(args) -> None:
     import torch
 
@@ -134,7 +113,7 @@ def cmd_bc(args) -> None:
         act.append(np.stack(r["actions"]))
         demo_success.append(r["first_success"] is not None)
     dev = torch.device(args.device)
-    obs_t = to_tensor(np.concatenate(obs)).to(dev)
+    obs_t = torch.as_tensor(np.concatenate(obs)).to(dev)  # uint8 frames (N, H, W, 3)
     act_t = torch.as_tensor(np.concatenate(act)).to(dev)
     collect_s = time.perf_counter() - t0
 
@@ -143,7 +122,7 @@ def cmd_bc(args) -> None:
     t0 = time.perf_counter()
     for step in range(args.steps):
         idx = torch.randint(0, len(obs_t), (args.batch,), device=dev)
-        x = random_shift(obs_t[idx]) if args.augment else obs_t[idx]
+        x = preprocess_image(random_shift(obs_t[idx]) if args.augment else obs_t[idx])
         loss = ((net(x) - act_t[idx]) ** 2).mean()
         opt.zero_grad()
         loss.backward()
@@ -161,7 +140,7 @@ def cmd_bc(args) -> None:
         first, done, t = None, False, 0
         while not done:
             with torch.no_grad():
-                action = net(to_tensor(frame[None]).to(dev))[0].cpu().numpy()
+                action = net(preprocess_image(torch.as_tensor(frame[None]).to(dev)))[0].cpu().numpy()
             frame, _, term, trunc, info = env.step(action)
             t += 1
             done = term or trunc

@@ -21,7 +21,7 @@ from cmil.models.networks import (
     subpixel_layout,
     to_unit_range,
 )
-from cmil.models.world_model import WorldModel, _HalfSquaredError, _shift_sequences
+from cmil.models.world_model import WorldModel, _HalfSquaredError
 
 TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
 A = 2
@@ -179,19 +179,21 @@ def _draws(n: int, pad: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, 2 * pad + 1, (n,)), torch.randint(0, 2 * pad + 1, (n,))  # dx, then dy
 
 
-def test_random_shift_equals_replicate_padding_and_cropping():
-    images = torch.randn(6, 5, 64, 64)
+def test_random_shift_of_uint8_frames_equals_padding_and_cropping_the_float_images():
+    image = _batch(B=6, T=1, seed=4)["image"][:, 0]                          # (6, 64, 64, 3) uint8
     torch.manual_seed(7)
-    shifted = random_shift(images, pad=4)
+    shifted = random_shift(image, pad=4)
     dx, dy = _draws(6, 4, seed=7)
     assert (dx != 4).any() and (dy != 4).any()  # the draws do move the images
-    assert torch.equal(shifted, _pad_and_crop(images, dx, dy, 4))
+    assert shifted.dtype == torch.uint8 and shifted.is_contiguous()
+    # The old augmentation: preprocess, then pad and crop the float images (N, C, H, W).
+    assert torch.equal(preprocess_image(shifted), _pad_and_crop(preprocess_image(image), dx, dy, 4))
 
 
 def test_sequence_shift_on_uint8_equals_the_old_float_pad_and_crop():
     image = _batch(B=4, T=3, seed=2)["image"]
     torch.manual_seed(5)
-    shifted = _shift_sequences(image)
+    shifted = random_shift(image)                                             # one shift per sequence
     dx, dy = _draws(4, 4, seed=5)
     B, T, H, W, C = image.shape
     as_channels = image.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float()  # each sequence shifted whole

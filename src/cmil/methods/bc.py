@@ -26,9 +26,7 @@ class PixelPolicy(nn.Module):
         self.head = mlp(self.encoder.out_dim, action_dim, layers, units)
 
     def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        x = preprocess_image(image)
-        if augment:
-            x = random_shift(x)
+        x = preprocess_image(random_shift(image) if augment else image)
         return torch.tanh(self.head(self.encoder(x)))
 
 

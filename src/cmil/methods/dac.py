@@ -47,9 +47,7 @@ class PixelEncoder(nn.Module):
         self.out_dim = feature_dim + 1
 
     def forward(self, image: torch.Tensor, absorbing: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        x = preprocess_image(image)
-        if augment:
-            x = random_shift(x)
+        x = preprocess_image(random_shift(image) if augment else image)
         h = self.proj(self.conv(x))
         flag = absorbing.float().unsqueeze(-1)
         return torch.cat([h * (1.0 - flag), flag], -1)

@@ -94,16 +94,19 @@ def shift_indices(n: int, h: int, w: int, pad: int, device: torch.device) -> tup
     return rows, cols
 
 
-def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """DrQ-style augmentation: pad by replication and crop back at a random offset per image.
+def random_shift(image: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """DrQ-style augmentation on channels-last frames: (N, ..., H, W, C) -> the same, where everything under
+    index n (one frame, or a whole sequence) moves by one random integer shift in [-pad, pad], edges replicated.
 
-    `images` is (N, C, H, W), any dtype; each image gets its own integer shift in [-pad, pad].
-    """
-    n, _, h, w = images.shape
-    rows, cols = shift_indices(n, h, w, pad, images.device)
-    idx_n = torch.arange(n, device=images.device)[:, None, None]
-    out = images.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
-    return out.permute(0, 3, 1, 2)
+    Done as a row then a column selection of each item (contiguous runs), usually on the uint8 frames before
+    `preprocess_image`: shifting moves pixels without changing them, so it commutes with the conversion, and
+    it costs a third of padding and gathering float images."""
+    n, (h, w) = image.shape[0], image.shape[-3:-1]
+    rows, cols = shift_indices(n, h, w, pad, image.device)
+    shifted = torch.empty_like(image)
+    for i in range(n):
+        torch.index_select(image[i].index_select(-3, rows[i]), -2, cols[i], out=shifted[i])
+    return shifted
 
 
 def conv_transpose_stem(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:
