@@ -61,8 +61,11 @@ def reexec_with_tuned_malloc() -> None:
     Call it first thing in a program's entry point, before large allocations: the command line
     (`sys.orig_argv`, interpreter flags included) and the rest of the environment are kept, and the new
     process finds the settings present and goes on."""
-    if not applies(os.environ) or is_tuned():
+    if not applies(os.environ) or is_tuned() or not (sys.executable and sys.orig_argv):
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, list(sys.orig_argv), tuned_environ(os.environ))
+    try:
+        os.execve(sys.executable, list(sys.orig_argv), tuned_environ(os.environ))
+    except OSError:  # an interpreter that cannot be re-executed (embedded, removed): run untuned
+        return
