@@ -48,3 +48,19 @@ def test_the_cmil_command_runs_through_the_reexecution():
     out = subprocess.run([sys.executable, "-m", "cmil.cli", "tasks"], env=_clean_env(), capture_output=True,
                          text=True, check=True)
     assert "mw-push" in out.stdout
+
+
+def test_an_interpreter_that_cannot_be_reexecuted_runs_untuned(monkeypatch):
+    for key in allocator.TUNED:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv(allocator.OPT_OUT, raising=False)
+    monkeypatch.setattr(allocator, "applies", lambda environ: True)
+    calls = []
+
+    def failing_execve(*args):
+        calls.append(args)
+        raise OSError("exec format error")
+
+    monkeypatch.setattr(os, "execve", failing_execve)
+    allocator.reexec_with_tuned_malloc()  # returns instead of raising
+    assert len(calls) == 1 and not allocator.is_tuned()
