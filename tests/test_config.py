@@ -77,11 +77,15 @@ def test_long_preset_is_the_default_recipe_at_a_longer_budget_with_a_frozen_repr
     assert long["env_steps"] >= 10 * default["env_steps"]
 
 
-def test_vmail_on_the_long_preset_trains_its_representation():
-    """VMAIL has no pretraining, so the `long` preset's freeze "after pretraining" must not reach it."""
-    cfg = apply_method(replace(PRESETS["long"], method="vmail"))
+@pytest.mark.parametrize("method", ["vmail", "bc", "dac"])
+def test_the_long_preset_freezes_only_cmils_representation(method):
+    """VMAIL has no pretraining to freeze after, BC and DAC no world model: for them `long` is the `default`
+    recipe at a longer budget, so a run of theirs saved before the freeze still resumes."""
+    cfg = apply_method(replace(PRESETS["long"], method=method))
     validate(cfg)
-    assert not cfg.wm.freeze_representation and apply_method(replace(PRESETS["long"], method="cmil")).wm.freeze_representation
+    before = apply_method(replace(PRESETS["long"], method=method, **{"wm.freeze_representation": False}))
+    assert not cfg.wm.freeze_representation and not resume_conflicts(before, cfg)
+    assert apply_method(replace(PRESETS["long"], method="cmil")).wm.freeze_representation
 
 
 def test_registered_methods_are_the_config_choices():

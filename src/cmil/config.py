@@ -420,6 +420,10 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
               "pretrain_updates": 0, "pretrain_bc_updates": 0,
               # VMAIL has no pretraining, so a representation frozen "after" it would never train.
               "wm.freeze_representation": False},
+    # No world model: the `long` preset's freeze means nothing to them, and their saved configs (so their
+    # resumes) stay as they were before the preset froze it.
+    "bc": {"wm.freeze_representation": False},
+    "dac": {"wm.freeze_representation": False},
 }
 
 # Fields that only steer a run (how long, how often it reports, where and in which precision it runs),
