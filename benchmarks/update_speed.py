@@ -11,6 +11,9 @@ One record per (method, preset, device, threads, precision), each measured in a 
                     every timed update (the machine is shared: the probes track its load)
   frac_fp32/bf16    gflops / peak_fp32, gflops / peak_bf16
   maxrss_mb         the subprocess's peak resident memory; on CUDA also cuda_peak_mb
+  ops_per_update    ATen operators one update dispatches (forward + backward + optimiser), and of them
+                    `kernel_ops_per_update` that are not views: the kernel launches a GPU must take, so
+                    on CUDA (s_per_update - FLOPs / peak) / kernel ops bounds the cost of each launch
   page_faults_per_update  minor page faults per timed update (memory the allocator handed back and
                     had to map again; see cmil.allocator)
   phases            seconds per update by phase, cut at each optimiser step (and around CMIL's
@@ -166,6 +169,26 @@ def count_flops(fn) -> float | None:
     return counter.get_total_flops()
 
 
+def count_ops(fn) -> tuple[int, int]:
+    """(all, non-view) ATen operators that one call of fn dispatches. Views make no kernel, so the
+    second count is the number of kernel launches the call needs on a GPU (fused optimisers included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.total = self.kernels = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.total += 1
+            self.kernels += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        fn()
+    return counter.total, counter.kernels
+
+
 def child(args: argparse.Namespace) -> dict:
     """Measure one case in this fresh process; returns its record."""
     device = torch.device(args.device)
@@ -188,6 +211,7 @@ def child(args: argparse.Namespace) -> dict:
             update()
         flops = count_flops(update) if args.flops else None
         gflop = None if flops is None else flops / 1e9
+        ops = count_ops(update) if args.flops else None
         timer = PhaseTimer(method, device)
         times, cpu_times, phases, peaks = [], [], [], {"fp32": [], "bf16": []}
         faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -218,6 +242,8 @@ def child(args: argparse.Namespace) -> dict:
     if args.peaks:
         for name in ("fp32", "bf16"):
             rec[f"peak_{name}"] = max(peaks[name])
+    if ops is not None:
+        rec["ops_per_update"], rec["kernel_ops_per_update"] = ops
     if gflop is not None:
         rec["gflop"] = gflop
         rec["gflops"] = gflop / min(times)
@@ -278,7 +304,9 @@ def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, 
 
     tuned = not baseline and args.malloc == "tuned"
     env = allocator.tuned_environ(os.environ) if tuned else allocator.plain_environ(os.environ)
-    env["PYTHONPATH"] = src
+    # `src` replaces any cmil on the path; other entries (packages installed with --target) stay.
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / "cmil").is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join([src, *kept])
     result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
@@ -291,6 +319,8 @@ def line(rec: dict) -> str:
             f" (cpu {rec['cpu_s_per_update']:.3f})")
     if "gflop" in rec:
         text += f"  {rec['gflop']:8.1f} GFLOP  {rec['gflops']:6.1f} GFLOP/s"
+    if "kernel_ops_per_update" in rec:
+        text += f"  {rec['kernel_ops_per_update']:6d} kernels"
     if "frac_fp32" in rec:
         text += f" = {100 * rec['frac_fp32']:3.0f}% fp32 / {100 * rec['frac_bf16']:3.0f}% bf16 peak"
     text += f"  rss {rec['maxrss_mb']:6.0f} MB"
@@ -314,7 +344,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--updates", type=int, default=3, help="timed updates per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
-    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count and peaks")
+    parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP and operator counts and the peaks")
     parser.add_argument("--compile", action="store_true", help="torch.compile CMIL's imagination (new code)")
     parser.add_argument("--project", action="store_true", help="project the preset's whole run (env steps too)")
     parser.add_argument("--baseline-src", default=None, help="src/ of an older cmil checkout to compare with")

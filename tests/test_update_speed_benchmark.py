@@ -26,6 +26,7 @@ def test_benchmark_writes_records_with_flops_peaks_and_phases(tmp_path):
         assert rec["precision"] == precision and rec["threads"] == 1 and len(rec["times"]) == 2
         assert rec["s_per_update"] > 0 and rec["maxrss_mb"] > 0 and rec["peak_fp32"] > 0 and rec["peak_bf16"] > 0
         assert rec["page_faults_per_update"] >= 0
+        assert 0 < rec["kernel_ops_per_update"] < rec["ops_per_update"]  # some ops are views, not kernels
         from cmil.allocator import applies
         assert rec["malloc_tuned"] == applies(os.environ)  # timed as the `cmil` command runs
         # The phases cut each update into parts that add up to it.
