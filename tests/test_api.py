@@ -63,6 +63,10 @@ def test_register_train_evaluate_and_act(tmp_path, one_thread):
 def test_api_mistakes_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="unknown config fields"):
         cmil.train_policy("point", method="bc", nope=1)
+    with pytest.raises(UsageError, match="conflicts with --method vmail"):
+        cmil.make_config("point", method="vmail", **{"agent.beta": 5.0})
+    assert cmil.make_config("point", method="vmail", **{"agent.beta": 0.0}).agent.beta == 0.0  # agrees: fine
+    assert not cmil.make_config("point", method="vmail", preset="long").wm.freeze_representation  # preset's, not the user's
     with pytest.raises(UsageError, match="unknown preset"):
         cmil.make_config("point", preset="nope")
     with pytest.raises(UsageError, match="task name"):

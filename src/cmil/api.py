@@ -74,7 +74,7 @@ def make_config(task: str, method: str = "cmil", preset: str = "default", **sett
     unknown = sorted(set(settings) - known)
     if unknown:
         raise UsageError(f"unknown config fields {unknown} (see `cmil train --help`)")
-    return apply_method(replace(base, task=task, method=method, **settings))
+    return apply_method(replace(base, task=task, method=method, **settings), explicit=settings)
 
 
 def train_policy(task: str, method: str = "cmil", *, preset: str = "default", quiet: bool = True,

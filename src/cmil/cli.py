@@ -41,7 +41,7 @@ def _train_config(argv: list[str]):
 
     import tyro
 
-    from cmil.config import PRESETS, apply_method
+    from cmil.config import PRESETS, apply_method, flatten, replace
     from cmil.launch import dry_run_preset
 
     pre = ArgumentParser(prog="cmil train", add_help=False)
@@ -61,7 +61,8 @@ def _train_config(argv: list[str]):
             sys.stderr.write(errors.getvalue())
             raise
         raise UsageError(f"cmil train: {_tyro_message(errors.getvalue())}") from None
-    return apply_method(cfg)
+    before = flatten(replace(preset, method=cfg.method))
+    return apply_method(cfg, explicit={k: v for k, v in flatten(cfg).items() if before[k] != v})
 
 
 def cmd_train(argv: list[str]) -> int:
