@@ -4,19 +4,9 @@ import typing
 
 import pytest
 
-from cmil.config import (
-    PRESETS,
-    STEERING_FIELDS,
-    Config,
-    ConfigError,
-    apply_method,
-    flatten,
-    from_dict,
-    replace,
-    resume_conflicts,
-    to_dict,
-    validate,
-)
+from cmil.config import PRESETS, STEERING_FIELDS, Config, apply_method, replace
+from cmil.config_io import flatten, from_dict, resume_conflicts, to_dict, validate
+from cmil.errors import ConfigError
 from cmil.launch import dry_run_preset
 from cmil.methods.base import method_classes
 
@@ -94,7 +84,8 @@ def test_registered_methods_are_the_config_choices():
 
 
 def test_configs_saved_before_the_bc_group_still_load():
-    from cmil.config import PRESETS, from_dict, to_dict
+    from cmil.config import PRESETS
+    from cmil.config_io import from_dict, to_dict
 
     data = to_dict(PRESETS["default"])
     bc = data.pop("bc")

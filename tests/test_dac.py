@@ -33,7 +33,7 @@ def test_dry_run_writes_a_complete_run_with_discriminator_diagnostics(tmp_path, 
         assert any(key in r and np.isfinite(r[key]) for r in rows), key
     assert any(r.get("train/updates", 0) > 0 for r in rows)
     # The checkpoint restores every DAC module and optimiser into a fresh instance.
-    from cmil.config import load_config
+    from cmil.config_io import load_config
 
     method = _dac().DAC(load_config(run / "config.yaml"), 2, torch.device("cpu"))
     restore(Checkpointer.load(Checkpointer(run).latest()), method.modules(), method.optimizers())

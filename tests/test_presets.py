@@ -6,7 +6,8 @@ import json
 import pytest
 
 from cmil.cli import main
-from cmil.config import PRESETS, flatten
+from cmil.config import PRESETS
+from cmil.config_io import flatten
 
 # The authors' configuration, as read from their code (docs: reference facts).
 AUTHORS = {

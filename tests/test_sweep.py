@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from cmil.cli import main
-from cmil.config import save_config
-from cmil.sweep import build_trials, existing_state, load_grid, parse_set, slug
+from cmil.config_io import save_config
+from cmil.sweep import build_trials, existing_state, load_grid, overruled_notes, parse_set, slug
 
 
 def _trials(tmp_path, **kw):
@@ -28,6 +28,9 @@ def test_grid_points_have_deterministic_names_and_resolved_configs(tmp_path):
     bc, vmail = trials[0]["config"], trials[2]["config"]
     assert bc["agent"]["alpha"] == 5.0 and isinstance(bc["agent"]["alpha"], float)
     assert vmail["agent"]["alpha"] == 0.0  # the method's own settings apply, as in `cmil train`
+    assert trials[0]["overruled"] == {} and trials[2]["overruled"] == {"agent.alpha": 0.0}  # and say so
+    assert overruled_notes(trials) == ["sweep: vmail keeps agent.alpha=0.0, a setting of the method "
+                                       "(config.METHOD_OVERRIDES), over the grid's value"]
     assert bc["demos"] == str((tmp_path / "demos/point").resolve()) and bc["threads"] == 1
     assert Path(trials[1]["run_dir"]) == (tmp_path / trials[1]["name"]).resolve()
     dry = _trials(tmp_path, dry_run=True, overrides={}, variants=[{}, {"agent.beta": 0}])
@@ -55,7 +58,8 @@ def test_bad_grids_are_rejected_before_anything_runs(tmp_path):
 
 
 def test_existing_run_states(tmp_path):
-    from cmil.config import from_dict, replace
+    from cmil.config import replace
+    from cmil.config_io import from_dict
 
     spec = _trials(tmp_path)[0]
     run_dir, cfg = Path(spec["run_dir"]), spec["config"]

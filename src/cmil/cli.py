@@ -41,7 +41,8 @@ def _train_config(argv: list[str]):
 
     import tyro
 
-    from cmil.config import PRESETS, apply_method, flatten, replace
+    from cmil.config import PRESETS, apply_method, replace
+    from cmil.config_io import flatten
     from cmil.launch import dry_run_preset
 
     pre = ArgumentParser(prog="cmil train", add_help=False)
@@ -117,7 +118,8 @@ def _at_least(args: argparse.Namespace, **minimums: int) -> None:
 
 def _env_kwargs(text: str | None) -> dict:
     """--env-kwargs JSON as a dict, checked as `cmil train` checks it."""
-    from cmil.config import Config, validate
+    from cmil.config import Config
+    from cmil.config_io import validate
     from cmil.launch import env_kwargs_of
 
     cfg = Config(env_kwargs=text)
@@ -127,7 +129,7 @@ def _env_kwargs(text: str | None) -> dict:
 
 def cmd_demos(args: argparse.Namespace) -> int:
     if args.demos_cmd == "collect":
-        from cmil.config import MIN_IMAGE_SIZE
+        from cmil.config_io import MIN_IMAGE_SIZE
         from cmil.data.collect import collect_demos
         from cmil.envs import task_spec
 
@@ -139,7 +141,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
                               expert=args.expert)
         print(json.dumps(stats, indent=2))
     elif args.demos_cmd == "import" and args.minari is not None:
-        from cmil.config import MIN_IMAGE_SIZE
+        from cmil.config_io import MIN_IMAGE_SIZE
         from cmil.data.minari_io import import_minari
 
         if args.src is not None:
@@ -149,7 +151,7 @@ def cmd_demos(args: argparse.Namespace) -> int:
                               args.action_dim)
         print(f"imported {len(paths)} episodes into {args.out}")
     elif args.demos_cmd == "import":
-        from cmil.config import MIN_IMAGE_SIZE
+        from cmil.config_io import MIN_IMAGE_SIZE
         from cmil.data.dreamer_import import import_dreamer_episodes
 
         if args.src is None:

@@ -14,3 +14,7 @@ class UsageError(Exception):
 
 class OutputExistsError(UsageError, FileExistsError):
     """The output would overwrite earlier results; nothing is overwritten without asking."""
+
+
+class ConfigError(UsageError):
+    """A config value out of range, of the wrong type, or unknown; the message names the field."""

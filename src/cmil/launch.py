@@ -25,17 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmil.config import (
-    STEERING_FIELDS,
-    Config,
-    dry_run_config,
-    flatten,
-    load_config,
-    replace,
-    resume_conflicts,
-    save_config,
-    validate,
-)
+from cmil.config import STEERING_FIELDS, Config, dry_run_config, replace
+from cmil.config_io import flatten, load_config, resume_conflicts, save_config, validate
 from cmil.data.episodes import Episode, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.errors import UsageError

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import DEVICES, PRESETS, WorldModelConfig
+from cmil.config import PRESETS, WorldModelConfig
+from cmil.config_io import DEVICES
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import OutputExistsError, UsageError

@@ -87,7 +87,8 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                  variants: list[dict[str, Any]], preset: str, dry_run: bool, root: Path,
                  demos: str, num_cpus: float, num_gpus: float) -> list[dict[str, Any]]:
     """One spec per grid point: name, run_dir, resolved config (as a dict) and demo directory."""
-    from cmil.config import PRESETS, apply_method, flatten, replace, to_dict, validate
+    from cmil.config import METHOD_OVERRIDES, PRESETS, apply_method, replace
+    from cmil.config_io import flatten, to_dict, validate
     from cmil.envs import task_slug
     from cmil.launch import dry_run_demo_dir, dry_run_preset, resolve_paths
 
@@ -116,11 +117,23 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                         missing = dry_run and not template.exists()
                         cfg = replace(cfg, demos=str(dry_run_demo_dir(run_dir) if missing else template))
                     cfg = resolve_paths(cfg, run_dir)
-                    trials.append({"name": name, "run_dir": str(run_dir), "config": to_dict(cfg)})
+                    # A --set spans every method of the grid, so a value a method fixes (VMAIL's alpha = 0)
+                    # gives way there, as a preset's would; the trial records it and the sweep says so.
+                    fixed = METHOD_OVERRIDES.get(method, {})
+                    overruled = {k: fixed[k] for k, v in extra.items() if k in fixed and fixed[k] != v}
+                    trials.append({"name": name, "run_dir": str(run_dir), "config": to_dict(cfg),
+                                   "overruled": overruled})
     names = [t["name"] for t in trials]
     if len(set(names)) != len(names):
         raise ValueError("the grid has duplicate points (repeated tasks, methods, seeds or variants)")
     return trials
+
+
+def overruled_notes(trials: list[dict[str, Any]]) -> list[str]:
+    """One line per method and field where the method's fixed setting replaced the grid's value."""
+    seen = sorted({(t["config"]["method"], k, repr(v)) for t in trials for k, v in t["overruled"].items()})
+    return [f"sweep: {method} keeps {name}={value}, a setting of the method (config.METHOD_OVERRIDES), "
+            f"over the grid's value" for method, name, value in seen]
 
 
 def load_grid(path: str | None) -> dict[str, Any]:
@@ -140,7 +153,7 @@ def load_grid(path: str | None) -> dict[str, Any]:
 
 def existing_state(config: dict[str, Any], run_dir: Path) -> tuple[str, Any]:
     """('new' | 'resume' | 'finished' | 'conflict', detail) by `cmil.launch.plan_run`'s one rule."""
-    from cmil.config import from_dict
+    from cmil.config_io import from_dict
     from cmil.errors import UsageError
     from cmil.launch import plan_run
 
@@ -158,7 +171,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     out: dict[str, Any] = {"name": spec["name"], "run_dir": str(run_dir)}
     try:
-        from cmil.config import from_dict
+        from cmil.config_io import from_dict
         from cmil.launch import launch, plan_run
 
         plan = plan_run(from_dict(spec["config"]))
@@ -288,6 +301,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     trials = _checked_trials(args)
     root = Path(args.root)
     print(f"sweep: {len(trials)} trials under {root}")
+    for note in overruled_notes(trials):
+        print(note)
     start = time.time()
     results = run_sweep(trials, ray, args.address, args.num_cpus, args.num_gpus, args.cluster_cpus)
     order = {t["name"]: i for i, t in enumerate(trials)}
