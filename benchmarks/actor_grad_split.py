@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cmil.config import load_config, replace
+from cmil.config import replace
+from cmil.config_io import load_config
 from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.methods.cmil import CMIL

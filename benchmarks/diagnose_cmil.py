@@ -33,7 +33,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from cmil.config import PRESETS, apply_method, flatten, replace
+from cmil.config import PRESETS, apply_method, replace
+from cmil.config_io import flatten
 from cmil.data.collect import collect_demos
 from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
