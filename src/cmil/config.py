@@ -451,15 +451,21 @@ PRESETS["long"] = replace(PRESETS["default"], env_steps=100_000, eval_every=10_0
                           **{"wm.freeze_representation": True})
 
 
+def method_conflicts(method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """{field: the method's value} for each of `settings` (dotted names) that the method fixes to another value."""
+    implied = METHOD_OVERRIDES.get(method, {})
+    return {name: implied[name] for name, value in settings.items() if name in implied and implied[name] != value}
+
+
 def apply_method(cfg: Config, explicit: dict[str, Any] | None = None) -> Config:
     """Apply the settings the method implies (e.g. VMAIL's alpha = beta = 0). `explicit`: the fields the
     user set (dotted names); one the method would set to another value is a ConfigError, not dropped."""
-    implied = METHOD_OVERRIDES.get(cfg.method, {})
-    for name, value in (explicit or {}).items():
-        if name in implied and implied[name] != value:
-            raise ConfigError(f"{name}={value!r} conflicts with --method {cfg.method}, which sets "
-                              f"{name}={implied[name]!r} (config.METHOD_OVERRIDES)")
-    return replace(cfg, **implied)
+    conflicts = method_conflicts(cfg.method, explicit or {})
+    if conflicts:
+        name, fixed = next(iter(conflicts.items()))
+        raise ConfigError(f"{name}={explicit[name]!r} conflicts with --method {cfg.method}, which sets "
+                          f"{name}={fixed!r} (config.METHOD_OVERRIDES)")
+    return replace(cfg, **METHOD_OVERRIDES.get(cfg.method, {}))
 
 
 def dry_run_config(cfg: Config) -> Config:

@@ -87,7 +87,7 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                  variants: list[dict[str, Any]], preset: str, dry_run: bool, root: Path,
                  demos: str, num_cpus: float, num_gpus: float) -> list[dict[str, Any]]:
     """One spec per grid point: name, run_dir, resolved config (as a dict) and demo directory."""
-    from cmil.config import METHOD_OVERRIDES, PRESETS, apply_method, replace
+    from cmil.config import PRESETS, apply_method, method_conflicts, replace
     from cmil.config_io import flatten, to_dict, validate
     from cmil.envs import task_slug
     from cmil.launch import dry_run_demo_dir, dry_run_preset, resolve_paths
@@ -119,10 +119,8 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                     cfg = resolve_paths(cfg, run_dir)
                     # A --set spans every method of the grid, so a value a method fixes (VMAIL's alpha = 0)
                     # gives way there, as a preset's would; the trial records it and the sweep says so.
-                    fixed = METHOD_OVERRIDES.get(method, {})
-                    overruled = {k: fixed[k] for k, v in extra.items() if k in fixed and fixed[k] != v}
                     trials.append({"name": name, "run_dir": str(run_dir), "config": to_dict(cfg),
-                                   "overruled": overruled})
+                                   "overruled": method_conflicts(method, extra)})
     names = [t["name"] for t in trials]
     if len(set(names)) != len(names):
         raise ValueError("the grid has duplicate points (repeated tasks, methods, seeds or variants)")
