@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Issue 12's CUDA cases in one go, for a short lease on a GPU machine: the `kitchen` preset's full CMIL
-# update in bf16 and fp32 with the projected wall time of the paper's 200K-step run (updates + env steps
-# with rendering), the same with CMIL's imagination compiled, VMAIL/DAC/BC at `kitchen`, and CMIL at
-# `paper` and `default`. Sections run most important first, each under its own time limit, so that a
-# lease that ends early still returns the first ones.
+# update replayed as a CUDA graph (`cuda_graph`) with the projected wall time of the paper's 200K-step run
+# (updates + env steps with rendering), the graph replay's agreement with eager updates (a test), the
+# same update eager, CMIL at `paper` / `default` and VMAIL graphed, then the older cases (compiled
+# imagination, VMAIL/DAC/BC eager). Sections run most important first, each under its own time limit, so
+# that a lease that ends early still returns the first ones.
 #
 #   bash benchmarks/cuda_speed.sh OUTDIR        # JSON per section + cuda_speed.log in OUTDIR
+#   SECTIONS="kitchen_graphed graph_test" bash benchmarks/cuda_speed.sh OUTDIR   # only those
 #
 # Needs python3 with a CUDA build of torch and cmil's packages (PYTHON picks another interpreter);
 # rendering uses MuJoCo's EGL backend (MUJOCO_GL=egl), so the machine needs libEGL and a GPU driver.
@@ -29,9 +31,16 @@ section() {  # section NAME SECONDS update_speed.py-arguments...
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
   "$py" -c "import torch, os; print('torch', torch.__version__, torch.cuda.get_device_name(), os.cpu_count(), 'cpus')"
 } 2>&1 | tee -a "$log"
-section kitchen_project 130 --methods cmil --presets kitchen --precision bf16 fp32 --updates 10 --warmup 3 --project
+section kitchen_graphed 150 --methods cmil --presets kitchen --precision bf16 --cuda-graph --updates 20 --warmup 3 \
+  --no-flops --project
+if [[ -z ${SECTIONS:-} || " $SECTIONS " == *" graph_test "* ]]; then
+  echo "== graph_test ($(date +%T))" | tee -a "$log"
+  timeout 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -25 | tee -a "$log"
+fi
+section kitchen_eager 100 --methods cmil --presets kitchen --precision bf16 --updates 10 --warmup 3 --no-flops
+section others_graphed 120 --methods cmil vmail --presets paper default --precision bf16 --cuda-graph --updates 10 \
+  --warmup 3 --no-flops
 section kitchen_compiled 200 --methods cmil --presets kitchen --precision bf16 --compile --updates 10 --warmup 3 \
   --no-flops --project
 section kitchen_methods 90 --methods vmail dac bc --presets kitchen --precision bf16 --updates 10 --warmup 3
-section paper_default 60 --methods cmil --presets paper default --precision bf16 --updates 10 --warmup 3
 echo "== done ($(date +%T))" | tee -a "$log"

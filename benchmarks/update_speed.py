@@ -24,6 +24,11 @@ Data are synthetic uint8 episodes (the update's cost does not depend on the pixe
 `--project`, the run's wall time is projected: updates x s_per_update + env steps x (env step with
 rendering + acting), the env step timed on the preset's task in the same process.
 
+On CUDA, `--cuda-graph` replays CMIL's / VMAIL's update as one CUDA graph (`Config.cuda_graph`: timed after 3
+eager updates, the capture and one replay; no phase split or FLOP count, since a replay runs no Python),
+`--tf32` runs float32 matmuls on TF32 tensor cores (`Config.tf32`), and `--kernel-time` profiles one more
+update for its summed GPU kernel time, its kernel count and the kernels that take the most.
+
 With `--baseline-src OLD/src` every case also runs against an older checkout of cmil (always fp32),
 the two alternating A B A B in fresh processes, and old/new ratios are reported pair by pair. Each side
 runs as its commit's `cmil` command does: the new code with the glibc malloc settings of
@@ -32,6 +37,8 @@ runs as its commit's `cmil` command does: the new code with the glibc malloc set
     python benchmarks/update_speed.py --presets default --threads 1                # CPU, one thread
     python benchmarks/update_speed.py --presets default dv2 paper --precision fp32 bf16 --updates 2
     python benchmarks/update_speed.py --device cuda --presets kitchen --precision bf16 --project
+    python benchmarks/update_speed.py --device cuda --methods cmil --presets kitchen --precision bf16 \
+        --cuda-graph --tf32 --kernel-time --project --no-flops
     python benchmarks/update_speed.py --presets default dv2 --baseline-src /path/to/old/src --rounds 2
 """
 
@@ -199,6 +206,11 @@ def child(args: argparse.Namespace) -> dict:
     scope = (lambda: use_precision(precision)) if use_precision else contextlib.nullcontext
     if args.compile:
         cfg = replace(cfg, compile=True)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32  # what `tf32` does in a run (cmil.launch.build)
+    graphed = args.cuda_graph and cfg.method in ("cmil", "vmail")
+    if graphed:  # 3 eager updates, then the capture: time only replays, and count nothing (no op dispatches)
+        cfg = replace(cfg, cuda_graph=True)
+        args.warmup, args.flops = max(args.warmup, 5), False
     torch.manual_seed(0)
     length = max(100, 2 * cfg.seq_len)
     expert = synthetic_replay(cfg, 10, length, seed=0)
@@ -212,14 +224,15 @@ def child(args: argparse.Namespace) -> dict:
         flops = count_flops(update) if args.flops else None
         gflop = None if flops is None else flops / 1e9
         ops = count_ops(update) if args.flops else None
-        timer = PhaseTimer(method, device)
+        timer = None if graphed else PhaseTimer(method, device)  # a replay runs no Python to cut at
         times, cpu_times, phases, peaks = [], [], [], {"fp32": [], "bf16": []}
         faults_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(args.updates):
             if args.peaks:
                 for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                     peaks[name].append(matmul_peak(device, dtype))
-            timer.marks.clear()
+            if timer:
+                timer.marks.clear()
             sync(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             update()
@@ -227,11 +240,12 @@ def child(args: argparse.Namespace) -> dict:
             end = time.perf_counter()
             times.append(end - start)
             cpu_times.append(time.process_time() - cpu_start)
-            phases.append(timer.split(start, end))
+            phases.append(timer.split(start, end) if timer else {"graph_replay": end - start})
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start) / args.updates
     load.append(os.getloadavg()[0])
     rec = {"method": cfg.method, "preset": args.preset, "device": str(device), "threads": torch.get_num_threads(),
-           "precision": precision, "compile": bool(args.compile), "updates": args.updates,
+           "precision": precision, "compile": bool(args.compile), "cuda_graph": graphed, "tf32": args.tf32,
+           "updates": args.updates,
            "batch": [cfg.batch_size, cfg.seq_len], "torch": torch.__version__,
            "params_m": sum(p.numel() for m in method.modules().values() for p in m.parameters()) / 1e6,
            "s_per_update": statistics.median(times), "s_per_update_best": min(times), "times": times,
@@ -252,9 +266,34 @@ def child(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         rec["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         rec["gpu"] = torch.cuda.get_device_name(device)
+    if args.kernel_time and device.type == "cuda":
+        with scope():
+            rec["kernel_time"] = kernel_time(update, device)
     if args.project:
         rec["projection"] = project_run(cfg, method, rec["s_per_update"], device)
     return rec
+
+
+def kernel_time(fn, device: torch.device, top: int = 12) -> dict:
+    """GPU time of one call of fn from the profiler's kernel records (CUPTI follows a CUDA graph's replay
+    into its kernels): their summed duration against the call's wall time says whether the GPU computes
+    or waits between kernels, and the kernels that take the most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    wall = time.perf_counter() - start
+    rows = []
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if us:
+            rows.append((us / 1e6, event.count, event.key))
+    rows.sort(reverse=True)
+    return {"kernel_s": sum(r[0] for r in rows), "kernels": sum(r[1] for r in rows), "wall_s_profiled": wall,
+            "top": [{"s": s, "count": n, "name": name[:120]} for s, n, name in rows[:top]]}
 
 
 def project_run(cfg: Config, method, s_per_update: float, device: torch.device, steps: int = 100) -> dict:
@@ -294,8 +333,14 @@ def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, 
            "--updates", str(args.updates), "--warmup", str(args.warmup)]
     if args.project:
         cmd.append("--project")
+    if args.kernel_time:
+        cmd.append("--kernel-time")
     if args.compile and not baseline:
         cmd.append("--compile")
+    if args.cuda_graph and not baseline:
+        cmd.append("--cuda-graph")
+    if args.tf32 and not baseline:
+        cmd.append("--tf32")
     if not args.flops:
         cmd.append("--no-flops")
     # The new code runs as the `cmil` command runs it (with its malloc settings unless `--malloc default`);
@@ -315,10 +360,13 @@ def run_child(args: argparse.Namespace, method: str, preset: str, threads: int, 
 
 def line(rec: dict) -> str:
     text = (f"{rec['method']:6s} {rec['preset']:8s} {rec['device']:5s} t{rec['threads']} {rec['precision']:4s}"
-            f"{' compiled' if rec.get('compile') else ''}  {rec['s_per_update']:8.3f} s/update"
+            f"{' compiled' if rec.get('compile') else ''}{' graphed' if rec.get('cuda_graph') else ''}{' tf32' if rec.get('tf32') else ''}  {rec['s_per_update']:8.3f} s/update"
             f" (cpu {rec['cpu_s_per_update']:.3f})")
     if "gflop" in rec:
         text += f"  {rec['gflop']:8.1f} GFLOP  {rec['gflops']:6.1f} GFLOP/s"
+    if "kernel_time" in rec:
+        kt = rec["kernel_time"]
+        text += f"  kernels {kt['kernel_s']:.3f} s of {kt['wall_s_profiled']:.3f} s ({kt['kernels']} launches)"
     if "kernel_ops_per_update" in rec:
         text += f"  {rec['kernel_ops_per_update']:6d} kernels"
     if "frac_fp32" in rec:
@@ -346,6 +394,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP and operator counts and the peaks")
     parser.add_argument("--compile", action="store_true", help="torch.compile CMIL's imagination (new code)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay CMIL's / VMAIL's update as a CUDA graph (new code; --device cuda)")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: float32 matmuls on TF32 tensor cores (new code)")
+    parser.add_argument("--kernel-time", action="store_true",
+                        help="CUDA: profile one more update for its summed kernel time and top kernels")
     parser.add_argument("--project", action="store_true", help="project the preset's whole run (env steps too)")
     parser.add_argument("--baseline-src", default=None, help="src/ of an older cmil checkout to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="A B rounds per case with --baseline-src")

@@ -311,9 +311,18 @@ class Config:
     """Training precision: fp32, or bf16 autocast of the MLPs and conv encoder/decoder (the RSSM stays
     fp32); auto = bf16 where the device runs it natively (CUDA, CPUs with AVX512-BF16 or AMX), else
     fp32. The run's config.yaml records the resolved choice. See cmil.precision."""
+    tf32: bool = False
+    """CUDA: run float32 matmuls (the RSSM's, which bf16 precision leaves in fp32) on TF32 tensor cores (10-bit
+    mantissa, fp32 accumulation; `torch.backends.cuda.matmul.allow_tf32`). 1.22x on the `kitchen` update on an
+    H200 (docs/performance.md); the authors' code ran its whole RSSM in float16. No effect on the CPU."""
     compile: bool = False
     """torch.compile CMIL's imagination rollout (the whole horizon becomes one graph; compiling takes
     minutes once, at the first update: ~4.5 min on a 2-core CPU)."""
+    cuda_graph: bool = False
+    """Replay CMIL's / VMAIL's whole update as a CUDA graph (device cuda only): on a GPU the eager update is
+    bound by launching its thousands of small kernels from Python (docs/performance.md). The first 3 updates
+    of each kind run eagerly, the 4th captures. Heads are then drawn on the GPU (another random stream than
+    the eager path's, the same distribution). See cmil.cuda_graph."""
     image_size: int = 64
     """Side of the square image observations."""
     dry_run: bool = False
@@ -423,7 +432,7 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
 # not what it learns: they may change when a run is resumed. Every other field must match its config.yaml.
 STEERING_FIELDS = {"env_steps", "eval_every", "eval_episodes", "final_eval_episodes", "video_episodes",
                    "log_every", "checkpoint_every", "keep_checkpoints", "device", "threads", "run_dir",
-                   "precision", "compile"}
+                   "precision", "tf32", "compile", "cuda_graph"}
 
 
 def replace(cfg: Config, **changes: Any) -> Config:

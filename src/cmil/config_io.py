@@ -169,6 +169,14 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.wm.freeze_representation and (cfg.method != "cmil" or cfg.pretrain_updates + cfg.pretrain_bc_updates == 0):
         fail("wm.freeze_representation", "needs a pretrained representation (CMIL with pretrain_updates or "
                                          "pretrain_bc_updates > 0): it would freeze a random encoder")
+    if cfg.cuda_graph:
+        if cfg.method not in ("cmil", "vmail"):
+            fail("cuda_graph", f"replays CMIL's and VMAIL's update; {cfg.method} has no graphed update")
+        if cfg.device == "cpu":
+            fail("cuda_graph", "needs a CUDA device (--device cuda); CUDA graphs do not exist on the CPU")
+        if cfg.agent.critic_target == "random":
+            fail("cuda_graph", "does not combine with agent.critic_target 'random' (a host draw, which a replayed "
+                               "graph would freeze at its captured value)")
     if cfg.agent.imag_starts and cfg.agent.real_critic_loss:
         fail("agent.imag_starts", "> 0 needs agent.real_critic_loss False (eq. 14 uses the imagined "
                                   "continuation from every real state)")

@@ -243,6 +243,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
     cfg, run_dir = plan.cfg, plan.run_dir
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.manual_seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
     from cmil.envs import make_env

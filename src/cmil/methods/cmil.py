@@ -18,7 +18,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cmil.config import Config
+from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
+from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
 from cmil.models.actor_critic import Actor, Discriminator, TruncNormal, TwinQ, frozen, lambda_returns
 from cmil.models.networks import mlp
@@ -26,19 +28,36 @@ from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import STATE_KEYS, WorldModel
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> float:
-    """Backward into `params` only (a shared graph may also reach other modules), clip, step."""
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> torch.Tensor:
+    """Backward into `params` only (a shared graph may also reach other modules), clip, step; returns the
+    gradient norm before clipping (a tensor: the update reads nothing back to the host, see `_train_step`)."""
     params = list(params)
     opt.zero_grad(set_to_none=True)
     loss.backward(inputs=params)
     norm = nn.utils.clip_grad_norm_(params, clip)
     opt.step()
-    return float(norm)
+    return norm
 
 
-def _adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _adam(params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
     """Adam with the authors' per-step decoupled decay w <- (1 - wd) w (AdamW decays by lr * wd)."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr, fused=True)
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr, fused=True,
+                             capturable=capturable)
+
+
+def _to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Tensor (and float) metrics -> floats, with one read back to the host for all the tensors."""
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    values = dict(zip(tensors, torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).tolist(),
+                      strict=True))
+    return {k: values.get(k, v) for k, v in metrics.items()}
+
+
+_BATCH_KEYS = ("image", "action", "is_first")  # what an update reads of a sampled window
+# Averaged between evaluations (`diagnostics`).
+_DIAGNOSED = ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob", "model/imag_disagreement",
+              "train/q_mean", "train/actor_std", "train/bc_loss", "train/actor_grad_norm", "train/actor_grad_rl",
+              "train/actor_grad_bc", "train/actor_grad_cos")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -70,14 +89,19 @@ class CMIL(Method):
         # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
         # world model, in the world model's optimiser.
         self.embed_bc = mlp(self.wm.embed_dim, action_dim, 2, a.actor_units).to(device) if a.bc_embed_weight else None
-        self.wm_opt = self.wm.make_optimizer()
+        graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
+        if graphed and device.type != "cuda":
+            raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
+        self.wm.graph_safe = graphed
+        self.wm_opt = self.wm.make_optimizer(capturable=graphed)
         if self.embed_bc is not None:
             self.wm_opt.add_param_group({"params": list(self.embed_bc.parameters())})
-        self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay)
-        self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay)
-        self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay)
+        self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay, graphed)
+        self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay, graphed)
+        self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay, graphed)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
+        self._graphs: dict[tuple[bool, bool], GraphedStep] = {}  # one per kind of step (agent or not, trained set)
         # The acting weights (agent.policy_ema): an EMA of the world model and the actor, or the live modules.
         self._acting = nn.ModuleDict({"wm": self.wm, "actor": self.actor})
         self.policy_ema = (AveragedModel(self._acting, multi_avg_fn=get_ema_multi_avg_fn(a.policy_ema), use_buffers=True)
@@ -119,23 +143,48 @@ class CMIL(Method):
             metrics = self.update(expert, expert, agent=False)
             progress(1)
         self._pretraining = False
+        self.reset_graphs()  # the pretraining steps' graphs never replay again: free their memory
         return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
 
     # --- the update -----------------------------------------------------------------------
     def update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool = True) -> dict[str, float]:
         """One update of the world model and the BC term, and with `agent` of the actor, critics and
-        discriminator in imagination; then the acting EMA (agent.policy_ema) follows."""
-        m = self._update(expert, replay, agent)
+        discriminator in imagination; then the target critics (every N updates) and the acting EMA
+        (agent.policy_ema) follow. With `cuda_graph` the step itself replays as a CUDA graph."""
+        B = self.cfg.batch_size
+        exp, rep = ({k: v for k, v in batch_to_torch(buf.sample(B), self.device).items() if k in _BATCH_KEYS}
+                    for buf in (expert, replay))
+        if self.cfg.cuda_graph:
+            key = (agent, self._pretraining)  # what the step trains differs between these (see _wm_trained_parameters)
+            if key not in self._graphs:
+                self._graphs[key] = GraphedStep(self._train_step)
+            m = _to_floats(self._graphs[key](exp, rep, agent))
+        else:
+            m = _to_floats(self._train_step(exp, rep, agent))
+        if agent:
+            self.updates += 1
+            if self.updates % self.cfg.agent.target_update_every == 0:
+                self.critic.update_target()
+            for key in _DIAGNOSED:
+                if key in m:  # (a diagnosis may replace a part of the step)
+                    self._diag[key].append(m[key])
         if self.policy_ema is not None:
             self.policy_ema.update_parameters(self._acting)
         return m
 
-    def _update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool) -> dict[str, float]:
+    def reset_graphs(self) -> None:
+        """Drop the captured CUDA graphs (and their memory); the next update of each kind captures anew. Needed
+        after anything replaces tensors a graph reads, e.g. loading optimiser states into a running method."""
+        self._graphs.clear()
+
+    def _train_step(self, exp: dict[str, torch.Tensor], rep: dict[str, torch.Tensor], agent: bool
+                    ) -> dict[str, torch.Tensor]:
+        """The update's losses and optimiser steps on an expert and a replay batch {'image', 'action',
+        'is_first'}; returns tensor metrics. It reads nothing back to the host, so that it can be replayed
+        as a CUDA graph: what depends on a count or on Python state (target copies, the EMA) is in `update`."""
         cfg, a = self.cfg, self.cfg.agent
         B = cfg.batch_size
-        exp = batch_to_torch(expert.sample(B), self.device)
-        rep = batch_to_torch(replay.sample(B), self.device)
-        batch = {k: torch.cat([exp[k], rep[k]]) for k in ("image", "action", "is_first")}
+        batch = {k: torch.cat([exp[k], rep[k]]) for k in _BATCH_KEYS}
         act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
         exp_act = act_taken[:B]
         if a.bc_action_noise:  # the filter sees noisy expert actions; every loss keeps the clean ones
@@ -159,11 +208,11 @@ class CMIL(Method):
             with frozen(self.actor):
                 bc_model = self.bc_loss(bc_feat, exp_act, shaping=True)
             wm_loss = wm_loss + a.bc_model_weight * bc_model
-            m["model/bc_loss"] = bc_model.item()
+            m["model/bc_loss"] = bc_model.detach()
         if self.embed_bc is not None:
             embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
-            m["model/embed_bc_loss"] = embed_bc.item()
+            m["model/embed_bc_loss"] = embed_bc.detach()
         m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
@@ -179,7 +228,7 @@ class CMIL(Method):
         bc_loss = self.bc_loss(actor_bc_feat, exp_act)
         if not agent:
             _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
-            m["train/bc_loss"] = bc_loss.item()
+            m["train/bc_loss"] = bc_loss.detach()
             return m
 
         # Imagination from every posterior state (eq. 11 notation: s^0 real, s^1..s^H imagined).
@@ -230,28 +279,20 @@ class CMIL(Method):
                                            reward.detach(), disc_feat[real], q_imag=q_imag[:, :-1])
         _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
-        self.updates += 1
-        if self.updates % a.target_update_every == 0:
-            self.critic.update_target()
-
         with torch.no_grad():  # diagnostics on clean inputs (and the actor's std on expert states)
             e_prob = torch.sigmoid(self.disc_logit(*e_in))
             p_prob = torch.sigmoid(self.disc_logit(*p_in))
             actor_std = self.actor(exp_feat).std.mean()
         m.update(cm)
         m.update({
-            "train/actor_loss": (rl_loss + a.beta * bc_loss).item(), "train/bc_loss": bc_loss.item(),
-            "train/critic_loss": critic_loss.item(), "train/disc_loss": disc_loss.item(),
-            "train/imag_reward": reward.mean().item(), "train/imag_return": returns.mean().item(),
-            "train/entropy": entropy.mean().item(), "train/q_mean": q_min.mean().item(),
-            "train/actor_std": actor_std.item(),
-            "disc/expert_acc": (e_prob > 0.5).float().mean().item(), "disc/policy_acc": (p_prob < 0.5).float().mean().item(),
-            "disc/expert_prob": e_prob.mean().item(), "disc/policy_prob": p_prob.mean().item(),
-            "model/imag_disagreement": disagreement.mean().item(),
+            "train/actor_loss": rl_loss + a.beta * bc_loss, "train/bc_loss": bc_loss,
+            "train/critic_loss": critic_loss, "train/disc_loss": disc_loss,
+            "train/imag_reward": reward.mean(), "train/imag_return": returns.mean(),
+            "train/entropy": entropy.mean(), "train/q_mean": q_min.mean(), "train/actor_std": actor_std,
+            "disc/expert_acc": (e_prob > 0.5).float().mean(), "disc/policy_acc": (p_prob < 0.5).float().mean(),
+            "disc/expert_prob": e_prob.mean(), "disc/policy_prob": p_prob.mean(),
+            "model/imag_disagreement": disagreement.mean(),
         })
-        for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
-                    "model/imag_disagreement", "train/q_mean", "train/actor_std", "train/bc_loss"):
-            self._diag[key].append(m[key])
         return m
 
     def _wm_trained_parameters(self) -> list[nn.Parameter]:
@@ -288,7 +329,7 @@ class CMIL(Method):
             loss = loss - TruncNormal(dist.mean.detach(), dist.std).log_prob(target).mean()
         return loss
 
-    def _actor_step(self, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, float]:
+    def _actor_step(self, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Step on rl_loss + beta * bc_loss; logs the norms (before clipping) of the RL part and of the
         beta-weighted BC part of the gradient, and their cosine. The BC gradient is a cheap second
         backward through the actor alone; the RL part is the total minus it (gradients are linear)."""
@@ -303,11 +344,8 @@ class CMIL(Method):
         cos = F.cosine_similarity(rl, bc, dim=0, eps=1e-12)
         norm = nn.utils.clip_grad_norm_(params, a.grad_clip)
         self.actor_opt.step()
-        out = {"train/actor_grad_norm": float(norm), "train/actor_grad_rl": float(rl.norm()),
-               "train/actor_grad_bc": float(bc.norm()), "train/actor_grad_cos": float(cos)}
-        for key, value in out.items():
-            self._diag[key].append(value)
-        return out
+        return {"train/actor_grad_norm": norm, "train/actor_grad_rl": rl.norm(), "train/actor_grad_bc": bc.norm(),
+                "train/actor_grad_cos": cos}
 
     def disc_logit(self, feat: torch.Tensor, action: torch.Tensor, noise: bool = False) -> torch.Tensor:
         """D's logit on (feature, action), standardised first when agent.disc_input_norm; a state-only D
@@ -372,7 +410,7 @@ class CMIL(Method):
             target = lambda_returns(reward, v0, a.gamma, a.lam)                   # (H, N)
         q = self.critic(imag_feat[:-1], imag_act[:-1]) if q_imag is None else q_imag  # (2, H, N)
         model_loss = (q - target).pow(2).mean(-1).mean(-1).sum()                  # eq. 13, both critics
-        metrics = {"train/critic_model_loss": model_loss.item()}
+        metrics = {"train/critic_model_loss": model_loss.detach()}
         loss = model_loss
         if a.real_critic_loss:  # imagination then started from every real state, in (b, t) order
             # Eq. 14: Q(s_j, a_j) -> r(s_j, a_j) + gamma * ((1 - lam) V0(s_{j+1}) + lam V^lambda(s_{j+1})),
@@ -387,7 +425,7 @@ class CMIL(Method):
             q_real = self.critic(feat[:, :-1], act_taken)                         # (2, B, L-1)
             data_loss = ((q_real - y).pow(2) * valid).sum((-1, -2)).div(valid.sum().clamp_min(1)).sum()
             loss = loss + data_loss
-            metrics["train/critic_data_loss"] = data_loss.item()
+            metrics["train/critic_data_loss"] = data_loss.detach()
         return loss, metrics
 
     def diagnostics(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
@@ -410,8 +448,10 @@ class CarriedState(nn.Module):
         for key, size in zip(STATE_KEYS, (deter, stoch, stoch, stoch), strict=True):
             self.register_buffer(key, torch.zeros(rows, size))
 
-    def get(self) -> dict[str, torch.Tensor] | None:
-        return {k: getattr(self, k) for k in STATE_KEYS} if bool(self.valid) else None
+    def get(self) -> dict[str, torch.Tensor]:
+        """The carried state; before the first `set` the buffers hold zeros, the state a window starts from
+        without one, so no host read of `valid` is needed (CUDA graphs). `valid` stays in the checkpoints."""
+        return {k: getattr(self, k) for k in STATE_KEYS}
 
     @torch.no_grad()
     def set(self, state: dict[str, torch.Tensor]) -> None:

@@ -11,6 +11,13 @@ import torch
 from torch import nn
 
 
+def _first_sets(count: torch.Tensor, weight: float) -> torch.Tensor:
+    """The EMA's weight on a new value: 1 for the first (it sets the statistic instead of pulling the
+    initial zeros towards it), else `weight`. A tensor, so that no update reads `count` back to the host
+    (CUDA graphs, `Config.cuda_graph`); lerp with weight 1 returns the new value exactly."""
+    return torch.where(count == 0, 1.0, weight).to(torch.float32)
+
+
 class RunningMeanStd(nn.Module):
     """Per-dimension EMA of mean and variance; `normalize(x) = (x - mean) / std`."""
 
@@ -27,12 +34,9 @@ class RunningMeanStd(nn.Module):
         """x: (..., *shape); the leading dims are samples."""
         flat = x.detach().reshape(-1, *self.mean.shape).float()
         mean, var = flat.mean(0), flat.var(0, correction=0)
-        if int(self.count) == 0:  # the first batch sets the statistics instead of pulling zeros towards them
-            self.mean.copy_(mean)
-            self.var.copy_(var)
-        else:
-            self.mean.lerp_(mean, 1 - self.decay)
-            self.var.lerp_(var, 1 - self.decay)
+        weight = _first_sets(self.count, 1 - self.decay)
+        self.mean.lerp_(mean, weight)
+        self.var.lerp_(var, weight)
         self.count += 1
 
     @property
@@ -55,16 +59,13 @@ class ReturnScale(nn.Module):
         self.decay, self.low, self.high = decay, low, high
         self.register_buffer("range", torch.zeros(()))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # The quantiles' levels live on the module's device (a host-built tensor would be a copy per update).
+        self.register_buffer("levels", torch.tensor([low, high]), persistent=False)
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> None:
-        flat = returns.detach().float().flatten()
-        q = torch.quantile(flat, torch.tensor([self.low, self.high], device=flat.device))
-        spread = q[1] - q[0]
-        if int(self.count) == 0:
-            self.range.copy_(spread)
-        else:
-            self.range.lerp_(spread, 1 - self.decay)
+        q = torch.quantile(returns.detach().float().flatten(), self.levels)
+        self.range.lerp_(q[1] - q[0], _first_sets(self.count, 1 - self.decay))
         self.count += 1
 
     @property

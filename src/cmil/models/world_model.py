@@ -19,6 +19,12 @@ all K as one batched matmul without gradient (for the disagreement), and each dr
 gradient, on the steps it was drawn for (so backward costs one head, not K). The parts of the input
 layers that do not depend on the recurrent state (the action and the image embedding) are also
 computed for all steps before the loop. See docs/world_model.md.
+
+`graph_safe` (set by a method that replays its update as a CUDA graph, `Config.cuda_graph`): no step
+reads a value back to the host, and every tensor has the same shape at every update. Heads are then
+drawn on the model's device, filtering resets the state at every step (multiplying by 1 where no
+episode starts), the drawn heads are applied as one batched matmul over per-step gathered weights
+instead of grouped by head, and `loss_terms` returns its metrics as tensors. Same values (tests).
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class WorldModel(nn.Module):
         self.feat_dim = S + D
         self.agent_feat_dim = S if cfg.agent_feat == "stoch" else S + D
         self.optimizer: torch.optim.Optimizer | None = None
+        self.graph_safe = False  # see the module docstring
 
     def representation_parameters(self) -> list[nn.Parameter]:
         """The path from an image to the posterior: the encoder and the posterior layers."""
@@ -142,8 +149,10 @@ class WorldModel(nn.Module):
         return self.decoder(feat)
 
     def draw_heads(self, n: int | None = None) -> torch.Tensor:
-        """Uniformly drawn head indices (CPU, from torch's global RNG): a scalar, or n of them."""
-        return torch.randint(self.cfg.ensemble, () if n is None else (n,))
+        """Uniformly drawn head indices, a scalar or n of them: on the CPU from torch's global RNG, or with
+        `graph_safe` on the model's device from its generator (a CUDA graph cannot replay a host draw)."""
+        device = self.device if self.graph_safe else "cpu"
+        return torch.randint(self.cfg.ensemble, () if n is None else (n,), device=device)
 
     def prior_stats(self, deter: torch.Tensor) -> torch.Tensor:
         """All K heads on deter (N, D) -> raw stats (K, N, 2S): means, then pre-activation stds."""
@@ -223,7 +232,8 @@ class WorldModel(nn.Module):
         S = self.cfg.stoch
         state = self.initial(B) if state is None else state
         keep = (~is_first.bool()).to(embed.dtype)  # (B, T)
-        resets = is_first.bool().any(0).tolist()  # one host sync per sequence, none per step
+        # One host sync per sequence, none per step; graph_safe resets at every step instead (no sync).
+        resets = [True] * T if self.graph_safe else is_first.bool().any(0).tolist()
         # Parts of the input layers that do not depend on the recurrence, for all steps at once (T, B, H).
         w_in = self.img_in.weight
         act_term = F.linear(action * keep.unsqueeze(-1), w_in[:, S:], self.img_in.bias).transpose(0, 1)
@@ -293,7 +303,8 @@ class WorldModel(nn.Module):
             means = self.prior_stats(deter.detach().reshape(B * T, D))[..., : self.cfg.stoch]
             disagreement = self.disagreement(means).view(B, T)
         noise = torch.randn(B, T, self.cfg.stoch, device=deter.device, dtype=deter.dtype) if sample else None
-        mean, std, stoch = self._gaussian(self._drawn_heads(deter, heads), noise)
+        drawn = self._gathered_heads if self.graph_safe else self._drawn_heads
+        mean, std, stoch = self._gaussian(drawn(deter, heads), noise)
         return {"deter": deter, "stoch": stoch, "mean": mean, "std": std, "disagreement": disagreement,
                 "head": heads}
 
@@ -314,6 +325,16 @@ class WorldModel(nn.Module):
             order.append(steps)
         inverse = torch.argsort(torch.cat(order)).to(deter.device)
         return torch.cat(outs, 1).index_select(1, inverse)
+
+    def _gathered_heads(self, deter: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """`_drawn_heads` without host reads or data-dependent shapes: each step's head weights are gathered
+        into a (T, ...) stack and applied as one batched matmul (the same FLOPs; the gather's backward
+        accumulates into the drawn heads only)."""
+        heads = heads.to(deter.device)
+        w1, b1 = self.prior_hidden.weight.index_select(0, heads), self.prior_hidden.bias.index_select(0, heads)
+        w2, b2 = self.prior_out.weight.index_select(0, heads), self.prior_out.bias.index_select(0, heads)
+        hidden = F.elu(torch.baddbmm(b1, deter.transpose(0, 1), w1))  # (T, B, H)
+        return torch.baddbmm(b2, hidden, w2).transpose(0, 1)
 
     # --- training -----------------------------------------------------------------------------
     def kl_loss(self, post: State, prior: State) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,7 +358,7 @@ class WorldModel(nn.Module):
         return terms["recon"] + terms["kl"], post, metrics
 
     def loss_terms(self, batch: dict[str, torch.Tensor], state: State | None = None
-                   ) -> tuple[dict[str, torch.Tensor], State, dict[str, float]]:
+                   ) -> tuple[dict[str, torch.Tensor], State, dict[str, float | torch.Tensor]]:
         """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)},
         filtered from `state` (zeros if None).
 
@@ -348,6 +369,7 @@ class WorldModel(nn.Module):
         dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
         for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from, and
         'prior_feat' (B, T, F), the detached agent features of the one-step prior predictions of each frame.
+        The metrics are floats, or 0-d tensors with `graph_safe`.
         """
         image = batch["image"]
         B, T = image.shape[:2]
@@ -362,22 +384,23 @@ class WorldModel(nn.Module):
         recon = _HalfSquaredError.apply(pred, target) / (B * T)
         kl, kl_raw = self.kl_loss(post, prior)
         values = torch.stack([recon.detach(), kl.detach(), kl_raw, prior["disagreement"].mean(),
-                              prior["std"].detach().mean(), post["std"].detach().mean()]).tolist()
+                              prior["std"].detach().mean(), post["std"].detach().mean()])
         keys = ("model/recon", "model/kl", "model/kl_raw", "model/disagreement", "model/prior_std",
                 "model/post_std")
-        metrics = dict(zip(keys, values, strict=True))
+        metrics = dict(zip(keys, values.unbind() if self.graph_safe else values.tolist(), strict=True))
         metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
         terms = {"recon": recon, "kl": self.cfg.kl_scale * kl}
         return terms, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
+    def make_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
         """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
 
         AdamW decays by lr * weight_decay, so weight_decay = wd / lr gives DreamerV2's factor.
+        `capturable`: its step counts live on the device, so that a CUDA graph can replay the step.
         """
         cfg = self.cfg
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay / cfg.lr, fused=True)
+                                           weight_decay=cfg.weight_decay / cfg.lr, fused=True, capturable=capturable)
         return self.optimizer
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, dict[str, float]]:
