@@ -29,10 +29,10 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _method(preset: str, episodes, **changes):
-    cfg = replace(dry_run_config(PRESETS[preset]), task="point", **changes)
+def _method(preset: str, episodes, device: str = "cpu", **changes):
+    cfg = replace(dry_run_config(PRESETS[preset]), task="point", device=device, **changes)
     torch.manual_seed(0)
-    method = CMIL(cfg, 2, torch.device("cpu"))
+    method = CMIL(cfg, 2, torch.device(device))
     expert, replay = SequenceReplay(cfg.seq_len, seed=0), SequenceReplay(cfg.seq_len, seed=1)
     for ep in episodes:
         expert.add_episode(ep)
@@ -127,15 +127,9 @@ def test_graph_replay_follows_the_eager_updates(preset, point_episodes):
     the device generator, same batches), within float tolerance, for more updates than the warm-up."""
     runs = []
     for graphed in (False, True):
-        cfg = replace(dry_run_config(PRESETS[preset]), task="point", device="cuda", cuda_graph=True)
-        torch.manual_seed(0)
-        method = CMIL(cfg, 2, torch.device("cuda"))
-        expert, replay = SequenceReplay(cfg.seq_len, seed=0), SequenceReplay(cfg.seq_len, seed=1)
-        for ep in point_episodes:
-            expert.add_episode(ep)
-            replay.add_episode(ep)
+        method, expert, replay = _method(preset, point_episodes, device="cuda", cuda_graph=True)
         if not graphed:
-            method.cfg = replace(cfg, cuda_graph=False)  # the same graph-safe model, stepped eagerly
+            method.cfg = replace(method.cfg, cuda_graph=False)  # the same graph-safe model, stepped eagerly
         runs.append([method.update(expert, replay) for _ in range(7)])
     for m_eager, m_graph in zip(*runs, strict=True):
         for key in m_eager:
