@@ -42,7 +42,7 @@ def _method(preset: str, episodes, device: str = "cpu", **changes):
 
 def _batches(method, expert, replay):
     B = method.cfg.batch_size
-    return ({k: v for k, v in batch_to_torch(buf.sample(B)).items() if k in _BATCH_KEYS} for buf in (expert, replay))
+    return (batch_to_torch({k: v for k, v in buf.sample(B).items() if k in _BATCH_KEYS}) for buf in (expert, replay))
 
 
 @pytest.mark.parametrize("preset", ["default", "paper"])

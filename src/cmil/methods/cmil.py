@@ -152,8 +152,8 @@ class CMIL(Method):
         discriminator in imagination; then the target critics (every N updates) and the acting EMA
         (agent.policy_ema) follow. With `cuda_graph` the step itself replays as a CUDA graph."""
         B = self.cfg.batch_size
-        exp, rep = ({k: v for k, v in batch_to_torch(buf.sample(B), self.device).items() if k in _BATCH_KEYS}
-                    for buf in (expert, replay))
+        exp, rep = (batch_to_torch({k: v for k, v in buf.sample(B).items() if k in _BATCH_KEYS}, self.device)
+                    for buf in (expert, replay))  # only what the step reads goes to the device
         if self.cfg.cuda_graph:
             key = (agent, self._pretraining)  # what the step trains differs between these (see _wm_trained_parameters)
             if key not in self._graphs:
