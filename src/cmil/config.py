@@ -187,6 +187,11 @@ class AgentConfig:
     return_norm: bool = False
     """Divide the actor's return objective (eq. 12) by max(1, running 5-95% range of the returns), DreamerV3
     style, so that beta sets the real ratio of the RL and BC parts of the actor loss."""
+    anchor_weight: float = 0.0
+    """Weight of a pull of the actor's mean action on the replay's states (the policy's own, where the BC term
+    says nothing) towards the mean action of a frozen copy of the acting policy taken when pretraining ends: a
+    behaviour-regularised actor, which the RL term can move only where its gain outweighs the pull. The squared
+    error has the MSE BC term's scale, so beta and this weigh alike. Online updates only. 0 = off (authors)."""
     policy_ema: float = 0.0
     """Act (collect and evaluate) with an exponential moving average of the world model's and the actor's
     weights, updated after every update with this decay (0 = act with the latest weights, as the authors).
@@ -418,7 +423,7 @@ PRESETS: dict[str, Config] = {
 METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
-              "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0,
+              "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0, "agent.anchor_weight": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0,
               # VMAIL has no pretraining, so a representation frozen "after" it would never train.
               "wm.freeze_representation": False},

@@ -9,6 +9,7 @@ stored `action[:, t + 1]` is the action taken at frame t.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import numpy as np
@@ -57,7 +58,7 @@ _BATCH_KEYS = ("image", "action", "is_first")  # what an update reads of a sampl
 # Averaged between evaluations (`diagnostics`).
 _DIAGNOSED = ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob", "model/imag_disagreement",
               "train/q_mean", "train/actor_std", "train/bc_loss", "train/actor_grad_norm", "train/actor_grad_rl",
-              "train/actor_grad_bc", "train/actor_grad_cos")
+              "train/actor_grad_bc", "train/actor_grad_cos", "train/anchor_loss")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,8 @@ class CMIL(Method):
         # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
         # world model, in the world model's optimiser.
         self.embed_bc = mlp(self.wm.embed_dim, action_dim, 2, a.actor_units).to(device) if a.bc_embed_weight else None
+        # The pretrained acting policy's actor, frozen when pretraining ends (agent.anchor_weight).
+        self.anchor = copy.deepcopy(self.actor).requires_grad_(False) if a.anchor_weight else None
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
         if graphed and device.type != "cuda":
             raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
@@ -118,6 +121,8 @@ class CMIL(Method):
             mods["embed_bc"] = self.embed_bc
         if self.policy_ema is not None:
             mods["policy_ema"] = self.policy_ema
+        if self.anchor is not None:
+            mods["anchor_actor"] = self.anchor
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -143,6 +148,9 @@ class CMIL(Method):
             metrics = self.update(expert, expert, agent=False)
             progress(1)
         self._pretraining = False
+        if self.anchor is not None:  # what the online actor is pulled back to: the policy that acts now
+            acting = self._acting if self.policy_ema is None else self.policy_ema.module
+            self.anchor.load_state_dict(acting["actor"].state_dict())
         self.reset_graphs()  # the pretraining steps' graphs never replay again: free their memory
         return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
 
@@ -255,7 +263,13 @@ class CMIL(Method):
                 self.stats["returns"].update(returns)
                 actor_obj = actor_obj / self.stats["returns"].scale
             rl_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean()
-        m.update(self._actor_step(rl_loss, bc_loss))
+        reg_loss = a.beta * bc_loss
+        if self.anchor is not None and not self._pretraining:  # agent.anchor_weight, on the policy's own states
+            anchor_feat = feat[B:, :-1].detach()
+            anchor_loss = (self.actor(anchor_feat).mean - self.anchor(anchor_feat).mean).pow(2).sum(-1).mean()
+            reg_loss = reg_loss + a.anchor_weight * anchor_loss
+            m["train/anchor_loss"] = anchor_loss.detach()
+        m.update(self._actor_step(rl_loss, reg_loss))
 
         # Discriminator (eq. 8): expert posterior pairs vs imagined pairs, noise on both inputs.
         feats, actions = feats.detach(), actions.detach()
@@ -329,15 +343,16 @@ class CMIL(Method):
             loss = loss - TruncNormal(dist.mean.detach(), dist.std).log_prob(target).mean()
         return loss
 
-    def _actor_step(self, rl_loss: torch.Tensor, bc_loss: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Step on rl_loss + beta * bc_loss; logs the norms (before clipping) of the RL part and of the
-        beta-weighted BC part of the gradient, and their cosine. The BC gradient is a cheap second
-        backward through the actor alone; the RL part is the total minus it (gradients are linear)."""
+    def _actor_step(self, rl_loss: torch.Tensor, reg_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step on rl_loss + reg_loss (beta * BC, plus the anchor term when agent.anchor_weight); logs the norms
+        (before clipping) of the RL part and of the regularising part of the gradient (`actor_grad_bc`), and
+        their cosine. The regulariser's gradient is a cheap second backward through the actor alone; the RL
+        part is the total minus it (gradients are linear)."""
         a = self.cfg.agent
         params = list(self.actor.parameters())
-        g_bc = torch.autograd.grad(a.beta * bc_loss, params, retain_graph=True, allow_unused=True)
+        g_bc = torch.autograd.grad(reg_loss, params, retain_graph=True, allow_unused=True)
         self.actor_opt.zero_grad(set_to_none=True)
-        (rl_loss + a.beta * bc_loss).backward(inputs=params, retain_graph=True)  # the critic loss reuses the graph
+        (rl_loss + reg_loss).backward(inputs=params, retain_graph=True)  # the critic loss reuses the graph
         total = torch.cat([p.grad.flatten() for p in params])
         bc = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, g_bc, strict=True)])
         rl = total - bc
