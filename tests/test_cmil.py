@@ -444,3 +444,32 @@ def test_state_only_discriminator_ignores_the_action(setup, norm):
     torch.testing.assert_close(state_only.disc_logit(feat, a1), state_only.disc_logit(feat, a2))
     # The paper's D(s, a) does read it.
     assert not torch.allclose(method.disc_logit(feat, a1), method.disc_logit(feat, a2))
+
+
+def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setup):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2,
+                  **{"agent.anchor_weight": 1.0, "agent.policy_ema": 0.5, "agent.beta": 0.0, "agent.grad_clip": 1e9})
+    torch.manual_seed(0)
+    anchored = CMIL(cfg, 2, torch.device("cpu"))
+    assert "anchor_actor" in anchored.modules()
+    anchored.pretrain(expert, lambda n: None)
+    # The anchor is the acting (averaged) actor of the end of pretraining, not the live one.
+    for key, value in anchored.anchor.state_dict().items():
+        torch.testing.assert_close(value, anchored.policy_ema.module["actor"].state_dict()[key])
+    assert not all(torch.equal(v, anchored.actor.state_dict()[k]) for k, v in anchored.anchor.state_dict().items())
+    frozen_copy = copy.deepcopy(anchored.anchor.state_dict())
+    # With beta = 0 the regularising part of the gradient is the anchor's alone, linear in its weight.
+    parts = []
+    for weight in (1.0, 2.0):
+        twin, twin_replay, twin_expert = copy.deepcopy((anchored, replay, expert))
+        twin.cfg = replace(twin.cfg, **{"agent.anchor_weight": weight})
+        torch.manual_seed(1)
+        m = twin.update(twin_expert, twin_replay)
+        assert m["train/anchor_loss"] > 0
+        parts.append(m["train/actor_grad_bc"])
+        for key, value in twin.anchor.state_dict().items():  # the anchor itself never trains
+            torch.testing.assert_close(value, frozen_copy[key], rtol=0, atol=0)
+    assert parts[0] > 0 and parts[1] == pytest.approx(2 * parts[0], rel=1e-4)
+    # Off (the authors' form): no anchor module, no anchor term.
+    assert "anchor_actor" not in method.modules() and "train/anchor_loss" not in method.update(expert, replay)
