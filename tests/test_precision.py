@@ -12,11 +12,11 @@ import yaml
 from torch import nn
 
 from cmil import precision
-from cmil.config import WorldModelConfig
 from cmil.models import networks
 from cmil.models.networks import ConvDecoder, ConvEncoder, LayerNormGRUCell, mlp
 from cmil.models.world_model import WorldModel
 from cmil.precision import resolve_precision, use_precision
+from tiny_models import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,7 +110,7 @@ def test_world_model_trains_under_whole_model_autocast_and_bf16_regions():
     """Whole-model autocast failed in the GRU (`lerp` got mixed dtypes); both ways now give a loss close
     to fp32's, gradients in fp32 and finite."""
     torch.manual_seed(0)
-    wm = WorldModel(2, WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4))
+    wm = WorldModel(2, TINY)
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8, generator=g),
              "action": torch.rand(2, 4, 2, generator=g), "is_first": torch.zeros(2, 4, dtype=torch.bool)}

@@ -12,7 +12,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import PRESETS, WorldModelConfig, dry_run_config, replace
+from cmil.config import PRESETS, dry_run_config, replace
 from cmil.models.networks import (
     ConvDecoder,
     conv_transpose_subpixel,
@@ -22,8 +22,8 @@ from cmil.models.networks import (
     to_unit_range,
 )
 from cmil.models.world_model import WorldModel, _HalfSquaredError
+from tiny_models import TINY
 
-TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
 A = 2
 
 

@@ -21,8 +21,8 @@ from cmil.models.networks import (
     preprocess_image,
 )
 from cmil.models.world_model import STATE_KEYS, WorldModel, image_to_uint8
+from tiny_models import TINY
 
-TINY = WorldModelConfig(deter=16, hidden=16, stoch=4, ensemble=3, cnn_depth=4)
 A = 2
 
 
