@@ -214,3 +214,20 @@ def test_run_curves_bins_the_runs_own_episodes_and_reads_its_evaluations(tmp_pat
     assert summary["evaluations"] == [[0, 0.5], [60, 0.25]] and summary["best_evaluation"] == 0.5
     assert summary["final"] is None  # still running: no final.json
     assert summary["disc_expert_policy_prob"] == [[30, 0.6, 0.4]]
+
+
+def test_anchor_probe_scores_pretrained_and_final_policy_on_the_same_placements(demos, tmp_path):
+    from cmil.cli import main
+
+    common = ["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
+              "--video-episodes", "0", "--demos", str(demos)]
+    anchored, plain = tmp_path / "anchored", tmp_path / "plain"
+    assert main([*common, "--agent.anchor-weight", "10", "--wm.freeze-representation", "--run-dir", str(anchored)]) == 0
+    assert main([*common, "--run-dir", str(plain)]) == 0
+    _run("anchor_probe.py", str(anchored), "--episodes", "3", "--seed", "5", "--out", str(tmp_path / "probe.json"))
+    (row,) = json.loads((tmp_path / "probe.json").read_text())["runs"]
+    assert row["both"] + row["only_pretrained"] + row["only_final"] + row["neither"] == 3
+    assert row["pretrained"] == (row["both"] + row["only_pretrained"]) / 3
+    # A run without the anchor (or without the frozen representation) has no pretrained policy to compare.
+    with pytest.raises(AssertionError, match="needs agent.anchor_weight"):
+        _run("anchor_probe.py", str(plain), "--episodes", "1")

@@ -191,7 +191,8 @@ class AgentConfig:
     """Weight of a pull of the actor's mean action on the replay's states (the policy's own, where the BC term
     says nothing) towards the mean action of a frozen copy of the acting policy taken when pretraining ends: a
     behaviour-regularised actor, which the RL term can move only where its gain outweighs the pull. The squared
-    error has the MSE BC term's scale, so beta and this weigh alike. Online updates only. 0 = off (authors)."""
+    error has the MSE BC term's scale, so beta and this weigh alike. Online updates only; its gradient is logged
+    with the BC part's (`train/actor_grad_bc`). 0 = off (authors)."""
     policy_ema: float = 0.0
     """Act (collect and evaluate) with an exponential moving average of the world model's and the actor's
     weights, updated after every update with this decay (0 = act with the latest weights, as the authors).

@@ -339,6 +339,7 @@ class EvalParts:
     policy: Policy
     checkpoint: Path
     expert_success: float | None
+    method: Method  # the restored method, for probes that read more than its acting policy
 
 
 def open_policy(run_dir: Path) -> EvalParts:
@@ -367,7 +368,7 @@ def open_policy(run_dir: Path) -> EvalParts:
     stats = Path(cfg.demos or "") / "expert_stats.json"
     if success is None and cfg.demos and stats.is_file():
         success = json.loads(stats.read_text()).get("success_rate")
-    return EvalParts(cfg, env, method.policy(), found[0], success)
+    return EvalParts(cfg, env, method.policy(), found[0], success, method)
 
 
 def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, deterministic: bool = True,
