@@ -11,6 +11,10 @@ Each (method, seed) is an ordinary `cmil train` run directory under ROOT (rerunn
 runs and resumes unfinished ones), run as a subprocess, `--parallel` at a time, each with
 `--threads` torch threads. At the end `cmil plot` writes the learning curves (mean over seeds with
 a 95% bootstrap band) and prints the table of final success rates with 95% bootstrap CIs.
+With `--fresh N` every finished run's final policy is also evaluated on N placements that no run trains
+or is evaluated on (`cmil eval RUN --episodes N --seed FRESH_SEED`; reused when RUN/eval/ has it): the
+benchmark's 20 evaluation placements move a method by 0.05-0.15 against 100 others (docs/results.md,
+rounds 15 and 17), so the fresh score, with its own CI, is the one to compare recipes by.
 This script needs no Ray (`cmil sweep` does the same on a Ray cluster).
 """
 
@@ -49,6 +53,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override for every run, e.g. --set env_steps=5000")
     parser.add_argument("--json", default=None, help="summary JSON (default benchmarks/results/compare_methods.json)")
+    parser.add_argument("--fresh", type=int, default=0, metavar="N",
+                        help="also score each final policy on N fresh placements (0: off; docs/results.md uses 100)")
+    parser.add_argument("--fresh-seed", type=int, default=30_000,
+                        help="first fresh placement (away from the evaluations' 10000+ and the tuning runs' 20000+)")
     parser.add_argument("--report-only", action="store_true",
                         help="start no run: summarise the finished runs among the requested ones")
     args = parser.parse_args()
@@ -82,6 +90,13 @@ def main() -> None:
         for name, code, wall in pool.map(lambda job: run(*job), jobs):
             print(f"{'ok    ' if code == 0 else 'FAILED'} {name} ({wall:.0f} s)", flush=True)
     print(f"all runs: {time.time() - start:.0f} s")
+    if args.fresh:
+        finished = [root / f"{args.task}__{k}__seed{s}" for k, s in jobs]
+        finished = [r for r in finished if (r / "final.json").exists()]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for run_dir, score in zip(finished, pool.map(lambda r: fresh_score(r, args.fresh, args.fresh_seed),
+                                                         finished), strict=True):
+                print(f"fresh  {run_dir.name}: {score:.2f} over {args.fresh} placements", flush=True)
     write_summary_json(root, args, jobs, commit)
     report([root / f"{args.task}__{m}__seed{s}" for m, s in jobs
                       if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()], root / "summary")
@@ -113,13 +128,28 @@ def parse_variant(spec: str) -> tuple[str, tuple[str, list[str]]]:
     return name, (method, [kv for kv in sets.split(",") if kv])
 
 
+def fresh_eval_file(run_dir: Path, episodes: int, seed: int) -> Path:
+    """Where `cmil eval RUN --episodes N --seed S` writes its result (cmil.launch.evaluate_run)."""
+    return run_dir / "eval" / f"eval_{episodes}ep_seed{seed}.json"
+
+
+def fresh_score(run_dir: Path, episodes: int, seed: int) -> float:
+    """The run's final policy on `episodes` placements from `seed` on (evaluated once; later calls read it)."""
+    path = fresh_eval_file(run_dir, episodes, seed)
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "cmil.cli", "eval", str(run_dir), "--episodes", str(episodes),
+                        "--seed", str(seed), "--video-episodes", "0"], check=True, stdout=subprocess.DEVNULL)
+    return json.loads(path.read_text())["eval/success_rate"]
+
+
 def commit_file(run_dir: Path) -> Path:
     """Beside the run directory, not in it: `cmil train` refuses a non-empty directory that is not a run."""
     return run_dir.parent / f"{run_dir.name}.commit"
 
 
-def run_record(run_dir: Path) -> dict:
-    """Per-run facts for the JSON summary: final success, wall time, curve, pretrained-policy success."""
+def run_record(run_dir: Path, fresh: tuple[int, int] | None = None) -> dict:
+    """Per-run facts for the JSON summary: final success, wall time, curve, pretrained-policy success, and
+    with `fresh` (episodes, first seed) the final policy's success on those fresh placements if evaluated."""
     final = json.loads((run_dir / "final.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [(r["env_step"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r]
@@ -133,6 +163,8 @@ def run_record(run_dir: Path) -> dict:
     if (run_dir / "episodes").is_dir():
         record["training_episode_success"] = training_episode_curve(run_dir / "episodes", cfg["eval_every"])
     record["commit"] = commit_file(run_dir).read_text().strip() if commit_file(run_dir).exists() else None
+    if fresh and fresh_eval_file(run_dir, *fresh).exists():
+        record["fresh_success"] = json.loads(fresh_eval_file(run_dir, *fresh).read_text())["eval/success_rate"]
     return record
 
 
@@ -162,11 +194,18 @@ def write_summary_json(root: Path, args, jobs, commit: str) -> None:
     for method, seed in jobs:
         run_dir = root / f"{args.task}__{method}__seed{seed}"
         if (run_dir / "final.json").exists():
-            methods.setdefault(method, {"runs": []})["runs"].append(run_record(run_dir))
-    for entry in methods.values():
+            methods.setdefault(method, {"runs": []})["runs"].append(
+                run_record(run_dir, (args.fresh, args.fresh_seed) if args.fresh else None))
+    for name, entry in methods.items():
         finals = [r["final_success"] for r in entry["runs"]]
         ci = bootstrap_ci(finals)
         entry.update({"mean_final_success": ci.mean, "ci95": [ci.low, ci.high]})
+        if args.fresh and all("fresh_success" in r for r in entry["runs"]):
+            fresh = bootstrap_ci([r["fresh_success"] for r in entry["runs"]])
+            entry.update({"fresh_placements": {"episodes": args.fresh, "first_seed": args.fresh_seed},
+                          "mean_fresh_success": fresh.mean, "fresh_ci95": [fresh.low, fresh.high]})
+            print(f"{name}: final policies on {args.fresh} fresh placements {fresh.mean:.2f} "
+                  f"[{fresh.low:.2f}, {fresh.high:.2f}]")
         if all("pretrained_success" in r for r in entry["runs"]):
             entry["mean_pretrained_success"] = float(np.mean([r["pretrained_success"] for r in entry["runs"]]))
         bests = [r["best_evaluation"] for r in entry["runs"] if r["best_evaluation"] is not None]

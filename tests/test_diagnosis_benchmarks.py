@@ -231,3 +231,26 @@ def test_anchor_probe_scores_pretrained_and_final_policy_on_the_same_placements(
     # A run without the anchor (or without the frozen representation) has no pretrained policy to compare.
     with pytest.raises(AssertionError, match="needs agent.anchor_weight"):
         _run("anchor_probe.py", str(plain), "--episodes", "1")
+
+
+def test_compare_methods_scores_final_policies_on_fresh_placements(demos, tmp_path):
+    from cmil.cli import main
+
+    root = tmp_path / "root"
+    run = root / "point__bc__seed0"
+    assert main(["train", "--method", "bc", "--task", "point", "--dry-run", "--threads", "1", "--video-episodes", "0",
+                 "--demos", str(demos), "--run-dir", str(run)]) == 0
+    summary = tmp_path / "summary.json"
+    args = ["--task", "point", "--methods", "bc", "--seeds", "0", "--root", str(root), "--demos", str(demos),
+            "--report-only", "--fresh", "3", "--fresh-seed", "7", "--json", str(summary)]
+    _run("compare_methods.py", *args)
+    scored = run / "eval" / "eval_3ep_seed7.json"
+    entry = json.loads(summary.read_text())["methods"]["bc"]
+    (record,) = entry["runs"]
+    assert record["fresh_success"] == json.loads(scored.read_text())["eval/success_rate"]
+    assert entry["fresh_placements"] == {"episodes": 3, "first_seed": 7}
+    assert entry["mean_fresh_success"] == record["fresh_success"] and len(entry["fresh_ci95"]) == 2
+    # A second report reads the saved evaluation instead of playing the episodes again.
+    stamp = scored.stat().st_mtime_ns
+    _run("compare_methods.py", *args)
+    assert scored.stat().st_mtime_ns == stamp
