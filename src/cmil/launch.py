@@ -296,6 +296,7 @@ def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
         raise UsageError(f"init_from: {source_run} has no readable checkpoint to initialise from")
     try:
         restore(found[1], method.modules())
+        method.reset_graphs()
     except (KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"init_from: {found[0]} does not fit this method's networks ({first})") from None

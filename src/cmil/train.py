@@ -42,6 +42,7 @@ class Trainer:
     # --- state ----------------------------------------------------------------------------
     def _resume(self, path: Path, payload: dict) -> None:
         restore(payload, self.method.modules(), self.method.optimizers())
+        self.method.reset_graphs()  # a graph captured before would read the replaced optimiser states
         self.counters.update(payload["counters"])
         self.method.updates = self.counters.get("updates", 0)
         self.method.load_extra_state(payload.get("method_state", {}))

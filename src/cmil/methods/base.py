@@ -85,6 +85,10 @@ class Method:
         """One update from an expert batch and a replay batch; returns scalar metrics."""
         raise NotImplementedError
 
+    def reset_graphs(self) -> None:
+        """Forget anything compiled or captured against the current tensors (CUDA graphs); called after a
+        checkpoint's states were loaded into the method. Nothing to do for a method that captures nothing."""
+
     def diagnostics(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
         """Extra metrics computed at evaluation time (e.g. discriminator accuracies)."""
         return {}
