@@ -130,3 +130,32 @@ def test_main_job_dry_run(tmp_path, monkeypatch, capsys):
     assert "cmil on mw-push: success rate" in out and "(expert 1.00)" in out
     assert len(list((tmp_path / "demos" / "mw-push").glob("*.npz"))) == 10
     assert (tmp_path / "runs" / "main__mw-push__cmil__seed0" / "final.json").exists()
+
+
+def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, capsys):
+    import torch
+
+    from cmil.config import PRESETS, dry_run_config, replace
+    from cmil.errors import UsageError
+    from cmil.launch import _encoder_from
+    from cmil.methods.base import make_method
+    from cmil.runs import Checkpointer
+
+    bc = _train(tmp_path, "bc", "--video-episodes", "0")
+    encoder = {k: v for k, v in Checkpointer(bc).load_latest(print)[1]["modules"]["policy"].items()
+               if k.startswith("encoder.")}
+    cfg = replace(dry_run_config(PRESETS["default"]), task="point", method="cmil")
+    method = make_method(cfg, 2, torch.device("cpu"))
+    assert not torch.equal(method.wm.encoder.state_dict()["net.0.weight"], encoder["encoder.net.0.weight"])
+    _encoder_from(method, bc, quiet=True)
+    for key, value in method.wm.encoder.state_dict().items():
+        assert torch.equal(value, encoder[f"encoder.{key}"]), key
+    # Through the CLI: the run says so and saves the BC run's absolute path in its config.
+    cmil = _train(tmp_path, "cmil", "--video-episodes", "0", "--encoder-from", str(bc))
+    assert "encoder initialised from" in capsys.readouterr().out
+    assert yaml.safe_load((cmil / "config.yaml").read_text())["encoder_from"] == str(bc.resolve())
+    # A wider encoder than the BC run's, or a run that is not BC, is a clear error.
+    with pytest.raises(UsageError, match="does not fit"):
+        _encoder_from(make_method(replace(cfg, **{"wm.encoder_depth": 8}), 2, torch.device("cpu")), bc, quiet=True)
+    with pytest.raises(UsageError, match="needs a `bc` run"):
+        _encoder_from(method, cmil, quiet=True)

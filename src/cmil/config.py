@@ -309,6 +309,11 @@ class Config:
     """Run directory; default: runs/{task}__{method}__seed{seed}__{timestamp}. An existing one is resumed."""
     init_from: str | None = None
     """Initialise all networks from this run directory's latest checkpoint (a fresh run otherwise)."""
+    encoder_from: str | None = None
+    """A `bc` run directory whose pixel encoder (its latest checkpoint's) initialises the world model's image
+    encoder of a new CMIL/VMAIL run, which then trains on as usual; the two encoders must have the same depth
+    (wm.encoder_depth, or wm.cnn_depth when that is 0, equal to the run's bc.cnn_depth). None = a random
+    encoder (authors)."""
     device: str = "cpu"
     """Torch device: cpu | cuda | auto."""
     threads: int = 0

@@ -141,7 +141,7 @@ def validate(cfg: Config, where: str = "") -> None:
     for name in FRACTION:
         if not 0 <= flat[name] <= 1:
             fail(name, f"must be in [0, 1], got {flat[name]!r}")
-    for name in ("demos", "run_dir", "init_from", "success_key"):
+    for name in ("demos", "run_dir", "init_from", "encoder_from", "success_key"):
         if flat[name] is not None and not str(flat[name]).strip():
             fail(name, "must not be empty")
     if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:

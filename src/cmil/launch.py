@@ -106,7 +106,7 @@ def dry_run_demo_dir(run_dir: Path) -> Path:
 
 
 def resolve_paths(cfg: Config, run_dir: Path) -> Config:
-    """Absolute demos / run_dir / init_from, so that a run compares and reloads alike from any directory.
+    """Absolute demos / run_dir / init_from / encoder_from, so that a run compares and reloads alike from any directory.
 
     Demos default to demos/{task}; a dry run without demos there collects a few into RUN/demos."""
     from cmil.envs import task_slug
@@ -115,7 +115,9 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
     if cfg.dry_run and not cfg.demos and not demos.exists():
         demos = dry_run_demo_dir(run_dir)
     init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
-    return replace(cfg, demos=str(demos.resolve()), run_dir=str(run_dir), init_from=init_from)
+    encoder_from = str(Path(cfg.encoder_from).resolve()) if cfg.encoder_from else None
+    return replace(cfg, demos=str(demos.resolve()), run_dir=str(run_dir), init_from=init_from,
+                   encoder_from=encoder_from)
 
 
 def _check_task_and_device(cfg: Config) -> None:
@@ -160,7 +162,7 @@ def plan_run(cfg: Config) -> RunPlan:
                          "pick another --run-dir")
     saved = load_config(saved_path)
     # Older runs saved relative paths (relative to where they were started, as they were read then).
-    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", "init_from")
+    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", "init_from", "encoder_from")
                               if (v := getattr(saved, k)) and not Path(v).is_absolute()})
     conflicts = resume_conflicts(saved, cfg)
     if conflicts:
@@ -181,6 +183,8 @@ def plan_run(cfg: Config) -> RunPlan:
 def _check_init_from(cfg: Config) -> None:
     if cfg.init_from and not Checkpointer(Path(cfg.init_from)).list():
         raise UsageError(f"init_from: {cfg.init_from} has no checkpoint to initialise from")
+    if cfg.encoder_from and not Checkpointer(Path(cfg.encoder_from)).list():
+        raise UsageError(f"encoder_from: {cfg.encoder_from} has no checkpoint to take an encoder from")
 
 
 # --- demos -------------------------------------------------------------------------------------------
@@ -261,6 +265,8 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         ckpt = Checkpointer(run_dir, cfg.keep_checkpoints)
         if plan.state == "new" and cfg.init_from:
             _init_from(method, Path(cfg.init_from), quiet)
+        if plan.state == "new" and cfg.encoder_from:
+            _encoder_from(method, Path(cfg.encoder_from), quiet)
         # --- from here on the run directory is written ---
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
@@ -301,6 +307,25 @@ def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
         first = str(exc).strip().splitlines()[0]
         raise UsageError(f"init_from: {found[0]} does not fit this method's networks ({first})") from None
     say(f"initialised networks from {found[0]}", quiet)
+
+
+def _encoder_from(method: Method, bc_run: Path, quiet: bool) -> None:
+    """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
+    found = Checkpointer(bc_run).load_latest(warn, quarantine=False)
+    if found is None:
+        raise UsageError(f"encoder_from: {bc_run} has no readable checkpoint to take an encoder from")
+    policy = found[1]["modules"].get("policy", {})
+    weights = {k.removeprefix("encoder."): v for k, v in policy.items() if k.startswith("encoder.")}
+    wm = getattr(method, "wm", None)
+    if not weights or wm is None:
+        raise UsageError(f"encoder_from: needs a `bc` run ({bc_run}) and a method with a world model")
+    try:
+        wm.encoder.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"encoder_from: {found[0]}'s encoder does not fit the world model's (set wm.encoder_depth to "
+                         f"the run's bc.cnn_depth; {first})") from None
+    say(f"world model's encoder initialised from {found[0]}", quiet)
 
 
 # --- the commands' shared steps ---------------------------------------------------------------------
