@@ -27,6 +27,7 @@ import torch
 
 from cmil.config import PRESETS
 from cmil.evaluate import demo_success_rate
+from cmil.launch import load_bc_encoder
 from cmil.methods.cmil import CMIL
 from cmil.runs import source_commit
 from diagnose_cmil import action_error, episode_features, prepare, rollouts
@@ -76,6 +77,8 @@ def main() -> None:
     cfg, sets, name, env, demos, heldout, expert = prepare(args)
     actions = env.action_space.shape[0]
     agent = CMIL(cfg, actions, torch.device("cpu"))
+    if cfg.encoder_from:  # as `cmil train` does for a new run
+        load_bc_encoder(agent, Path(cfg.encoder_from), quiet=False)
 
     start, rows, commit = time.time(), [], source_commit()  # the code the curve was measured with
     for _ in range(args.full):

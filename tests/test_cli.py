@@ -137,7 +137,7 @@ def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, c
 
     from cmil.config import PRESETS, dry_run_config, replace
     from cmil.errors import UsageError
-    from cmil.launch import _encoder_from
+    from cmil.launch import load_bc_encoder
     from cmil.methods.base import make_method
     from cmil.runs import Checkpointer
 
@@ -147,7 +147,7 @@ def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, c
     cfg = replace(dry_run_config(PRESETS["default"]), task="point", method="cmil")
     method = make_method(cfg, 2, torch.device("cpu"))
     assert not torch.equal(method.wm.encoder.state_dict()["net.0.weight"], encoder["encoder.net.0.weight"])
-    _encoder_from(method, bc, quiet=True)
+    load_bc_encoder(method, bc, quiet=True)
     for key, value in method.wm.encoder.state_dict().items():
         assert torch.equal(value, encoder[f"encoder.{key}"]), key
     # Through the CLI: the run says so and saves the BC run's absolute path in its config.
@@ -156,6 +156,6 @@ def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, c
     assert yaml.safe_load((cmil / "config.yaml").read_text())["encoder_from"] == str(bc.resolve())
     # A wider encoder than the BC run's, or a run that is not BC, is a clear error.
     with pytest.raises(UsageError, match="does not fit"):
-        _encoder_from(make_method(replace(cfg, **{"wm.encoder_depth": 8}), 2, torch.device("cpu")), bc, quiet=True)
+        load_bc_encoder(make_method(replace(cfg, **{"wm.encoder_depth": 8}), 2, torch.device("cpu")), bc, quiet=True)
     with pytest.raises(UsageError, match="needs a `bc` run"):
-        _encoder_from(method, cmil, quiet=True)
+        load_bc_encoder(method, cmil, quiet=True)

@@ -266,7 +266,7 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
         if plan.state == "new" and cfg.init_from:
             _init_from(method, Path(cfg.init_from), quiet)
         if plan.state == "new" and cfg.encoder_from:
-            _encoder_from(method, Path(cfg.encoder_from), quiet)
+            load_bc_encoder(method, Path(cfg.encoder_from), quiet)
         # --- from here on the run directory is written ---
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
@@ -309,7 +309,7 @@ def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
     say(f"initialised networks from {found[0]}", quiet)
 
 
-def _encoder_from(method: Method, bc_run: Path, quiet: bool) -> None:
+def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
     found = Checkpointer(bc_run).load_latest(warn, quarantine=False)
     if found is None:
