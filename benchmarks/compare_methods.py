@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from cmil.config import PRESETS
+from cmil.launch import eval_result_path
 from cmil.plot import report
 from cmil.runs import source_commit
 
@@ -128,14 +129,9 @@ def parse_variant(spec: str) -> tuple[str, tuple[str, list[str]]]:
     return name, (method, [kv for kv in sets.split(",") if kv])
 
 
-def fresh_eval_file(run_dir: Path, episodes: int, seed: int) -> Path:
-    """Where `cmil eval RUN --episodes N --seed S` writes its result (cmil.launch.evaluate_run)."""
-    return run_dir / "eval" / f"eval_{episodes}ep_seed{seed}.json"
-
-
 def fresh_score(run_dir: Path, episodes: int, seed: int) -> float:
     """The run's final policy on `episodes` placements from `seed` on (evaluated once; later calls read it)."""
-    path = fresh_eval_file(run_dir, episodes, seed)
+    path = eval_result_path(run_dir, episodes, seed)
     if not path.exists():
         subprocess.run([sys.executable, "-m", "cmil.cli", "eval", str(run_dir), "--episodes", str(episodes),
                         "--seed", str(seed), "--video-episodes", "0"], check=True, stdout=subprocess.DEVNULL)
@@ -163,8 +159,8 @@ def run_record(run_dir: Path, fresh: tuple[int, int] | None = None) -> dict:
     if (run_dir / "episodes").is_dir():
         record["training_episode_success"] = training_episode_curve(run_dir / "episodes", cfg["eval_every"])
     record["commit"] = commit_file(run_dir).read_text().strip() if commit_file(run_dir).exists() else None
-    if fresh and fresh_eval_file(run_dir, *fresh).exists():
-        record["fresh_success"] = json.loads(fresh_eval_file(run_dir, *fresh).read_text())["eval/success_rate"]
+    if fresh and (scored := eval_result_path(run_dir, *fresh)).exists():
+        record["fresh_success"] = json.loads(scored.read_text())["eval/success_rate"]
     return record
 
 

@@ -105,6 +105,10 @@ def dry_run_demo_dir(run_dir: Path) -> Path:
     return run_dir / "demos"
 
 
+# Fields that name another run directory to start from: resolved to absolute paths and checked for a checkpoint.
+SOURCE_RUN_FIELDS = {"init_from": "initialise from", "encoder_from": "take an encoder from"}
+
+
 def resolve_paths(cfg: Config, run_dir: Path) -> Config:
     """Absolute demos / run_dir / init_from / encoder_from, so that a run compares and reloads alike from any directory.
 
@@ -114,10 +118,8 @@ def resolve_paths(cfg: Config, run_dir: Path) -> Config:
     demos = Path(cfg.demos) if cfg.demos else Path("demos") / task_slug(cfg.task)
     if cfg.dry_run and not cfg.demos and not demos.exists():
         demos = dry_run_demo_dir(run_dir)
-    init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
-    encoder_from = str(Path(cfg.encoder_from).resolve()) if cfg.encoder_from else None
-    return replace(cfg, demos=str(demos.resolve()), run_dir=str(run_dir), init_from=init_from,
-                   encoder_from=encoder_from)
+    sources = {k: str(Path(v).resolve()) if (v := getattr(cfg, k)) else None for k in SOURCE_RUN_FIELDS}
+    return replace(cfg, demos=str(demos.resolve()), run_dir=str(run_dir), **sources)
 
 
 def _check_task_and_device(cfg: Config) -> None:
@@ -154,7 +156,7 @@ def plan_run(cfg: Config) -> RunPlan:
         raise UsageError(f"run_dir: {run_dir} exists and is not a directory")
     # Empty, or holding only the temporary file of a config.yaml whose write was interrupted: new.
     if not run_dir.exists() or all(p.name.startswith(".config.yaml.") for p in run_dir.iterdir()):
-        _check_init_from(cfg)
+        _check_source_runs(cfg)
         return RunPlan(cfg, run_dir, "new")
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
@@ -162,7 +164,7 @@ def plan_run(cfg: Config) -> RunPlan:
                          "pick another --run-dir")
     saved = load_config(saved_path)
     # Older runs saved relative paths (relative to where they were started, as they were read then).
-    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", "init_from", "encoder_from")
+    saved = replace(saved, **{k: str(Path(v).resolve()) for k in ("demos", *SOURCE_RUN_FIELDS)
                               if (v := getattr(saved, k)) and not Path(v).is_absolute()})
     conflicts = resume_conflicts(saved, cfg)
     if conflicts:
@@ -180,11 +182,10 @@ def plan_run(cfg: Config) -> RunPlan:
     return RunPlan(cfg, run_dir, "resume")
 
 
-def _check_init_from(cfg: Config) -> None:
-    if cfg.init_from and not Checkpointer(Path(cfg.init_from)).list():
-        raise UsageError(f"init_from: {cfg.init_from} has no checkpoint to initialise from")
-    if cfg.encoder_from and not Checkpointer(Path(cfg.encoder_from)).list():
-        raise UsageError(f"encoder_from: {cfg.encoder_from} has no checkpoint to take an encoder from")
+def _check_source_runs(cfg: Config) -> None:
+    for name, use in SOURCE_RUN_FIELDS.items():
+        if (source := getattr(cfg, name)) and not Checkpointer(Path(source)).list():
+            raise UsageError(f"{name}: {source} has no checkpoint to {use}")
 
 
 # --- demos -------------------------------------------------------------------------------------------
@@ -397,6 +398,11 @@ def open_policy(run_dir: Path) -> EvalParts:
     return EvalParts(cfg, env, method.policy(), found[0], success, method)
 
 
+def eval_result_path(run_dir: Path, episodes: int, seed: int, deterministic: bool = True) -> Path:
+    """Where `cmil eval RUN --episodes N --seed S [--stochastic]` writes its metrics."""
+    return run_dir / "eval" / f"eval_{episodes}ep_seed{seed}{'' if deterministic else '_stochastic'}.json"
+
+
 def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, deterministic: bool = True,
                  video_episodes: int = 2) -> dict[str, float]:
     """`cmil eval`: the saved run's policy (latest checkpoint) over `episodes` seeded episodes; the
@@ -406,15 +412,15 @@ def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, determin
 
     run_dir = Path(run_dir).resolve()
     parts = open_policy(run_dir)
-    name = f"eval_{episodes}ep_seed{seed}{'' if deterministic else '_stochastic'}"
+    result = eval_result_path(run_dir, episodes, seed, deterministic)
     try:
         metrics = evaluate(parts.env, parts.policy, episodes, deterministic=deterministic, seed=seed,
-                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=name)
+                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=result.stem)
     finally:
         parts.env.close()
     if parts.expert_success is not None and "eval/success_rate" in metrics:
         metrics["eval/expert_success_rate"] = parts.expert_success
-    write_json(run_dir / "eval" / f"{name}.json", {**metrics, "checkpoint": parts.checkpoint.name})
+    write_json(result, {**metrics, "checkpoint": parts.checkpoint.name})
     return metrics
 
 

@@ -149,8 +149,7 @@ class CMIL(Method):
             progress(1)
         self._pretraining = False
         if self.anchor is not None:  # what the online actor is pulled back to: the policy that acts now
-            acting = self._acting if self.policy_ema is None else self.policy_ema.module
-            self.anchor.load_state_dict(acting["actor"].state_dict())
+            self.anchor.load_state_dict(self.policy().actor.state_dict())
         self.reset_graphs()  # the pretraining steps' graphs never replay again: free their memory
         return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
 
