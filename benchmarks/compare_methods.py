@@ -5,7 +5,8 @@
                                          [--variant cmil-alpha0=cmil:agent.alpha=0 ...]
 
 A variant is a named method with config overrides of its own (the ablations of issue 9); its runs
-are labelled with its name and reported beside the methods.
+are labelled with its name and reported beside the methods. `{seed}` in an override's value is the
+run's seed, e.g. `encoder_from=runs/compare/mw-push__bc__seed{seed}` (each seed's own BC run).
 
 Each (method, seed) is an ordinary `cmil train` run directory under ROOT (rerunning skips finished
 runs and resumes unfinished ones), run as a subprocess, `--parallel` at a time, each with
@@ -77,7 +78,7 @@ def main() -> None:
             return run_dir.name, 0, 0.0
         cmd = [sys.executable, "-m", "cmil.cli", "train", "--preset", args.preset, "--method", method, "--task", args.task, "--seed", str(seed),
                "--demos", demos, "--run-dir", str(run_dir), "--threads", str(args.threads), "--device", args.device,
-               *overrides, *flags(extra)]
+               *for_seed([*overrides, *flags(extra)], seed)]
         if not commit_file(run_dir).exists():  # the code that started the run (a resumed run keeps it)
             commit_file(run_dir).write_text(commit + "\n")
         start = time.time()
@@ -118,6 +119,11 @@ def flags(pairs: list[str]) -> list[str]:
         else:
             out += [f"--{flag}", value]
     return out
+
+
+def for_seed(args: list[str], seed: int) -> list[str]:
+    """The run's own flags: `{seed}` in any of them replaced by its seed."""
+    return [arg.replace("{seed}", str(seed)) for arg in args]
 
 
 def parse_variant(spec: str) -> tuple[str, tuple[str, list[str]]]:

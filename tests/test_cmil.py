@@ -169,6 +169,20 @@ def test_frozen_representation_trains_only_in_pretraining(setup, freeze):
     assert not torch.equal(decoder, flat(method.wm.decoder.parameters()))
 
 
+def test_frozen_encoder_never_trains_and_the_rest_of_the_model_does(setup):
+    # wm.freeze_encoder: the (BC-given) encoder keeps its weights through pretraining and online updates; the
+    # posterior layers above it still learn (they turn its embedding into the latent the actor reads).
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"wm.freeze_encoder": True})
+    flat = lambda params: torch.cat([p.detach().flatten() for p in params])  # noqa: E731
+    encoder, posterior = flat(method.wm.encoder.parameters()), flat(method.wm.post_out.parameters())
+    method.pretrain(expert, lambda n: None)
+    method.update(expert, replay)
+    assert torch.equal(encoder, flat(method.wm.encoder.parameters()))
+    assert all(p.grad is None for p in method.wm.encoder.parameters())  # the backward skipped it
+    assert not torch.equal(posterior, flat(method.wm.post_out.parameters()))
+
+
 @pytest.mark.parametrize("carry", [True, False])
 def test_recurrent_state_carried_between_batches(setup, carry, monkeypatch):
     method, expert, replay = setup

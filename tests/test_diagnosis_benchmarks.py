@@ -142,13 +142,14 @@ def test_refit_changes_only_the_actor(demos, tmp_path):
 def test_compare_methods_spells_overrides_as_train_accepts_them(tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from compare_methods import flags, parse_variant, run_record
+        from compare_methods import flags, for_seed, parse_variant, run_record
     finally:
         sys.path.remove(str(BENCHMARKS))
     name, (method, sets) = parse_variant("cmil-ablation=cmil:agent.alpha=0,agent.real_critic_loss=false")
     assert (name, method) == ("cmil-ablation", "cmil")
     args = flags(sets)
     assert args == ["--agent.alpha", "0", "--agent.no-real-critic-loss"]
+    assert for_seed(flags(["encoder_from=runs/x__bc__seed{seed}"]), 7) == ["--encoder-from", "runs/x__bc__seed7"]
     from cmil.cli import main
 
     run = tmp_path / "run"

@@ -72,6 +72,11 @@ class WorldModelConfig:
     frozen features acts worse the later the checkpoint (docs/results.md), so the representation the actor
     reads drifts away from what BC needs as the replay fills with the policy's own states. On in the `long`
     preset (rounds 12-13: it held every `long` run measured, where training it online eroded all three)."""
+    freeze_encoder: bool = False
+    """Never train the image encoder: it keeps the weights `encoder_from` gave it (a trained pixel-BC encoder),
+    and the posterior layers, dynamics, decoder and agent learn on top of its embedding. Off in the authors'
+    code; needs `encoder_from`. Issue 9, round 19: does pixel BC's own embedding close the latent policy's gap
+    to pixel BC (round 18: started from it and trained on, the encoder lost BC's level)?"""
     carry_state: bool = True
     """Start each training batch from the last posterior state of the previous one (detached), as the
     authors' code does; `is_first` still resets it at episode starts. False starts every window from zeros."""

@@ -169,6 +169,9 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.wm.freeze_representation and (cfg.method != "cmil" or cfg.pretrain_updates + cfg.pretrain_bc_updates == 0):
         fail("wm.freeze_representation", "needs a pretrained representation (CMIL with pretrain_updates or "
                                          "pretrain_bc_updates > 0): it would freeze a random encoder")
+    if cfg.wm.freeze_encoder and not cfg.encoder_from:
+        fail("wm.freeze_encoder", "needs encoder_from (a trained `bc` run's encoder to keep): it would freeze a "
+                                  "random encoder")
     if cfg.cuda_graph:
         if cfg.method not in ("cmil", "vmail"):
             fail("cuda_graph", f"replays CMIL's and VMAIL's update; {cfg.method} has no graphed update")

@@ -309,13 +309,15 @@ class CMIL(Method):
         return m
 
     def _wm_trained_parameters(self) -> list[nn.Parameter]:
-        """What the world-model step trains: all of its optimiser's parameters, less the representation's once
-        pretraining is over with wm.freeze_representation (they then get no gradient, so no step and no decay)."""
+        """What the world-model step trains: all of its optimiser's parameters, less the encoder's with
+        wm.freeze_encoder and the representation's once pretraining is over with wm.freeze_representation
+        (they then get no gradient, so no step and no decay, and the backward skips them)."""
         params = [p for g in self.wm_opt.param_groups for p in g["params"]]
+        frozen_params = list(self.wm.encoder.parameters()) if self.cfg.wm.freeze_encoder else []
         if self.cfg.wm.freeze_representation and not self._pretraining:
-            frozen_ids = {id(p) for p in self.wm.representation_parameters()}
-            params = [p for p in params if id(p) not in frozen_ids]
-        return params
+            frozen_params += self.wm.representation_parameters()
+        frozen_ids = {id(p) for p in frozen_params}
+        return [p for p in params if id(p) not in frozen_ids]
 
     def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the
