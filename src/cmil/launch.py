@@ -297,10 +297,16 @@ def _has_episodes(run_dir: Path) -> bool:
     return (run_dir / "episodes").is_dir() and any((run_dir / "episodes").glob("*.npz"))
 
 
-def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
+def _latest_source_checkpoint(field: str, source_run: Path) -> tuple[Path, dict]:
+    """The latest readable checkpoint of the run a SOURCE_RUN_FIELDS field names (never quarantined: not ours)."""
     found = Checkpointer(source_run).load_latest(warn, quarantine=False)
     if found is None:
-        raise UsageError(f"init_from: {source_run} has no readable checkpoint to initialise from")
+        raise UsageError(f"{field}: {source_run} has no readable checkpoint to {SOURCE_RUN_FIELDS[field]}")
+    return found
+
+
+def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
+    found = _latest_source_checkpoint("init_from", source_run)
     try:
         restore(found[1], method.modules())
         method.reset_graphs()
@@ -312,9 +318,7 @@ def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
 
 def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
-    found = Checkpointer(bc_run).load_latest(warn, quarantine=False)
-    if found is None:
-        raise UsageError(f"encoder_from: {bc_run} has no readable checkpoint to take an encoder from")
+    found = _latest_source_checkpoint("encoder_from", bc_run)
     policy = found[1]["modules"].get("policy", {})
     weights = {k.removeprefix("encoder."): v for k, v in policy.items() if k.startswith("encoder.")}
     wm = getattr(method, "wm", None)
