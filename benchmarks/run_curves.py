@@ -46,8 +46,20 @@ def summarize_run(run: Path, bin_size: int, min_episodes: int) -> dict[str, Any]
     best = max((s for _, s in evaluations), default=None)
     return {"evaluations": evaluations, "final": final, "best_evaluation": best,
             "final_over_best": None if final is None or not best else final / best,
+            "saved_evaluations": saved_evaluations(run),
             "training_episode_success": training_success(run, bin_size, min_episodes),
             "disc_expert_policy_prob": disc}
+
+
+def saved_evaluations(run: Path) -> dict[str, float]:
+    """Success rate of every evaluation `cmil eval` saved in the run (RUN/eval/*.json, e.g. the final policy on 100
+    fresh placements: eval_100ep_seed30000), by file name."""
+    out = {}
+    for path in sorted((run / "eval").glob("*.json")):
+        rate = json.loads(path.read_text()).get("eval/success_rate")
+        if rate is not None:
+            out[path.stem] = rate
+    return out
 
 
 def main() -> None:
@@ -63,7 +75,8 @@ def main() -> None:
         result["runs"][str(run)] = s
         evals = " ".join(f"{step // 1000}K:{success:.2f}" for step, success in s["evaluations"])
         train = " ".join(f"{b['success']:.2f}" for b in s["training_episode_success"])
-        print(f"{run}\n  evaluations  {evals}\n  final {s['final']}  best {s['best_evaluation']}"
+        saved = " ".join(f"{k}:{v:.2f}" for k, v in s["saved_evaluations"].items())
+        print(f"{run}\n  evaluations  {evals}\n  final {s['final']}  best {s['best_evaluation']}  saved {saved}"
               f"\n  training episodes per {args.bin // 1000}K steps  {train}")
     if args.out:
         write_json(Path(args.out), result)

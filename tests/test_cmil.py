@@ -487,3 +487,35 @@ def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setu
     assert parts[0] > 0 and parts[1] == pytest.approx(2 * parts[0], rel=1e-4)
     # Off (the authors' form): no anchor module, no anchor term.
     assert "anchor_actor" not in method.modules() and "train/anchor_loss" not in method.update(expert, replay)
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_disc_gradient_penalty_changes_only_the_discriminators_step(setup, norm):
+    method, expert, replay = setup
+    after = {}
+    for weight in (0.0, 10.0):
+        cfg = replace(method.cfg, **{"agent.disc_grad_penalty": weight, "agent.disc_input_norm": norm})
+        torch.manual_seed(0)
+        agent = CMIL(cfg, 2, torch.device("cpu"))
+        torch.manual_seed(1)
+        m = agent.update(copy.deepcopy(expert), copy.deepcopy(replay))   # the same batches for both
+        assert ("train/disc_grad_penalty" in m) == bool(weight)
+        after[weight] = {name: [p.detach().clone() for p in mod.parameters()]
+                         for name, mod in (("wm", agent.wm), ("actor", agent.actor), ("disc", agent.disc))}
+    assert m["train/disc_grad_penalty"] > 0
+    for name in ("wm", "actor"):   # both step before D, and the penalty draws its random numbers after them
+        assert all(torch.equal(a, b) for a, b in zip(after[0.0][name], after[10.0][name], strict=True)), name
+    assert not all(torch.equal(a, b) for a, b in zip(after[0.0]["disc"], after[10.0]["disc"], strict=True))
+
+
+@pytest.mark.parametrize("pairs", ["imagined", "replay"])
+def test_discriminator_policy_side_is_imagined_or_the_replays_real_pairs(setup, pairs):
+    method, expert, _ = setup
+    # Features of the frame alone (the `default` preset's forms): no sampled recurrent state tells equal rows apart.
+    cfg = replace(method.cfg, **{"agent.disc_policy_pairs": pairs, "wm.posterior": "image", "wm.agent_feat": "stoch"})
+    torch.manual_seed(0)
+    agent = CMIL(cfg, 2, torch.device("cpu"))
+    # Replay batches identical to the expert ones: real policy pairs are then exactly the expert pairs.
+    m = agent.update(copy.deepcopy(expert), copy.deepcopy(expert))
+    same = m["disc/expert_prob"] == m["disc/policy_prob"]
+    assert same == (pairs == "replay")

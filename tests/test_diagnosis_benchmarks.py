@@ -207,6 +207,8 @@ def test_run_curves_bins_the_runs_own_episodes_and_reads_its_evaluations(tmp_pat
     rows = [{"env_step": 0, "eval/success_rate": 0.5}, {"env_step": 30, "disc/expert_prob": 0.6, "disc/policy_prob": 0.4},
             {"env_step": 60, "eval/success_rate": 0.25}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval").mkdir()   # what `cmil eval RUN --episodes 100 --seed 30000` saves
+    (run / "eval" / "eval_100ep_seed30000.json").write_text(json.dumps({"eval/success_rate": 0.41}))
     out = tmp_path / "curves.json"
     _run("run_curves.py", str(run), "--bin", "20", "--min-episodes", "2", "--out", str(out))
     summary = json.loads(out.read_text())["runs"][str(run)]
@@ -215,6 +217,7 @@ def test_run_curves_bins_the_runs_own_episodes_and_reads_its_evaluations(tmp_pat
     assert summary["evaluations"] == [[0, 0.5], [60, 0.25]] and summary["best_evaluation"] == 0.5
     assert summary["final"] is None  # still running: no final.json
     assert summary["disc_expert_policy_prob"] == [[30, 0.6, 0.4]]
+    assert summary["saved_evaluations"] == {"eval_100ep_seed30000": 0.41}
 
 
 def test_anchor_probe_scores_pretrained_and_final_policy_on_the_same_placements(demos, tmp_path):
@@ -255,3 +258,32 @@ def test_compare_methods_scores_final_policies_on_fresh_placements(demos, tmp_pa
     stamp = scored.stat().st_mtime_ns
     _run("compare_methods.py", *args)
     assert scored.stat().st_mtime_ns == stamp
+
+
+def test_reward_direction_scores_each_signal_against_the_experts_relabel(demos, tmp_path):
+    from cmil.cli import main
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import torch
+
+        from reward_direction import direction
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    gap = torch.tensor([[0.5, -0.2], [0.01, 0.3]])
+    assert direction(gap, gap) == {"cos": 1.0, "cos>0": 1.0, "towards_per_dim": [1.0, 1.0]}
+    away = direction(-gap, gap)   # dimension 0 of state 2 (|gap| <= 0.05) has no direction to agree with
+    assert away["cos"] == -1.0 and away["cos>0"] == 0.0 and away["towards_per_dim"] == [0.0, 0.0]
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
+                 "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(run)]) == 0
+    out = tmp_path / "rd.json"
+    _run("reward_direction.py", str(run), "--episodes", "2", "--fresh-steps", "3", "--out", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["states"] > 0 and 0.0 <= row["success"] <= 1.0 and len(row["mean_abs_gap_per_dim"]) == 2
+    signals = [k for k in row if k.startswith(("run/", "fresh/"))]
+    assert {"run/D", "run/Q", "run/penalty", "run/eq12_objective", "run/imagined rewards only"} <= set(signals)
+    assert sum(k.startswith("fresh/") for k in signals) == 4
+    for key in signals:
+        assert -1.0 <= row[key]["cos"] <= 1.0 and len(row[key]["towards_per_dim"]) == 2, key

@@ -101,6 +101,11 @@ class AgentConfig:
     """Units per discriminator hidden layer."""
     disc_lr: float = 3e-4
     """Adam learning rate of the discriminator."""
+    disc_grad_penalty: float = 0.0
+    """Weight of a gradient penalty on D's input (WGAN-GP form, as pixel DAC's discriminator): ||grad D|| pulled to 1
+    at random interpolates of expert and imagined pairs (after `disc_input_norm`), beside the input noise. 0 = off
+    (paper and authors' code: noise only). Issue 9, round 20: a fresh D with noise and this penalty (weight 10) slopes
+    towards the scripted expert's action at the policy's own states more often than the noise-only one."""
     actor_layers: int = 4
     """Hidden layers of the actor MLP."""
     actor_units: int = 400
@@ -178,6 +183,11 @@ class AgentConfig:
     one-step prediction from the previous posterior state and the action taken (the posterior at the first
     frame of a window, which has no predecessor), and D's policy pairs are the imagined steps after the
     start, so both sides come from the prior and only behaviour tells them apart."""
+    disc_policy_pairs: Literal["imagined", "replay"] = "imagined"
+    """D's policy side (eq. 8): the imagined pairs (paper, authors' code) or the replay batch's real ones, the policy's
+    own frames and actions read as the expert side's are (posterior or prior states per `disc_states`), as GAIL / DAC
+    train theirs. Issue 9, round 20: at the policy's own states a fresh D trained on real pairs slopes towards the
+    scripted expert's action on every run probed, the run's D (imagined side) one way or the other by recipe."""
     disc_action: bool = True
     """Whether the discriminator reads the action beside the latent state (paper: state-action pairs). False: D
     reads the state alone, so the reward reaches the actor only through the learnt dynamics. On the `default`

@@ -23,7 +23,15 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
-from cmil.models.actor_critic import Actor, Discriminator, TruncNormal, TwinQ, frozen, lambda_returns
+from cmil.models.actor_critic import (
+    Actor,
+    Discriminator,
+    TruncNormal,
+    TwinQ,
+    frozen,
+    gradient_penalty,
+    lambda_returns,
+)
 from cmil.models.networks import mlp
 from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import STATE_KEYS, WorldModel
@@ -275,7 +283,10 @@ class CMIL(Method):
         # With disc_states 'prior' both sides are the prior's: no imagination step 0 (a real posterior state)
         # and no window-first expert frame (no prediction for it).
         s0 = 1 if a.disc_states == "prior" else 0
-        pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
+        if a.disc_policy_pairs == "replay":  # the policy's real frames, as the expert's are read
+            pol_feat, pol_act = disc_feat[B:, s0:-1], act_taken[B:, s0:]
+        else:
+            pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
         d_act = self.disc_action_dim
         e_in = (_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:, :d_act]))
         p_in = (_flat(pol_feat), _flat(pol_act[..., :d_act]))
@@ -285,6 +296,11 @@ class CMIL(Method):
         p_logit = self.disc_logit(*p_in, noise=True)
         disc_loss = (F.binary_cross_entropy_with_logits(e_logit, torch.ones_like(e_logit))
                      + F.binary_cross_entropy_with_logits(p_logit, torch.zeros_like(p_logit)))
+        if a.disc_grad_penalty:  # between each expert pair and a random imagined one, on what D's layers read
+            pick = torch.randint(p_in[0].shape[0], (e_in[0].shape[0],), device=self.device)
+            gp = gradient_penalty(self.disc, self._disc_input(*e_in), self._disc_input(p_in[0][pick], p_in[1][pick]))
+            disc_loss = disc_loss + a.disc_grad_penalty * gp
+            m["train/disc_grad_penalty"] = gp.detach()
         _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
@@ -366,11 +382,16 @@ class CMIL(Method):
     def disc_logit(self, feat: torch.Tensor, action: torch.Tensor, noise: bool = False) -> torch.Tensor:
         """D's logit on (feature, action), standardised first when agent.disc_input_norm; a state-only D
         (agent.disc_action false) ignores the action."""
+        return self.disc(*self._disc_input(feat, action), noise=noise)
+
+    def _disc_input(self, feat: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature, action) as D's layers read them: the action cut to what D reads, both standardised
+        with agent.disc_input_norm."""
         action = action[..., : self.disc_action_dim]
         if not self.cfg.agent.disc_input_norm:
-            return self.disc(feat, action, noise=noise)
+            return feat, action
         x = self.stats["disc_input"].normalize(torch.cat([feat, action], -1))
-        return self.disc(x[..., : feat.shape[-1]], x[..., feat.shape[-1]:], noise=noise)
+        return x[..., : feat.shape[-1]], x[..., feat.shape[-1]:]
 
     def imagine(self, start: dict[str, torch.Tensor], horizon: int):
         """Roll the policy through the learnt prior for `horizon` steps.

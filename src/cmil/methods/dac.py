@@ -32,7 +32,7 @@ from torch import nn
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay, sample_transitions
 from cmil.methods.base import Method, StatelessPolicy, register
-from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen
+from cmil.models.actor_critic import Actor, Discriminator, TwinQ, frozen, gradient_penalty
 from cmil.models.networks import ConvEncoder, preprocess_image, random_shift
 
 
@@ -51,25 +51,6 @@ class PixelEncoder(nn.Module):
         h = self.proj(self.conv(x))
         flag = absorbing.float().unsqueeze(-1)
         return torch.cat([h * (1.0 - flag), flag], -1)
-
-
-def gradient_penalty(disc, expert: tuple[torch.Tensor, ...], policy: tuple[torch.Tensor, ...],
-                     eps: torch.Tensor | None = None, target: float = 1.0) -> torch.Tensor:
-    """WGAN-GP penalty: mean over samples of (||grad_x disc(x_hat)||_2 - target)^2.
-
-    x_hat = eps * expert + (1 - eps) * policy with eps ~ U(0, 1) per sample, shared by every input
-    tensor of a sample (here feature and action); the norm runs over all inputs together.
-    `create_graph=True` so the penalty trains the discriminator's weights."""
-    if eps is None:
-        eps = torch.rand(expert[0].shape[0], device=expert[0].device)
-    mixed = []
-    for e, p in zip(expert, policy, strict=True):
-        w = eps.reshape(-1, *([1] * (e.dim() - 1)))
-        mixed.append((w * e + (1 - w) * p).detach().requires_grad_(True))
-    out = disc(*mixed)
-    grads = torch.autograd.grad(out.sum(), mixed, create_graph=True)
-    sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads)
-    return (sq.add(1e-12).sqrt() - target).pow(2).mean()
 
 
 def soft_target(reward: torch.Tensor, next_q: torch.Tensor, next_logp: torch.Tensor, temperature: torch.Tensor,

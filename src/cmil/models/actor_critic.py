@@ -113,6 +113,25 @@ class TwinQ(nn.Module):
         self.target.load_state_dict(self.q.state_dict())
 
 
+def gradient_penalty(disc, expert: tuple[torch.Tensor, ...], policy: tuple[torch.Tensor, ...],
+                     eps: torch.Tensor | None = None, target: float = 1.0) -> torch.Tensor:
+    """WGAN-GP penalty: mean over samples of (||grad_x disc(x_hat)||_2 - target)^2.
+
+    x_hat = eps * expert + (1 - eps) * policy with eps ~ U(0, 1) per sample, shared by every input
+    tensor of a sample (DAC, CMIL: feature and action); the norm runs over all inputs together.
+    `create_graph=True` so the penalty trains the discriminator's weights."""
+    if eps is None:
+        eps = torch.rand(expert[0].shape[0], device=expert[0].device)
+    mixed = []
+    for e, p in zip(expert, policy, strict=True):
+        w = eps.reshape(-1, *([1] * (e.dim() - 1)))
+        mixed.append((w * e + (1 - w) * p).detach().requires_grad_(True))
+    out = disc(*mixed)
+    grads = torch.autograd.grad(out.sum(), mixed, create_graph=True)
+    sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(-1) for g in grads)
+    return (sq.add(1e-12).sqrt() - target).pow(2).mean()
+
+
 class Discriminator(nn.Module):
     """D(feat, action) as a logit; Gaussian noise on the whole input regularises training (paper sec. 5)."""
 

@@ -1,0 +1,259 @@
+"""Does CMIL's imitation signal point at the expert's action where the policy itself goes? (issue 9, round 20)
+
+    python benchmarks/reward_direction.py RUN [RUN ...] [--episodes 20] [--seed 20000]
+                                          [--fresh-steps 3000] [--grad-penalty 10] [--out JSON]
+
+Round 8 measured the slope of the imagined reward at the expert's own states, where the BC term already says what
+to do. The online phase can only add to BC at the states the policy reaches and the demos do not cover. For each CMIL
+run (its latest checkpoint): the acting policy runs from placements seed, seed + 1, ... (deterministic); at every step
+the task's scripted expert is asked what it would do there (a DAgger-style relabel, for diagnosis only: no method
+sees it). On those states, with the actor's mean action a and the expert's action e, for each signal's slope g = dX/da:
+  - `cos`: the mean cosine between g and e - a (1 = straight at the expert's action, 0 = unrelated);
+  - `towards`: how often g and e - a agree in sign, per action dimension, where |e - a| > 0.05.
+Signals: the run's own discriminator logit (eq. 10's D part), minus alpha x its (normalised) disagreement (the
+penalty), the critics' min Q (eq. 12 through the critics' action input) and eq. 12's whole objective for the first
+action (the lambda-return of an imagined rollout from that state, the actor acting on after it).
+
+Then fresh discriminators on the run's frozen features, trained as CMIL trains its own (expert posterior pairs of the
+run's demos against the policy's pairs, here the real ones of half the rollouts; standardised inputs) with
+different regularisers: Gaussian input noise (the paper's, std as the run), none, and a gradient penalty on
+interpolates (DAC / WGAN-GP style, `--grad-penalty`); their logit slopes are scored the same way on the other half.
+A regulariser whose D slopes towards the expert's action at the policy's states is a reward the online phase could
+climb. Writes a JSON (default benchmarks/results/diagnose/reward_direction.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmil.data.episodes import EpisodeRecorder, load_episodes
+from cmil.evaluate import run_episode
+from cmil.experts import make_expert
+from cmil.launch import open_policy
+from cmil.models.actor_critic import Discriminator, lambda_returns
+from cmil.runs import source_commit
+from diagnose_cmil import acting_features, episode_features
+
+GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
+
+
+def rollouts_with_expert(parts, episodes: int, seed: int) -> tuple[list[dict], list[np.ndarray], list[bool]]:
+    """The acting policy's episodes from placements seed.., each step's scripted-expert action, successes."""
+    env, policy = parts.env, parts.policy
+    expert = make_expert(parts.cfg.task, env)
+    eps, labels, successes = [], [], []
+    for i in range(episodes):
+        rec, said = EpisodeRecorder(record_state=False), []
+
+        def act(obs, said=said):
+            said.append(np.asarray(expert.act(), np.float32))
+            return policy.act(obs, True)
+
+        def reset():
+            policy.reset()
+            expert.reset()
+        out = run_episode(env, act, reset, seed=seed + i, recorder=rec)
+        eps.append(rec.finish())
+        labels.append(np.stack(said))
+        successes.append(bool(out.success))
+    return eps, labels, successes
+
+
+def direction(slope: torch.Tensor, gap: torch.Tensor) -> dict:
+    """How well the slopes (N, A) point along gap = expert - actor (N, A)."""
+    cos = F.cosine_similarity(slope, gap, dim=-1, eps=1e-12)
+    sure = gap.abs() > GAP_MIN
+    agree = ((slope * gap) > 0) & sure
+    towards = (agree.float().sum(0) / sure.float().sum(0).clamp(min=1)).tolist()
+    return {"cos": round(float(cos.mean()), 4), "cos>0": round(float((cos > 0).float().mean()), 4),
+            "towards_per_dim": [round(t, 3) for t in towards]}
+
+
+def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_action: bool = True,
+                    values: bool = True, horizon: int | None = None, penalty: bool = True) -> torch.Tensor:
+    """d(eq. 12's objective)/d(first action) from each state: imagine one step with `action`, then the actor on
+    (mean actions) for the horizon; lambda-returns of the reward with the critics' min Q bootstrapping (eq. 12).
+    `critic_action` False reads the critics with the actions detached (agent.critic_action_grad false); `values`
+    False drops the critics altogether (the imagined rewards' discounted sum only); `horizon` shortens the rollout;
+    `penalty` False leaves the disagreement penalty out of the reward."""
+    a, wm = agent.cfg.agent, agent.wm
+    action = action.clone().requires_grad_(True)
+    state, feats, acts, dis = feat_states, [wm.agent_feat(feat_states)], [action], []
+    for t in range(horizon or a.horizon):
+        state, d = wm.imagine_step(state, acts[-1], sample=False, head=t % wm.cfg.ensemble)
+        dis.append(d)
+        feats.append(wm.agent_feat(state))
+        acts.append(agent.actor(feats[-1]).mean)
+    feats, acts, dis = torch.stack(feats), torch.stack(acts), torch.stack(dis)
+    scaled = agent.stats["disagreement"].normalize(dis) if a.penalty_norm else dis  # (no statistics update)
+    reward = agent.disc_logit(feats[:-1], acts[:-1]) - (a.alpha if penalty else 0.0) * scaled
+    if not values:
+        discount = a.gamma ** torch.arange(len(reward), dtype=reward.dtype, device=reward.device)
+        obj = (discount[:, None] * reward).sum(0)
+    else:
+        q_min = agent.critic(feats, acts if critic_action else acts.detach()).min(0).values
+        returns = lambda_returns(reward, q_min, a.gamma, a.lam)
+        obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
+    slope, = torch.autograd.grad(obj.sum(), action)
+    return slope
+
+
+def train_fresh_disc(exp_x: torch.Tensor, pol_x: torch.Tensor, feat_dim: int, units: int, noise: float,
+                     grad_penalty: float, steps: int, seed: int = 0) -> tuple[Discriminator, torch.Tensor, torch.Tensor]:
+    """A new D on standardised (feature, action) pairs: expert = 1, policy = 0."""
+    torch.manual_seed(seed)
+    both = torch.cat([exp_x, pol_x])
+    mean, std = both.mean(0), both.std(0) + 1e-2
+    e, p = (exp_x - mean) / std, (pol_x - mean) / std
+    disc = Discriminator(feat_dim, e.shape[1] - feat_dim, 2, units, noise)
+    opt = torch.optim.Adam(disc.parameters(), lr=3e-4)
+    for _ in range(steps):
+        be, bp = e[torch.randint(len(e), (128,))], p[torch.randint(len(p), (128,))]
+        le = disc(be[:, :feat_dim], be[:, feat_dim:], noise=True)
+        lp = disc(bp[:, :feat_dim], bp[:, feat_dim:], noise=True)
+        loss = F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
+            F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
+        if grad_penalty:
+            mix = torch.rand(len(be), 1)
+            x = (mix * be + (1 - mix) * bp).requires_grad_(True)
+            g, = torch.autograd.grad(disc(x[:, :feat_dim], x[:, feat_dim:]).sum(), x, create_graph=True)
+            loss = loss + grad_penalty * (g.norm(dim=-1) - 1).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return disc, mean, std
+
+
+def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty: float) -> dict:
+    parts = open_policy(run)
+    agent = parts.method
+    torch.manual_seed(0)
+    eps, labels, successes = rollouts_with_expert(parts, episodes, seed)
+    feats, gaps, means = [], [], []
+    with torch.no_grad():
+        for ep, lab in zip(eps, labels, strict=True):
+            f = acting_features(agent, ep)                          # (T, F) frames 0..T-1
+            m = agent.actor(f).mean
+            feats.append(f)
+            means.append(m)
+            gaps.append(torch.as_tensor(lab, device=agent.device) - m)
+    row = {"run": str(run), "success": float(np.mean(successes)), "states": int(sum(len(f) for f in feats)),
+           "mean_abs_gap_per_dim": torch.cat(gaps).abs().mean(0).tolist()}
+    feat, gap, mean = torch.cat(feats), torch.cat(gaps), torch.cat(means)
+
+    # The run's own signals at the policy's states (the image posterior needs no filter state beyond the frame;
+    # the filtering one is rebuilt by acting_features, and the imagined step starts from it).
+    action = mean.clone().requires_grad_(True)
+    signals = {"D": agent.disc_logit(feat, action), "Q": agent.critic(feat, action).min(0).values}
+    for name, value in signals.items():
+        slope, = torch.autograd.grad(value.sum(), action)
+        row[f"run/{name}"] = direction(slope, gap)
+    states = _acting_states(agent, eps)
+    for name, kw in (("eq12_objective", {}), ("eq12, critics as state values", {"critic_action": False}),
+                     ("eq12, no penalty", {"penalty": False}),
+                     ("eq12, no penalty, critics as state values", {"penalty": False, "critic_action": False}),
+                     ("imagined rewards only", {"values": False}),
+                     ("imagined rewards only, no penalty", {"values": False, "penalty": False}),
+                     ("imagined rewards only, horizon 3", {"values": False, "horizon": 3}),
+                     ("imagined reward, horizon 1", {"values": False, "horizon": 1}),
+                     ("imagined D, horizon 3, no penalty", {"values": False, "horizon": 3, "penalty": False})):
+        row[f"run/{name}"] = direction(objective_slope(agent, states, mean, **kw), gap)
+    action = mean.clone().requires_grad_(True)
+    dis = agent.wm.imagine_step(states, action, sample=False, head=0)[1]
+    if agent.cfg.agent.penalty_norm:
+        dis = agent.stats["disagreement"].normalize(dis)
+    slope, = torch.autograd.grad((-agent.cfg.agent.alpha * dis).sum(), action)
+    row["run/penalty"] = direction(slope, gap)
+
+    if fresh_steps:
+        row |= fresh_discriminators(agent, parts.cfg, feats, feat, mean, gap, fresh_steps, grad_penalty)
+    parts.env.close()
+    return row
+
+
+def fresh_discriminators(agent, cfg, feats: list, feat, mean, gap, fresh_steps: int, grad_penalty: float) -> dict:
+    """Fresh D's on the run's frozen features: expert pairs of the run's demos vs the policy's pairs of the first
+    half of the rollouts; their logit slopes scored on the other half."""
+    row = {}
+    demos = load_episodes(Path(cfg.demos), cfg.image_size, gap.shape[1], limit=cfg.num_demos)
+    with torch.no_grad():
+        exp_parts = [episode_features(agent, ep)[:2] for ep in demos]
+    exp_x = torch.cat([torch.cat([f, a], -1) for f, a in exp_parts])
+    half = len(feats) // 2
+    lens = [len(f) for f in feats]
+    cut = sum(lens[:half])
+    pol_x = torch.cat([feat[:cut], mean[:cut]], -1).detach()
+    test_feat, test_mean, test_gap = feat[cut:].detach(), mean[cut:].detach(), gap[cut:]
+    F_ = feat.shape[1]
+    variants = {f"noise {agent.cfg.agent.disc_noise_std:g}": (agent.cfg.agent.disc_noise_std, 0.0),
+                "noise 0": (0.0, 0.0), f"grad penalty {grad_penalty:g}": (0.0, grad_penalty),
+                f"noise {agent.cfg.agent.disc_noise_std:g} + grad penalty {grad_penalty:g}":
+                    (agent.cfg.agent.disc_noise_std, grad_penalty)}
+    for name, (noise, gp) in variants.items():
+        disc, mu, sd = train_fresh_disc(exp_x, pol_x, F_, agent.cfg.agent.disc_units, noise, gp, fresh_steps)
+        act = test_mean.clone().requires_grad_(True)
+        x = (torch.cat([test_feat, act], -1) - mu) / sd
+        logit = disc(x[:, :F_], x[:, F_:])
+        slope, = torch.autograd.grad(logit.sum(), act)
+        with torch.no_grad():
+            xe = (exp_x - mu) / sd
+            row_d = direction(slope, test_gap) | {
+                "D(expert demos)": round(float(torch.sigmoid(disc(xe[:, :F_], xe[:, F_:])).mean()), 3),
+                "D(policy, held-out)": round(float(torch.sigmoid(logit).mean()), 3)}
+        row[f"fresh/{name}"] = row_d
+    return row
+
+
+def _acting_states(agent, eps: list[dict]) -> dict:
+    """The posterior states (N, ...) of the rollouts' frames as the policy filtered them."""
+    from diagnose_cmil import _episode_tensors
+
+    wm, out = agent.wm, []
+    with torch.no_grad():
+        for ep in eps:
+            image, action, is_first = _episode_tensors(agent, ep)
+            post = wm.observe_acting(wm.encode(image), is_first, lambda f: agent.actor(f).mean, action[:, 0],
+                                     sample=False)
+            out.append({k: v[0, :-1] for k, v in post.items()})
+    return {k: torch.cat([o[k] for o in out]) for k in out[0] if k in ("deter", "mean", "std", "stoch")}
+
+
+def print_row(row: dict) -> None:
+    print(f"== {row['run']}: success {row['success']:.2f} over the rollouts, {row['states']} states, "
+          f"mean |expert - actor| per dim " + " ".join(f"{g:.3f}" for g in row["mean_abs_gap_per_dim"]))
+    for key, v in row.items():
+        if isinstance(v, dict):
+            extra = "".join(f", {k} {x}" for k, x in v.items() if k.startswith("D("))
+            print(f"  {key:48s} cos {v['cos']:+.3f}  cos>0 {v['cos>0']:.2f}  towards per dim "
+                  + " ".join(f"{t:.2f}" for t in v["towards_per_dim"]) + extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=20_000, help="first placement (tuning placements: 20000+)")
+    parser.add_argument("--fresh-steps", type=int, default=3000, help="updates of each fresh discriminator (0: none)")
+    parser.add_argument("--grad-penalty", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/reward_direction.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for run in args.runs:
+        row = measure(run, args.episodes, args.seed, args.fresh_steps, args.grad_penalty)
+        print_row(row)
+        rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"commit": source_commit(), "episodes": args.episodes, "seed": args.seed,
+                                    "fresh_steps": args.fresh_steps, "rows": rows}, indent=2))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
