@@ -36,6 +36,8 @@ CASES = [
     ("gamma-above-1", [*TRAIN, "--agent.gamma", "1.5"], "agent.gamma must be in [0, 1]"),
     ("gamma-nan", [*TRAIN, "--agent.gamma", "nan"], "agent.gamma must be finite"),
     ("actor-lr-0", [*TRAIN, "--agent.actor-lr", "0"], "agent.actor_lr must be > 0"),
+    ("disc-grad-penalty-negative", [*TRAIN, "--agent.disc-grad-penalty", "-1"], "agent.disc_grad_penalty must be >= 0"),
+    ("disc-policy-pairs-unknown", [*TRAIN, "--agent.disc-policy-pairs", "real"], "--agent.disc-policy-pairs"),
     ("bc-steps-0", [*TRAIN, "--bc.steps", "0"], "bc.steps must be >= 1"),
     ("imag-starts-with-real-critic", [*TRAIN, "--agent.imag-starts", "4"], "agent.imag_starts"),
     ("bc-frame-shift-filter", [*TRAIN, "--agent.bc-frame-shift", "--wm.posterior", "filter"],

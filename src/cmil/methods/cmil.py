@@ -296,7 +296,7 @@ class CMIL(Method):
         p_logit = self.disc_logit(*p_in, noise=True)
         disc_loss = (F.binary_cross_entropy_with_logits(e_logit, torch.ones_like(e_logit))
                      + F.binary_cross_entropy_with_logits(p_logit, torch.zeros_like(p_logit)))
-        if a.disc_grad_penalty:  # between each expert pair and a random imagined one, on what D's layers read
+        if a.disc_grad_penalty:  # between each expert pair and a random policy pair, on what D's layers read
             pick = torch.randint(p_in[0].shape[0], (e_in[0].shape[0],), device=self.device)
             gp = gradient_penalty(self.disc, self._disc_input(*e_in), self._disc_input(p_in[0][pick], p_in[1][pick]))
             disc_loss = disc_loss + a.disc_grad_penalty * gp
