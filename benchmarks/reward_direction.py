@@ -8,7 +8,8 @@ to do. The online phase can only add to BC at the states the policy reaches and 
 run (its latest checkpoint): the acting policy runs from placements seed, seed + 1, ... (deterministic); at every step
 the task's scripted expert is asked what it would do there (a DAgger-style relabel, for diagnosis only: no method
 sees it). On those states, with the actor's mean action a and the expert's action e, for each signal's slope g = dX/da:
-  - `cos`: the mean cosine between g and e - a (1 = straight at the expert's action, 0 = unrelated);
+  - `cos`: the mean cosine between g and e - a (1 = straight at the expert's action, 0 = unrelated), with a 95%
+    bootstrap interval over the rollouts (`cos_episodes_ci95`; one rollout's states are not independent);
   - `towards`: how often g and e - a agree in sign, per action dimension, where |e - a| > 0.05.
 Signals: the run's own discriminator logit (eq. 10's D part), minus alpha x its (normalised) disagreement (the
 penalty), the critics' min Q (eq. 12 through the critics' action input) and eq. 12's whole objective for the first
@@ -38,6 +39,7 @@ from cmil.experts import make_expert
 from cmil.launch import open_policy
 from cmil.models.actor_critic import Discriminator, lambda_returns
 from cmil.runs import source_commit
+from cmil.stats import bootstrap_ci
 from diagnose_cmil import acting_features, episode_features
 
 GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
@@ -65,14 +67,20 @@ def rollouts_with_expert(parts, episodes: int, seed: int) -> tuple[list[dict], l
     return eps, labels, successes
 
 
-def direction(slope: torch.Tensor, gap: torch.Tensor) -> dict:
-    """How well the slopes (N, A) point along gap = expert - actor (N, A)."""
+def direction(slope: torch.Tensor, gap: torch.Tensor, lengths: list[int] | None = None) -> dict:
+    """How well the slopes (N, A) point along gap = expert - actor (N, A). With the episodes' `lengths` (summing to N),
+    also a 95% bootstrap interval of the mean cosine over episodes (the states of one episode are not independent)."""
     cos = F.cosine_similarity(slope, gap, dim=-1, eps=1e-12)
     sure = gap.abs() > GAP_MIN
     agree = ((slope * gap) > 0) & sure
     towards = (agree.float().sum(0) / sure.float().sum(0).clamp(min=1)).tolist()
-    return {"cos": round(float(cos.mean()), 4), "cos>0": round(float((cos > 0).float().mean()), 4),
-            "towards_per_dim": [round(t, 3) for t in towards]}
+    out = {"cos": round(float(cos.mean()), 4), "cos>0": round(float((cos > 0).float().mean()), 4),
+           "towards_per_dim": [round(t, 3) for t in towards]}
+    if lengths is not None and len(lengths) > 1:
+        per_episode = [float(c.mean()) for c in torch.split(cos.detach(), lengths)]
+        ci = bootstrap_ci(per_episode)
+        out["cos_episodes_ci95"] = [round(ci.low, 4), round(ci.high, 4)]
+    return out
 
 
 def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_action: bool = True,
@@ -146,6 +154,7 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     row = {"run": str(run), "success": float(np.mean(successes)), "states": int(sum(len(f) for f in feats)),
            "mean_abs_gap_per_dim": torch.cat(gaps).abs().mean(0).tolist()}
     feat, gap, mean = torch.cat(feats), torch.cat(gaps), torch.cat(means)
+    lengths = [len(f) for f in feats]
 
     # The run's own signals at the policy's states (the image posterior needs no filter state beyond the frame;
     # the filtering one is rebuilt by acting_features, and the imagined step starts from it).
@@ -153,7 +162,7 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     signals = {"D": agent.disc_logit(feat, action), "Q": agent.critic(feat, action).min(0).values}
     for name, value in signals.items():
         slope, = torch.autograd.grad(value.sum(), action)
-        row[f"run/{name}"] = direction(slope, gap)
+        row[f"run/{name}"] = direction(slope, gap, lengths)
     states = _acting_states(agent, eps)
     for name, kw in (("eq12_objective", {}), ("eq12, critics as state values", {"critic_action": False}),
                      ("eq12, no penalty", {"penalty": False}),
@@ -163,13 +172,13 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
                      ("imagined rewards only, horizon 3", {"values": False, "horizon": 3}),
                      ("imagined reward, horizon 1", {"values": False, "horizon": 1}),
                      ("imagined D, horizon 3, no penalty", {"values": False, "horizon": 3, "penalty": False})):
-        row[f"run/{name}"] = direction(objective_slope(agent, states, mean, **kw), gap)
+        row[f"run/{name}"] = direction(objective_slope(agent, states, mean, **kw), gap, lengths)
     action = mean.clone().requires_grad_(True)
     dis = agent.wm.imagine_step(states, action, sample=False, head=0)[1]
     if agent.cfg.agent.penalty_norm:
         dis = agent.stats["disagreement"].normalize(dis)
     slope, = torch.autograd.grad((-agent.cfg.agent.alpha * dis).sum(), action)
-    row["run/penalty"] = direction(slope, gap)
+    row["run/penalty"] = direction(slope, gap, lengths)
 
     if fresh_steps:
         row |= fresh_discriminators(agent, parts.cfg, feats, feat, mean, gap, fresh_steps, grad_penalty)
@@ -203,7 +212,7 @@ def fresh_discriminators(agent, cfg, feats: list, feat, mean, gap, fresh_steps: 
         slope, = torch.autograd.grad(logit.sum(), act)
         with torch.no_grad():
             xe = (exp_x - mu) / sd
-            row_d = direction(slope, test_gap) | {
+            row_d = direction(slope, test_gap, lens[half:]) | {
                 "D(expert demos)": round(float(torch.sigmoid(disc(xe[:, :F_], xe[:, F_:])).mean()), 3),
                 "D(policy, held-out)": round(float(torch.sigmoid(logit).mean()), 3)}
         row[f"fresh/{name}"] = row_d
@@ -230,7 +239,9 @@ def print_row(row: dict) -> None:
     for key, v in row.items():
         if isinstance(v, dict):
             extra = "".join(f", {k} {x}" for k, x in v.items() if k.startswith("D("))
-            print(f"  {key:48s} cos {v['cos']:+.3f}  cos>0 {v['cos>0']:.2f}  towards per dim "
+            ci = v.get("cos_episodes_ci95")
+            ci = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+            print(f"  {key:48s} cos {v['cos']:+.3f}{ci}  cos>0 {v['cos>0']:.2f}  towards per dim "
                   + " ".join(f"{t:.2f}" for t in v["towards_per_dim"]) + extra)
 
 

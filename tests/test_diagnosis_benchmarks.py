@@ -272,14 +272,15 @@ def test_reward_direction_scores_each_signal_against_the_experts_relabel(demos, 
         sys.path.remove(str(BENCHMARKS))
     gap = torch.tensor([[0.5, -0.2], [0.01, 0.3]])
     assert direction(gap, gap) == {"cos": 1.0, "cos>0": 1.0, "towards_per_dim": [1.0, 1.0]}
-    away = direction(-gap, gap)   # dimension 0 of state 2 (|gap| <= 0.05) has no direction to agree with
+    away = direction(-gap, gap, [1, 1])   # dimension 0 of state 2 (|gap| <= 0.05) has no direction to agree with
     assert away["cos"] == -1.0 and away["cos>0"] == 0.0 and away["towards_per_dim"] == [0.0, 0.0]
+    assert away["cos_episodes_ci95"] == [-1.0, -1.0]   # over episodes of one state each
 
     run = tmp_path / "run"
     assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
                  "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(run)]) == 0
     out = tmp_path / "rd.json"
-    _run("reward_direction.py", str(run), "--episodes", "2", "--fresh-steps", "3", "--out", str(out))
+    _run("reward_direction.py", str(run), "--episodes", "4", "--fresh-steps", "3", "--out", str(out))
     (row,) = json.loads(out.read_text())["rows"]
     assert row["states"] > 0 and 0.0 <= row["success"] <= 1.0 and len(row["mean_abs_gap_per_dim"]) == 2
     signals = [k for k in row if k.startswith(("run/", "fresh/"))]
@@ -287,3 +288,35 @@ def test_reward_direction_scores_each_signal_against_the_experts_relabel(demos, 
     assert sum(k.startswith("fresh/") for k in signals) == 4
     for key in signals:
         assert -1.0 <= row[key]["cos"] <= 1.0 and len(row[key]["towards_per_dim"]) == 2, key
+        low, high = row[key]["cos_episodes_ci95"]
+        assert low <= row[key]["cos"] <= high, key
+
+
+def test_continue_online_resumes_a_pretrained_copy_with_other_agent_settings(demos, tmp_path):
+    from cmil.cli import main
+    from cmil.config_io import load_config
+
+    source = tmp_path / "pretrained"
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "0",
+                 "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(source)]) == 0
+    before = sorted(p.name for p in (source / "checkpoints").iterdir())
+    dest = tmp_path / "alpha0"
+    _run("continue_online.py", str(source), str(dest), "--env-steps", "40", "--set", "agent.alpha=0", "--fresh", "1")
+    cfg, src_cfg = load_config(dest / "config.yaml"), load_config(source / "config.yaml")
+    assert (cfg.agent.alpha, cfg.env_steps, src_cfg.agent.alpha, src_cfg.env_steps) == (0.0, 40, src_cfg.agent.alpha, 0)
+    assert json.loads((dest / "final.json").read_text())["env_steps"] > 0     # it went on online
+    assert (dest / "eval" / "eval_1ep_seed30000.json").is_file()
+    assert sorted(p.name for p in (source / "checkpoints").iterdir()) == before  # the source is untouched
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from continue_online import continue_online
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from cmil.errors import UsageError
+    with pytest.raises(UsageError, match="only agent"):
+        continue_online(source, tmp_path / "other", 40, {"wm.deter": 8})
+    with pytest.raises(UsageError, match="not a pretrain-only"):
+        continue_online(dest, tmp_path / "again", 80, {})
+    with pytest.raises(UsageError, match="exists"):
+        continue_online(source, dest, 40, {})
