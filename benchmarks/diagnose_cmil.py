@@ -41,7 +41,7 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate, run_episode
 from cmil.methods.cmil import CMIL
-from cmil.models.actor_critic import Discriminator
+from cmil.models.actor_critic import Discriminator, gradient_penalty
 from cmil.models.world_model import STATE_KEYS
 from cmil.runs import source_commit
 
@@ -189,26 +189,40 @@ def rollouts(env, agent: CMIL, episodes: int, deterministic: bool, live: bool = 
     return out
 
 
-def fresh_disc_accuracy(train_e, train_p, test_e, test_p, noise: float, standardise: bool, units: int,
-                        steps: int = 1500, seed: int = 0) -> float:
-    """Held-out balanced accuracy of a new discriminator trained with input noise `noise`."""
+def train_fresh_disc(exp_x: torch.Tensor, pol_x: torch.Tensor, feat_dim: int, units: int, noise: float,
+                     grad_penalty: float = 0.0, steps: int = 1500, seed: int = 0, standardise: bool = True
+                     ) -> tuple[Discriminator, torch.Tensor, torch.Tensor]:
+    """A new D on (feature, action) rows split at `feat_dim` (all feature: a state-only D): expert = 1, policy = 0,
+    with input noise `noise` and optionally a WGAN-GP penalty; inputs standardised by both sides' statistics.
+    Returns it with the mean and std to standardise its inputs by (0 and 1 without `standardise`)."""
     torch.manual_seed(seed)
-    if standardise:
-        both = torch.cat([train_e, train_p])
-        mean, std = both.mean(0), both.std(0) + 1e-2
-        train_e, train_p, test_e, test_p = [(x - mean) / std for x in (train_e, train_p, test_e, test_p)]
-    dim = train_e.shape[1]
-    disc = Discriminator(dim, 0, 2, units, noise)
+    both = torch.cat([exp_x, pol_x])
+    mean, std = (both.mean(0), both.std(0) + 1e-2) if standardise else (torch.zeros(1), torch.ones(1))
+    e, p = (exp_x - mean) / std, (pol_x - mean) / std
+    disc = Discriminator(feat_dim, e.shape[1] - feat_dim, 2, units, noise)
     opt = torch.optim.Adam(disc.parameters(), lr=3e-4)
     for _ in range(steps):
-        e = train_e[torch.randint(len(train_e), (128,))]
-        p = train_p[torch.randint(len(train_p), (128,))]
-        le, lp = disc(e, e[:, :0], noise=True), disc(p, p[:, :0], noise=True)  # (state, no action) pairs
+        be, bp = e[torch.randint(len(e), (128,))], p[torch.randint(len(p), (128,))]
+        le = disc(be[:, :feat_dim], be[:, feat_dim:], noise=True)
+        lp = disc(bp[:, :feat_dim], bp[:, feat_dim:], noise=True)
         loss = F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
             F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
+        if grad_penalty:
+            loss = loss + grad_penalty * gradient_penalty(disc, (be[:, :feat_dim], be[:, feat_dim:]),
+                                                          (bp[:, :feat_dim], bp[:, feat_dim:]))
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return disc, mean, std
+
+
+def fresh_disc_accuracy(train_e, train_p, test_e, test_p, noise: float, standardise: bool, units: int,
+                        steps: int = 1500, seed: int = 0) -> float:
+    """Held-out balanced accuracy of a new (state-only) discriminator trained with input noise `noise`."""
+    dim = train_e.shape[1]
+    disc, mean, std = train_fresh_disc(train_e, train_p, dim, units, noise, steps=steps, seed=seed,
+                                       standardise=standardise)
+    test_e, test_p = (test_e - mean) / std, (test_p - mean) / std
     with torch.no_grad():
         acc_e = (disc(test_e, test_e[:, :0]) > 0).float().mean()
         acc_p = (disc(test_p, test_p[:, :0]) < 0).float().mean()

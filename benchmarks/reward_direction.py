@@ -37,10 +37,10 @@ from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
-from cmil.models.actor_critic import Discriminator, lambda_returns
+from cmil.models.actor_critic import lambda_returns
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
-from diagnose_cmil import acting_features, episode_features
+from diagnose_cmil import acting_features, episode_features, train_fresh_disc
 
 GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
 
@@ -110,32 +110,6 @@ def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_actio
         obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
     slope, = torch.autograd.grad(obj.sum(), action)
     return slope
-
-
-def train_fresh_disc(exp_x: torch.Tensor, pol_x: torch.Tensor, feat_dim: int, units: int, noise: float,
-                     grad_penalty: float, steps: int, seed: int = 0) -> tuple[Discriminator, torch.Tensor, torch.Tensor]:
-    """A new D on standardised (feature, action) pairs: expert = 1, policy = 0."""
-    torch.manual_seed(seed)
-    both = torch.cat([exp_x, pol_x])
-    mean, std = both.mean(0), both.std(0) + 1e-2
-    e, p = (exp_x - mean) / std, (pol_x - mean) / std
-    disc = Discriminator(feat_dim, e.shape[1] - feat_dim, 2, units, noise)
-    opt = torch.optim.Adam(disc.parameters(), lr=3e-4)
-    for _ in range(steps):
-        be, bp = e[torch.randint(len(e), (128,))], p[torch.randint(len(p), (128,))]
-        le = disc(be[:, :feat_dim], be[:, feat_dim:], noise=True)
-        lp = disc(bp[:, :feat_dim], bp[:, feat_dim:], noise=True)
-        loss = F.binary_cross_entropy_with_logits(le, torch.ones_like(le)) + \
-            F.binary_cross_entropy_with_logits(lp, torch.zeros_like(lp))
-        if grad_penalty:
-            mix = torch.rand(len(be), 1)
-            x = (mix * be + (1 - mix) * bp).requires_grad_(True)
-            g, = torch.autograd.grad(disc(x[:, :feat_dim], x[:, feat_dim:]).sum(), x, create_graph=True)
-            loss = loss + grad_penalty * (g.norm(dim=-1) - 1).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return disc, mean, std
 
 
 def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty: float) -> dict:
