@@ -298,7 +298,7 @@ def test_continue_online_resumes_a_pretrained_copy_with_other_agent_settings(dem
 
     source = tmp_path / "pretrained"
     assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "0",
-                 "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(source)]) == 0
+                 "--pretrain-updates", "0", "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(source)]) == 0
     before = sorted(p.name for p in (source / "checkpoints").iterdir())
     dest = tmp_path / "alpha0"
     _run("continue_online.py", str(source), str(dest), "--env-steps", "40", "--set", "agent.alpha=0", "--fresh", "1")
@@ -314,9 +314,15 @@ def test_continue_online_resumes_a_pretrained_copy_with_other_agent_settings(dem
     finally:
         sys.path.remove(str(BENCHMARKS))
     from cmil.errors import UsageError
-    with pytest.raises(UsageError, match="only agent"):
-        continue_online(source, tmp_path / "other", 40, {"wm.deter": 8})
+    for field in ("wm.deter", "agent.bc_loss", "agent.actor_units"):   # the pretraining read these / the checkpoint
+        with pytest.raises(UsageError, match="acts only online"):
+            continue_online(source, tmp_path / "other", 40, {field: 8})
     with pytest.raises(UsageError, match="not a pretrain-only"):
         continue_online(dest, tmp_path / "again", 80, {})
     with pytest.raises(UsageError, match="exists"):
         continue_online(source, dest, 40, {})
+    full = tmp_path / "full_pretraining"   # full updates in the pretraining: every agent field shaped it
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "0",
+                 "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(full)]) == 0
+    with pytest.raises(UsageError, match="full updates"):
+        continue_online(full, tmp_path / "other", 40, {"agent.alpha": 0.0})
