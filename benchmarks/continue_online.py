@@ -18,12 +18,11 @@ import argparse
 import shutil
 from pathlib import Path
 
-import yaml
-
 from cmil.config import replace
 from cmil.config_io import load_config, save_config, validate
 from cmil.errors import UsageError
 from cmil.launch import evaluate_run, train
+from diagnose_cmil import parse_sets
 
 # The agent fields that act only from the first online update on when the pretraining ran no full update
 # (pretrain_updates 0): the BC phase trains the world model and the actor's BC term only, so the discriminator,
@@ -67,13 +66,7 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=0, help="then score the final policy on this many placements")
     parser.add_argument("--fresh-seed", type=int, default=30_000)
     args = parser.parse_args()
-    sets = {}
-    for kv in args.set:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {kv!r}: expected FIELD=VALUE")
-        sets[key] = yaml.safe_load(value)
-    continue_online(args.source, args.dest, args.env_steps, sets)
+    continue_online(args.source, args.dest, args.env_steps, parse_sets(args.set))
     if args.fresh:
         metrics = evaluate_run(args.dest, episodes=args.fresh, seed=args.fresh_seed, video_episodes=0)
         print(f"{args.dest}: success {metrics.get('eval/success_rate')} on {args.fresh} placements from {args.fresh_seed}")

@@ -50,9 +50,12 @@ EVAL_SEED = 20_000
 
 
 def parse_sets(pairs: list[str]) -> dict:
+    """`--set FIELD=VALUE` arguments as {field: value}, each value read as YAML (3, 0.5, true, a string)."""
     out = {}
     for kv in pairs:
-        key, value = kv.split("=", 1)
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {kv!r}: expected FIELD=VALUE")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -63,13 +66,18 @@ def _episode_tensors(agent: CMIL, ep: dict) -> tuple[torch.Tensor, torch.Tensor,
 
 
 @torch.no_grad()
-def acting_features(agent: CMIL, ep: dict) -> torch.Tensor:
-    """Posterior features (T, F) of an episode's frames filtered with the actor's own mean actions, as in
+def acting_states(agent: CMIL, ep: dict) -> dict[str, torch.Tensor]:
+    """Posterior states (T, ...) of an episode's frames 0..T-1 filtered with the actor's own mean actions, as in
     closed loop (`WorldModel.observe_acting`): the states the policy would be in on those images."""
     wm = agent.wm
     image, action, is_first = _episode_tensors(agent, ep)
     post = wm.observe_acting(wm.encode(image), is_first, lambda f: agent.actor(f).mean, action[:, 0], sample=False)
-    return wm.agent_feat(post)[0, :-1]
+    return {k: post[k][0, :-1] for k in STATE_KEYS}
+
+
+def acting_features(agent: CMIL, ep: dict) -> torch.Tensor:
+    """`acting_states`' agent features (T, F)."""
+    return agent.wm.agent_feat(acting_states(agent, ep))
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ from cmil.launch import open_policy
 from cmil.models.actor_critic import lambda_returns
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
-from diagnose_cmil import acting_features, episode_features, train_fresh_disc
+from diagnose_cmil import acting_states, episode_features, train_fresh_disc
 
 GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
 
@@ -117,27 +117,24 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     agent = parts.method
     torch.manual_seed(0)
     eps, labels, successes = rollouts_with_expert(parts, episodes, seed)
-    feats, gaps, means = [], [], []
+    # The states the policy was in (the filtering posterior's rebuilt with its own actions; the imagined steps start
+    # from them), their features, the actor's mean actions and the gaps to the expert's.
+    per_episode = [acting_states(agent, ep) for ep in eps]
+    states = {k: torch.cat([st[k] for st in per_episode]) for k in per_episode[0]}
+    lengths = [len(st["deter"]) for st in per_episode]
     with torch.no_grad():
-        for ep, lab in zip(eps, labels, strict=True):
-            f = acting_features(agent, ep)                          # (T, F) frames 0..T-1
-            m = agent.actor(f).mean
-            feats.append(f)
-            means.append(m)
-            gaps.append(torch.as_tensor(lab, device=agent.device) - m)
-    row = {"run": str(run), "success": float(np.mean(successes)), "states": int(sum(len(f) for f in feats)),
-           "mean_abs_gap_per_dim": torch.cat(gaps).abs().mean(0).tolist()}
-    feat, gap, mean = torch.cat(feats), torch.cat(gaps), torch.cat(means)
-    lengths = [len(f) for f in feats]
+        feat = agent.wm.agent_feat(states)
+        mean = agent.actor(feat).mean
+        gap = torch.as_tensor(np.concatenate(labels), device=agent.device) - mean
+    row = {"run": str(run), "success": float(np.mean(successes)), "states": len(feat),
+           "mean_abs_gap_per_dim": gap.abs().mean(0).tolist()}
 
-    # The run's own signals at the policy's states (the image posterior needs no filter state beyond the frame;
-    # the filtering one is rebuilt by acting_features, and the imagined step starts from it).
+    # The run's own signals at those states.
     action = mean.clone().requires_grad_(True)
     signals = {"D": agent.disc_logit(feat, action), "Q": agent.critic(feat, action).min(0).values}
     for name, value in signals.items():
         slope, = torch.autograd.grad(value.sum(), action)
         row[f"run/{name}"] = direction(slope, gap, lengths)
-    states = _acting_states(agent, eps)
     for name, kw in (("eq12_objective", {}), ("eq12, critics as state values", {"critic_action": False}),
                      ("eq12, no penalty", {"penalty": False}),
                      ("eq12, no penalty, critics as state values", {"penalty": False, "critic_action": False}),
@@ -155,22 +152,22 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     row["run/penalty"] = direction(slope, gap, lengths)
 
     if fresh_steps:
-        row |= fresh_discriminators(agent, parts.cfg, feats, feat, mean, gap, fresh_steps, grad_penalty)
+        row |= fresh_discriminators(agent, parts.cfg, lengths, feat, mean, gap, fresh_steps, grad_penalty)
     parts.env.close()
     return row
 
 
-def fresh_discriminators(agent, cfg, feats: list, feat, mean, gap, fresh_steps: int, grad_penalty: float) -> dict:
+def fresh_discriminators(agent, cfg, lengths: list[int], feat, mean, gap, fresh_steps: int, grad_penalty: float
+                         ) -> dict:
     """Fresh D's on the run's frozen features: expert pairs of the run's demos vs the policy's pairs of the first
-    half of the rollouts; their logit slopes scored on the other half."""
+    half of the rollouts (`lengths`: each rollout's states); their logit slopes scored on the other half."""
     row = {}
     demos = load_episodes(Path(cfg.demos), cfg.image_size, gap.shape[1], limit=cfg.num_demos)
     with torch.no_grad():
         exp_parts = [episode_features(agent, ep)[:2] for ep in demos]
     exp_x = torch.cat([torch.cat([f, a], -1) for f, a in exp_parts])
-    half = len(feats) // 2
-    lens = [len(f) for f in feats]
-    cut = sum(lens[:half])
+    half = len(lengths) // 2
+    cut = sum(lengths[:half])
     pol_x = torch.cat([feat[:cut], mean[:cut]], -1).detach()
     test_feat, test_mean, test_gap = feat[cut:].detach(), mean[cut:].detach(), gap[cut:]
     F_ = feat.shape[1]
@@ -186,25 +183,11 @@ def fresh_discriminators(agent, cfg, feats: list, feat, mean, gap, fresh_steps: 
         slope, = torch.autograd.grad(logit.sum(), act)
         with torch.no_grad():
             xe = (exp_x - mu) / sd
-            row_d = direction(slope, test_gap, lens[half:]) | {
+            row_d = direction(slope, test_gap, lengths[half:]) | {
                 "D(expert demos)": round(float(torch.sigmoid(disc(xe[:, :F_], xe[:, F_:])).mean()), 3),
                 "D(policy, held-out)": round(float(torch.sigmoid(logit).mean()), 3)}
         row[f"fresh/{name}"] = row_d
     return row
-
-
-def _acting_states(agent, eps: list[dict]) -> dict:
-    """The posterior states (N, ...) of the rollouts' frames as the policy filtered them."""
-    from diagnose_cmil import _episode_tensors
-
-    wm, out = agent.wm, []
-    with torch.no_grad():
-        for ep in eps:
-            image, action, is_first = _episode_tensors(agent, ep)
-            post = wm.observe_acting(wm.encode(image), is_first, lambda f: agent.actor(f).mean, action[:, 0],
-                                     sample=False)
-            out.append({k: v[0, :-1] for k, v in post.items()})
-    return {k: torch.cat([o[k] for o in out]) for k in out[0] if k in ("deter", "mean", "std", "stoch")}
 
 
 def print_row(row: dict) -> None:
