@@ -37,7 +37,6 @@ from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
-from cmil.models.actor_critic import lambda_returns
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
 from diagnose_cmil import acting_states, episode_features, train_fresh_disc
@@ -99,15 +98,13 @@ def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_actio
         feats.append(wm.agent_feat(state))
         acts.append(agent.actor(feats[-1]).mean)
     feats, acts, dis = torch.stack(feats), torch.stack(acts), torch.stack(dis)
-    scaled = agent.stats["disagreement"].normalize(dis) if a.penalty_norm else dis  # (no statistics update)
-    reward = agent.disc_logit(feats[:-1], acts[:-1]) - (a.alpha if penalty else 0.0) * scaled
+    reward = agent.reward(feats[:-1], acts[:-1], dis if penalty else None, update_stats=False)   # eq. 10
     if not values:
         discount = a.gamma ** torch.arange(len(reward), dtype=reward.dtype, device=reward.device)
         obj = (discount[:, None] * reward).sum(0)
     else:
         q_min = agent.critic(feats, acts if critic_action else acts.detach()).min(0).values
-        returns = lambda_returns(reward, q_min, a.gamma, a.lam)
-        obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
+        obj = agent.lambda_objective(reward, q_min)[1]                                           # eq. 12
     slope, = torch.autograd.grad(obj.sum(), action)
     return slope
 

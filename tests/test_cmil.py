@@ -217,6 +217,26 @@ def test_normalised_penalty_and_discriminator_input(setup):
     r = method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
     assert torch.allclose(r, torch.zeros(4), atol=1e-2)
     assert "stats" in method.modules()  # the running statistics are checkpointed
+    # A probe reads the statistics without adding its batch; the training reward adds it.
+    count = int(stats["disagreement"].count)
+    method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis, update_stats=False)
+    assert int(stats["disagreement"].count) == count
+    method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
+    assert int(stats["disagreement"].count) == count + 1
+
+
+def test_lambda_objective_is_eq12(setup):
+    method, _, _ = setup
+    a = method.cfg.agent
+    reward, q_min = torch.randn(3, 5), torch.randn(4, 5)
+    returns, obj = method.lambda_objective(reward, q_min)
+    # V^lambda by hand, backwards from the last critic value (eq. 11).
+    expected, nxt = torch.empty(3, 5), q_min[-1]
+    for t in reversed(range(3)):
+        nxt = reward[t] + a.gamma * ((1 - a.lam) * q_min[t + 1] + a.lam * nxt)
+        expected[t] = nxt
+    torch.testing.assert_close(returns, expected)
+    torch.testing.assert_close(obj, a.lam * expected + (1 - a.lam) * q_min[:-1])
 
 
 def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monkeypatch):

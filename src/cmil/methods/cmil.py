@@ -261,11 +261,9 @@ class CMIL(Method):
             q_acts = actions if a.critic_action_grad else actions.detach()           # Q as a state value
             q_imag = self.critic(q_feats, q_acts)                                    # (2, H+1, N)
             q_min = q_imag.min(0).values                                             # V0(s^t) = min_i Q_i
-            returns = lambda_returns(reward, q_min, a.gamma, a.lam)                  # eq. 11
-            if a.actor_objective == "q":  # the critics' action slope only (no path through the dynamics)
-                actor_obj = q_min[:-1]
-            else:  # eq. 12: maximise lambda * V^lambda + (1 - lambda) * V0 over the imagined steps
-                actor_obj = a.lam * returns + (1 - a.lam) * q_min[:-1]
+            returns, eq12 = self.lambda_objective(reward, q_min)
+            # 'q': the critics' action slope only (no path through the dynamics)
+            actor_obj = q_min[:-1] if a.actor_objective == "q" else eq12
             if a.return_norm:
                 self.stats["returns"].update(returns)
                 actor_obj = actor_obj / self.stats["returns"].scale
@@ -412,9 +410,11 @@ class CMIL(Method):
                 dis.append(d)
         return torch.stack(feats), torch.stack(actions), torch.stack(dis), torch.stack(ents)
 
-    def reward(self, feat: torch.Tensor, action: torch.Tensor, disagreement: torch.Tensor | None) -> torch.Tensor:
+    def reward(self, feat: torch.Tensor, action: torch.Tensor, disagreement: torch.Tensor | None,
+               update_stats: bool = True) -> torch.Tensor:
         """Eq. 10: log D - log(1 - D) (= D's logit) - alpha * disagreement; the penalty only when given
-        (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead."""
+        (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead. `update_stats`
+        False reads the penalty's running statistics without adding this batch (probes of a trained run)."""
         a = self.cfg.agent
         if a.reward == "prob":
             r = torch.sigmoid(self.disc_logit(feat, action, noise=True))
@@ -422,10 +422,18 @@ class CMIL(Method):
             r = self.disc_logit(feat, action)
         if disagreement is not None and a.alpha:
             if a.penalty_norm:  # only how much more uncertain than usual a step is
-                self.stats["disagreement"].update(disagreement)
+                if update_stats:
+                    self.stats["disagreement"].update(disagreement)
                 disagreement = self.stats["disagreement"].normalize(disagreement)
             r = r - a.alpha * disagreement
         return r
+
+    def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
+        (eq. 11), and eq. 12's per-step objective lambda * V^lambda + (1 - lambda) * V0."""
+        a = self.cfg.agent
+        returns = lambda_returns(reward, q_min, a.gamma, a.lam)
+        return returns, a.lam * returns + (1 - a.lam) * q_min[:-1]
 
     def _target_values(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         q = self.critic.target_values(feat, action)
