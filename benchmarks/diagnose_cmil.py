@@ -148,10 +148,9 @@ def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
     out["D_action/expert_minus_actor_per_dim"] = gap.mean(0).tolist()
     action = mean.clone().requires_grad_(True)
     disagreement = agent.wm.imagine_step(state, action, sample=False, head=0)[1]
-    if agent.cfg.agent.penalty_norm:
-        disagreement = agent.stats["disagreement"].normalize(disagreement)
     q_min = agent.critic(feat, action).min(0).values  # the critics' own action slope (eq. 12 with critic_action_grad)
-    for name, value in (("D", agent.disc_logit(feat, action)), ("penalty", -agent.cfg.agent.alpha * disagreement),
+    for name, value in (("D", agent.disc_logit(feat, action)),
+                        ("penalty", -agent.penalty(disagreement, update_stats=False)),
                         ("Q", q_min)):
         slope, = torch.autograd.grad(value.sum(), action)
         out[f"D_action/{name}_slope_per_dim"] = slope.mean(0).tolist()
@@ -426,10 +425,7 @@ def reward_parts(agent: CMIL, episodes: list[dict], windows: int = 16) -> dict[s
     start = {k: v.flatten(0, 1) for k, v in post.items() if k in STATE_KEYS}
     feats, actions, disagreement, _ = agent.imagine(start, cfg.agent.horizon)
     logit = agent.disc_logit(feats[:-1], actions[:-1])
-    penalty = disagreement
-    if cfg.agent.penalty_norm:
-        penalty = agent.stats["disagreement"].normalize(disagreement)
-    penalty = cfg.agent.alpha * penalty
+    penalty = agent.penalty(disagreement, update_stats=False)
     return {"d_logit_mean": float(logit.mean()), "d_logit_std": float(logit.std()),
             "penalty_mean": float(penalty.mean()), "penalty_std": float(penalty.std()),
             "raw_disagreement_mean": float(disagreement.mean()), "raw_disagreement_std": float(disagreement.std())}

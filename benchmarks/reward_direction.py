@@ -143,9 +143,7 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
         row[f"run/{name}"] = direction(objective_slope(agent, states, mean, **kw), gap, lengths)
     action = mean.clone().requires_grad_(True)
     dis = agent.wm.imagine_step(states, action, sample=False, head=0)[1]
-    if agent.cfg.agent.penalty_norm:
-        dis = agent.stats["disagreement"].normalize(dis)
-    slope, = torch.autograd.grad((-agent.cfg.agent.alpha * dis).sum(), action)
+    slope, = torch.autograd.grad(-agent.penalty(dis, update_stats=False).sum(), action)
     row["run/penalty"] = direction(slope, gap, lengths)
 
     if fresh_steps:

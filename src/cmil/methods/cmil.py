@@ -421,12 +421,18 @@ class CMIL(Method):
         else:
             r = self.disc_logit(feat, action)
         if disagreement is not None and a.alpha:
-            if a.penalty_norm:  # only how much more uncertain than usual a step is
-                if update_stats:
-                    self.stats["disagreement"].update(disagreement)
-                disagreement = self.stats["disagreement"].normalize(disagreement)
-            r = r - a.alpha * disagreement
+            r = r - self.penalty(disagreement, update_stats)
         return r
+
+    def penalty(self, disagreement: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """Eq. 10's conservative term alpha * disagreement; with penalty_norm the disagreement standardised by its
+        running statistics (only how much more uncertain than usual a step is), which `update_stats` adds it to."""
+        a = self.cfg.agent
+        if a.penalty_norm:
+            if update_stats:
+                self.stats["disagreement"].update(disagreement)
+            disagreement = self.stats["disagreement"].normalize(disagreement)
+        return a.alpha * disagreement
 
     def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
