@@ -100,8 +100,10 @@ def main() -> None:
                                                          finished), strict=True):
                 print(f"fresh  {run_dir.name}: {score:.2f} over {args.fresh} placements", flush=True)
     write_summary_json(root, args, jobs, commit)
-    report([root / f"{args.task}__{m}__seed{s}" for m, s in jobs
-                      if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()], root / "summary")
+    done = [(root / f"{args.task}__{m}__seed{s}", m) for m, s in jobs
+            if (root / f"{args.task}__{m}__seed{s}" / "metrics.jsonl").exists()]
+    # A variant's rows carry its name (its config differs from its method's only by its overrides).
+    report([d for d, _ in done], root / "summary", names={d: m for d, m in done if m not in args.methods})
     print((root / "summary" / "results.md").read_text())
     print(f"plots: {root / 'summary'}")
 

@@ -108,6 +108,15 @@ def test_common_grid_interpolates_onto_the_shared_range(runs):
     assert grid.tolist() == [0] and values[:, 0].tolist() == [0.7, 0.9]
 
 
+def test_named_runs_keep_their_names(runs):
+    # A benchmark variant's runs carry its name; the other runs are labelled among themselves as before.
+    found = [load_run(p) for p in find_run_dirs([runs])]
+    groups = {g.label: g for g in group_runs(found, {runs / "h": "cmil-alpha5"})}
+    assert set(groups) == {"cmil", "cmil-alpha5", "dac", "bc"}
+    assert [r.path.name for r in groups["cmil-alpha5"].runs] == ["h"]
+    assert len(groups["cmil"].runs) == 3
+
+
 def test_plot_writes_figures_and_a_correct_table(runs, tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["plot", str(runs), "--out", str(out)]) == 0

@@ -122,10 +122,15 @@ def load_run(path: Path) -> Run:
     return Run(path, config, read_metrics(path), final)
 
 
-def label_runs(runs: list[Run]) -> None:
-    """Label = method, plus the config fields that differ between runs of the same task and method."""
+def label_runs(runs: list[Run], names: dict[Path, str] | None = None) -> None:
+    """Label = the name given for the run's directory in `names` (e.g. a benchmark variant's), else the method plus
+    the config fields that differ between the unnamed runs of the same task and method."""
+    names = names or {}
     by_key: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
+        if run.path in names:
+            run.label = names[run.path]
+            continue
         by_key.setdefault((run.task, run.method), []).append(run)
     for group in by_key.values():
         keys = sorted({k for r in group for k in r.config} - NON_EXPERIMENT_FIELDS)
@@ -135,8 +140,8 @@ def label_runs(runs: list[Run]) -> None:
             run.label = f"{run.method} [{extra}]" if extra else run.method
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
-    label_runs(runs)
+def group_runs(runs: list[Run], names: dict[Path, str] | None = None) -> list[Group]:
+    label_runs(runs, names)
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
         groups.setdefault((run.task, run.label), Group(run.task, run.label, run.method)).runs.append(run)
@@ -294,13 +299,15 @@ def write_table(rows: list[dict[str, Any]], out: Path, metrics: tuple[str, ...] 
     return [md_path, csv_path]
 
 
-def report(paths: list[str | Path], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS) -> dict[str, Any]:
-    """Load the runs under `paths`, write plots and tables into `out`; returns {'files', 'rows'}."""
+def report(paths: list[str | Path], out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS,
+           names: dict[Path, str] | None = None) -> dict[str, Any]:
+    """Load the runs under `paths`, write plots and tables into `out`; returns {'files', 'rows'}. `names` labels
+    the runs of the given directories (a benchmark's variants) instead of `label_runs`' method + differing fields."""
     out = Path(out)
     runs = [load_run(p) for p in find_run_dirs(paths)]
     if not runs:
         raise RunsNotFound(f"no run directories (config.yaml + metrics.jsonl) under {', '.join(map(str, paths))}")
-    groups = group_runs(runs)
+    groups = group_runs(runs, {Path(k): v for k, v in (names or {}).items()})
     files: list[Path] = []
     for metric in metrics:
         files += plot_metric(groups, metric, out)
