@@ -213,6 +213,22 @@ class AgentConfig:
     behaviour-regularised actor, which the RL term can move only where its gain outweighs the pull. The squared
     error has the MSE BC term's scale, so beta and this weigh alike. Online updates only; its gradient is logged
     with the BC part's (`train/actor_grad_bc`). 0 = off (authors)."""
+    self_imitation: float = 0.0
+    """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
+    episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
+    on each episode's last `self_imitation_last` real (state, action) pairs, whose windows join the BC term as
+    extra demonstrations. No success flag or reward is read: D's ranking alone chooses them. 0 = off."""
+    self_imitation_rank: Literal["disc", "success"] = "disc"
+    """What ranks the episodes for self-imitation: 'disc' (the method: D's logit, see self_imitation) or 'success'
+    (a measurement only, not imitation learning: the task's success flag, which no method may read, ties broken
+    by D), the upper bound of what selecting the policy's own episodes could give."""
+    self_imitation_windows: int = 0
+    """Windows of each update's replay batch (of batch_size) drawn from the selected episodes (0 = half of it,
+    at least one); their frames enter the BC term beside the expert's and stay policy data for everything else."""
+    self_imitation_last: int = 10
+    """Pairs at an episode's end that its self-imitation score averages D's logit over (0 = the whole episode)."""
+    self_imitation_every: int = 5
+    """Online episodes between two rankings of all stored episodes for self-imitation."""
     policy_ema: float = 0.0
     """Act (collect and evaluate) with an exponential moving average of the world model's and the actor's
     weights, updated after every update with this decay (0 = act with the latest weights, as the authors).
@@ -450,6 +466,7 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
               "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0, "agent.anchor_weight": 0.0,
+              "agent.self_imitation": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0,
               # VMAIL has no pretraining, so a representation frozen "after" it would never train.
               "wm.freeze_representation": False},

@@ -99,16 +99,16 @@ AT_LEAST_ONE = {
     "wm.deter", "wm.hidden", "wm.stoch", "wm.ensemble", "wm.cnn_depth",
     "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.actor_heads",
     "agent.critic_layers",
-    "agent.critic_units", "agent.horizon", "agent.target_update_every",
+    "agent.critic_units", "agent.horizon", "agent.target_update_every", "agent.self_imitation_every",
     "dac.feature_dim", "dac.cnn_depth", "dac.hidden", "dac.layers", "dac.batch_size"}
 AT_LEAST_ZERO = {
     "seed", "threads", "env_steps", "seed_steps", "pretrain_updates", "pretrain_bc_updates", "video_episodes",
     "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std", "agent.bc_feat_noise",
-    "agent.disc_grad_penalty", "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight", "wm.encoder_depth"}
+    "agent.disc_grad_penalty", "agent.self_imitation_last", "wm.kl_free", "wm.kl_scale", "wm.weight_decay", "dac.grad_penalty", "dac.bc_weight", "wm.encoder_depth"}
 POSITIVE = {"wm.lr", "wm.eps", "wm.grad_clip", "wm.min_std", "agent.disc_lr", "agent.actor_lr", "agent.critic_lr",
             "agent.grad_clip", "agent.actor_min_std", "dac.lr", "dac.disc_lr", "dac.init_temperature",
             "dac.actor_min_std", "bc.lr"}
-FRACTION = {"wm.kl_balance", "agent.gamma", "agent.lam", "dac.gamma", "dac.tau"}
+FRACTION = {"wm.kl_balance", "agent.gamma", "agent.lam", "agent.self_imitation", "dac.gamma", "dac.tau"}
 # The conv encoder's four stride-2 kernel-4 layers need at least 46 pixels; the world model's
 # decoder draws exactly 64x64 images, so the model-based methods need 64.
 MIN_IMAGE_SIZE = 46
@@ -163,6 +163,13 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.agent.bc_frame_shift and (cfg.wm.posterior, cfg.wm.agent_feat) != ("image", "stoch"):
         fail("agent.bc_frame_shift", "needs wm.posterior 'image' and wm.agent_feat 'stoch' (a feature of one frame), "
                                      f"got {cfg.wm.posterior!r} / {cfg.wm.agent_feat!r}")
+    if cfg.agent.self_imitation:
+        if cfg.agent.bc_frame_shift or cfg.agent.bc_filter != "expert":
+            fail("agent.self_imitation", "needs agent.bc_frame_shift False and agent.bc_filter 'expert' (the selected "
+                                         "episodes' BC states are the world model's posterior states of the batch)")
+        if not 0 <= cfg.agent.self_imitation_windows <= cfg.batch_size:
+            fail("agent.self_imitation_windows", f"must be in [0, batch_size={cfg.batch_size}], "
+                                                 f"got {cfg.agent.self_imitation_windows}")
     if not cfg.agent.critic_action_grad and cfg.agent.actor_objective == "q":
         fail("agent.critic_action_grad", "False needs agent.actor_objective 'lambda' (with 'q' the critics' action "
                                          "slope is the actor's whole RL gradient)")

@@ -104,21 +104,33 @@ class SequenceReplay:
             old = self.episodes.pop(0)
             self._num_steps -= len(old["action"]) - 1
 
+    def first_index(self) -> int:
+        """The `total_added` count of the oldest stored episode (its id), so stored index = id - first_index."""
+        return self.total_added - len(self.episodes)
+
     def _index(self) -> None:
         self._rows = np.array([len(ep["action"]) for ep in self.episodes], np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._rows)[:-1]]).astype(np.int64)
 
     # --- sampling -----------------------------------------------------------------------------
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, among: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """A batch of windows: dict of arrays (B, L, ...) with the episode keys (image uint8, action
-        float32, reward float32, success/is_first/is_last/is_terminal bool)."""
+        float32, reward float32, success/is_first/is_last/is_terminal bool). `among`: indices of the stored
+        episodes to draw from (each still in proportion to its rows); None = all."""
         if not self.episodes:
             raise ValueError("cannot sample from an empty replay")
         L = self.seq_len
         first = self.episodes[0]
         out = {k: np.empty((batch_size, L) + first[k].shape[1:], first[k].dtype) for k in first}
-        frames = self.rng.integers(0, self.num_frames, size=batch_size)
-        ep_idx = np.searchsorted(self._starts, frames, side="right") - 1
+        if among is None:
+            frames = self.rng.integers(0, self.num_frames, size=batch_size)
+            ep_idx = np.searchsorted(self._starts, frames, side="right") - 1
+        else:
+            among = np.asarray(among, np.int64)
+            if not len(among) or among.min() < 0 or among.max() >= len(self.episodes):
+                raise ValueError(f"among: episode indices in [0, {len(self.episodes)}) expected, got {among}")
+            frames = self.rng.integers(0, int(self._rows[among].sum()), size=batch_size)
+            ep_idx = among[np.searchsorted(np.cumsum(self._rows[among]), frames, side="right")]
         for b, e in enumerate(ep_idx):
             rows = self._rows[e]
             if rows < L:

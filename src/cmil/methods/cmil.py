@@ -76,7 +76,8 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 @register("cmil", "vmail")
 class CMIL(Method):
-    checkpointed_attrs = ("_diag",)  # running diagnostics: a resumed run's metrics equal an uninterrupted one's
+    # Running diagnostics and the self-imitation selection: a resumed run's metrics equal an uninterrupted one's.
+    checkpointed_attrs = ("_diag", "_self_demos")
 
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
@@ -118,6 +119,8 @@ class CMIL(Method):
         self.policy_ema = (AveragedModel(self._acting, multi_avg_fn=get_ema_multi_avg_fn(a.policy_ema), use_buffers=True)
                            if a.policy_ema else None)
         self._diag: dict[str, list[float]] = defaultdict(list)
+        # agent.self_imitation: the online episodes (ids = SequenceReplay.total_added order) D ranks most expert-like.
+        self._self_demos: dict = {}
         self._pretraining = False   # wm.freeze_representation stops the representation's training after it
         self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
@@ -167,8 +170,8 @@ class CMIL(Method):
         discriminator in imagination; then the target critics (every N updates) and the acting EMA
         (agent.policy_ema) follow. With `cuda_graph` the step itself replays as a CUDA graph."""
         B = self.cfg.batch_size
-        exp, rep = (batch_to_torch({k: v for k, v in buf.sample(B).items() if k in _BATCH_KEYS}, self.device)
-                    for buf in (expert, replay))  # only what the step reads goes to the device
+        exp = batch_to_torch({k: v for k, v in expert.sample(B).items() if k in _BATCH_KEYS}, self.device)
+        rep = batch_to_torch(self._replay_batch(replay, B, agent and not self._pretraining), self.device)
         if self.cfg.cuda_graph:
             key = (agent, self._pretraining)  # what the step trains differs between these (see _wm_trained_parameters)
             if key not in self._graphs:
@@ -185,7 +188,55 @@ class CMIL(Method):
                     self._diag[key].append(m[key])
         if self.policy_ema is not None:
             self.policy_ema.update_parameters(self._acting)
+        for key in ("selected", "selected_success", "all_success"):  # agent.self_imitation's last ranking
+            if key in self._self_demos:
+                m[f"self_imitation/{key}"] = self._self_demos[key]
         return m
+
+    def _replay_batch(self, replay: SequenceReplay, n: int, online: bool) -> dict[str, np.ndarray]:
+        """The update's replay windows (what the step reads of them). With agent.self_imitation, online, and once
+        episodes are selected, the first self_imitation_windows come from the selected episodes, flagged in
+        'self_demo' (1 = the window's frames join the BC term); the flag exists (all 0) whenever the option is on."""
+        a = self.cfg.agent
+        if not a.self_imitation:
+            return {k: v for k, v in replay.sample(n).items() if k in _BATCH_KEYS}
+        among = np.zeros(0, np.int64)
+        if online:
+            if replay.total_added >= self._self_demos.get("ranked_at", 0) + a.self_imitation_every:
+                self._rank_episodes(replay)
+            among = np.array(self._self_demos.get("ids", []), np.int64) - replay.first_index()
+            among = among[among >= 0]                              # evicted episodes drop out
+        k = (a.self_imitation_windows or max(1, n // 2)) if len(among) else 0
+        parts = [replay.sample(k, among)] if k else []
+        parts.append(replay.sample(n - k))
+        batch = {key: np.concatenate([p[key] for p in parts]) for key in _BATCH_KEYS}
+        batch["self_demo"] = (np.arange(n) < k).astype(np.float32)
+        return batch
+
+    @torch.no_grad()
+    def _rank_episodes(self, replay: SequenceReplay) -> None:
+        """Score every stored online episode by D's mean logit on its last self_imitation_last (posterior state,
+        action) pairs and keep the top self_imitation fraction (agent.self_imitation). The episodes' success flags
+        are read for the log (`self_imitation/selected_success`), and for the choice only by the upper-bound
+        measurement agent.self_imitation_rank 'success'."""
+        a = self.cfg.agent
+        scores = []
+        for ep in replay.episodes:
+            image, action, is_first = (torch.as_tensor(ep[k], device=self.device)[None]
+                                       for k in ("image", "action", "is_first"))
+            post, _ = self.wm.observe(self.wm.encode(image), action, is_first, sample=False)
+            feat = self.wm.agent_feat({k: v[0, :-1] for k, v in post.items()})   # frames 0..T-2
+            logit = self.disc_logit(feat, action[0, 1:])                         # with the action taken there
+            scores.append(float(logit[-a.self_imitation_last:].mean()))
+        succeeded = np.array([bool(ep["success"].any()) for ep in replay.episodes])
+        if a.self_imitation_rank == "success":  # the upper-bound measurement; D only breaks the ties
+            scores = succeeded * 1e6 + np.array(scores)
+        count = int(np.ceil(a.self_imitation * len(scores)))
+        top = np.argsort(-np.array(scores), kind="stable")[:count]
+        success = succeeded[top]
+        self._self_demos.update(ranked_at=replay.total_added, ids=sorted(int(i) + replay.first_index() for i in top),
+                                selected=count, selected_success=float(np.mean(success)) if count else 0.0,
+                                all_success=float(succeeded.mean()))
 
     def reset_graphs(self) -> None:
         """Drop the captured CUDA graphs (and their memory); the next update of each kind captures anew. Needed
@@ -212,6 +263,10 @@ class CMIL(Method):
         wm_loss, post, m = self.wm.loss(batch, carried)
         embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
         bc_feat = self.wm.agent_feat(post)[:B, :-1]                       # the expert states BC acts on
+        bc_act, bc_weight = exp_act, None
+        if a.self_imitation:  # the replay windows of the selected episodes are demonstrations too
+            bc_feat, bc_act = self.wm.agent_feat(post)[:, :-1], act_taken
+            bc_weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]])
         if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
             bc_feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
         if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
@@ -221,7 +276,7 @@ class CMIL(Method):
             bc_feat = self.wm.agent_feat(bc_post)[:, :-1]
         if a.bc_model_weight:
             with frozen(self.actor):
-                bc_model = self.bc_loss(bc_feat, exp_act, shaping=True)
+                bc_model = self.bc_loss(bc_feat, bc_act, shaping=True, weight=bc_weight)
             wm_loss = wm_loss + a.bc_model_weight * bc_model
             m["model/bc_loss"] = bc_model.detach()
         if self.embed_bc is not None:
@@ -240,7 +295,7 @@ class CMIL(Method):
         if a.bc_feat_noise:  # nearby states, the same expert action (agent.bc_feat_noise)
             scale = actor_bc_feat.flatten(0, -2).std(0)
             actor_bc_feat = actor_bc_feat + a.bc_feat_noise * scale * torch.randn_like(actor_bc_feat)
-        bc_loss = self.bc_loss(actor_bc_feat, exp_act)
+        bc_loss = self.bc_loss(actor_bc_feat, bc_act, weight=bc_weight)
         if not agent:
             _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
             m["train/bc_loss"] = bc_loss.detach()
@@ -311,6 +366,8 @@ class CMIL(Method):
             p_prob = torch.sigmoid(self.disc_logit(*p_in))
             actor_std = self.actor(exp_feat).std.mean()
         m.update(cm)
+        if a.self_imitation:
+            m["train/self_demo_windows"] = rep["self_demo"].sum()
         m.update({
             "train/actor_loss": rl_loss + a.beta * bc_loss, "train/bc_loss": bc_loss,
             "train/critic_loss": critic_loss, "train/disc_loss": disc_loss,
@@ -343,19 +400,25 @@ class CMIL(Method):
         predicted[:, 0] = False
         return torch.where(predicted[..., None], prior_feat, feat)
 
-    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor, shaping: bool = False) -> torch.Tensor:
-        """The BC term on expert states: -log pi(a^E | s^E), or the squared error of pi's mean action
+    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor, shaping: bool = False,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The BC term on expert states (N, L, F): -log pi(a^E | s^E), or the squared error of pi's mean action
         (plus, with agent.bc_fit_std, the NLL of the std around the detached mean; not when `shaping` the
-        world model, which should learn only what predicts the action)."""
+        world model, which should learn only what predicts the action). `weight` (N,): each window's weight in
+        the mean (agent.self_imitation; 0 = not a demonstration)."""
         a = self.cfg.agent
+
+        def mean(x: torch.Tensor) -> torch.Tensor:   # over windows (dim -2) and frames, weighted by window
+            return x.mean() if weight is None else (x * weight[:, None]).mean() / weight.mean()
+
         dist, head_means = self.actor.with_head_means(feat)
         target = action.clamp(-1 + 1e-4, 1 - 1e-4)
         if a.bc_loss == "nll":
-            return -dist.log_prob(target).mean()
+            return -mean(dist.log_prob(target))
         # Every head fits the expert's action on its own (agent.actor_heads; one head: the actor's mean).
-        loss = (head_means - action).pow(2).sum(-1).mean()
+        loss = mean((head_means - action).pow(2).sum(-1))
         if a.bc_fit_std and not shaping:
-            loss = loss - TruncNormal(dist.mean.detach(), dist.std).log_prob(target).mean()
+            loss = loss - mean(TruncNormal(dist.mean.detach(), dist.std).log_prob(target))
         return loss
 
     def _actor_step(self, rl_loss: torch.Tensor, reg_loss: torch.Tensor) -> dict[str, torch.Tensor]:
