@@ -247,7 +247,7 @@ def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monk
     monkeypatch.setattr(method.wm, "loss", lambda batch, state=None: (seen.update(batch), loss(batch, state))[1])
     bc_targets = []
     bc = method.bc_loss
-    monkeypatch.setattr(method, "bc_loss", lambda feat, act: (bc_targets.append(act), bc(feat, act))[1])
+    monkeypatch.setattr(method, "bc_loss", lambda feat, act, **kw: (bc_targets.append(act), bc(feat, act, **kw))[1])
     torch.manual_seed(0)
     np_state = (copy.deepcopy(expert.rng), copy.deepcopy(replay.rng))
     method.update(expert, replay, agent=False)
