@@ -52,13 +52,17 @@ def test_ranking_selects_the_top_fraction_by_discriminator(parts):
     method.update(expert, replay)
     assert method._self_demos["ranked_at"] == ranked_at
     assert json.loads(method.extra_state()["_self_demos"])["ids"] == [1, 2]
+    resumed = CMIL(method.cfg, 2, torch.device("cpu"))
+    resumed.load_extra_state(method.extra_state())
+    assert resumed.selection.state == method.selection.state
 
 
 def test_success_ranking_is_the_upper_bound_measurement(parts):
     method, expert, replay = parts
     method.cfg = replace(method.cfg, **{"agent.self_imitation_rank": "success", "agent.self_imitation": 0.2})
     method.disc_logit = lambda feat, action, noise=False: -action[..., 0]   # D would pick episode 0
-    method._rank_episodes(replay)
+    method.selection.cfg = method.cfg.agent
+    method.selection.rank(replay)
     assert method._self_demos["ids"] == [2] and method._self_demos["selected_success"] == 1.0
 
 
@@ -79,7 +83,7 @@ def test_not_in_pretraining_and_off_by_default(parts, point_episodes):
     cfg = replace(method.cfg, **{"agent.self_imitation": 0.0})
     plain = CMIL(cfg, 2, torch.device("cpu"))
     assert "self_demo" not in plain._replay_batch(replay, 4, online=True)
-    assert "train/self_demo_windows" not in plain.update(expert, replay) and plain._self_demos == {}
+    assert "train/self_demo_windows" not in plain.update(expert, replay) and plain.selection is None
 
 
 def test_config_checks():

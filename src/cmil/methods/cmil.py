@@ -23,6 +23,7 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
+from cmil.methods.self_imitation import EpisodeSelection
 from cmil.models.actor_critic import (
     Actor,
     Discriminator,
@@ -119,8 +120,9 @@ class CMIL(Method):
         self.policy_ema = (AveragedModel(self._acting, multi_avg_fn=get_ema_multi_avg_fn(a.policy_ema), use_buffers=True)
                            if a.policy_ema else None)
         self._diag: dict[str, list[float]] = defaultdict(list)
-        # agent.self_imitation: the online episodes (ids = SequenceReplay.total_added order) D ranks most expert-like.
-        self._self_demos: dict = {}
+        # agent.self_imitation: the online episodes D ranks most expert-like join the BC term.
+        self.selection = EpisodeSelection(a, self._episode_score) if a.self_imitation else None
+        self._self_demos = self.selection.state if self.selection else {}   # checkpointed
         self._pretraining = False   # wm.freeze_representation stops the representation's training after it
         self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
@@ -188,55 +190,26 @@ class CMIL(Method):
                     self._diag[key].append(m[key])
         if self.policy_ema is not None:
             self.policy_ema.update_parameters(self._acting)
-        for key in ("selected", "selected_success", "all_success"):  # agent.self_imitation's last ranking
-            if key in self._self_demos:
-                m[f"self_imitation/{key}"] = self._self_demos[key]
+        if self.selection is not None:
+            m.update(self.selection.metrics())
         return m
 
     def _replay_batch(self, replay: SequenceReplay, n: int, online: bool) -> dict[str, np.ndarray]:
-        """The update's replay windows (what the step reads of them). With agent.self_imitation, online, and once
-        episodes are selected, the first self_imitation_windows come from the selected episodes, flagged in
-        'self_demo' (1 = the window's frames join the BC term); the flag exists (all 0) whenever the option is on."""
-        a = self.cfg.agent
-        if not a.self_imitation:
+        """The update's replay windows, what the step reads of them (with agent.self_imitation, `EpisodeSelection`'s,
+        flagged for the BC term when `online`)."""
+        if self.selection is None:
             return {k: v for k, v in replay.sample(n).items() if k in _BATCH_KEYS}
-        among = np.zeros(0, np.int64)
-        if online:
-            if replay.total_added >= self._self_demos.get("ranked_at", 0) + a.self_imitation_every:
-                self._rank_episodes(replay)
-            among = np.array(self._self_demos.get("ids", []), np.int64) - replay.first_index()
-            among = among[among >= 0]                              # evicted episodes drop out
-        k = (a.self_imitation_windows or max(1, n // 2)) if len(among) else 0
-        parts = [replay.sample(k, among)] if k else []
-        parts.append(replay.sample(n - k))
-        batch = {key: np.concatenate([p[key] for p in parts]) for key in _BATCH_KEYS}
-        batch["self_demo"] = (np.arange(n) < k).astype(np.float32)
-        return batch
+        return self.selection.replay_batch(replay, n, online, _BATCH_KEYS)
 
     @torch.no_grad()
-    def _rank_episodes(self, replay: SequenceReplay) -> None:
-        """Score every stored online episode by D's mean logit on its last self_imitation_last (posterior state,
-        action) pairs and keep the top self_imitation fraction (agent.self_imitation). The episodes' success flags
-        are read for the log (`self_imitation/selected_success`), and for the choice only by the upper-bound
-        measurement agent.self_imitation_rank 'success'."""
-        a = self.cfg.agent
-        scores = []
-        for ep in replay.episodes:
-            image, action, is_first = (torch.as_tensor(ep[k], device=self.device)[None]
-                                       for k in ("image", "action", "is_first"))
-            post, _ = self.wm.observe(self.wm.encode(image), action, is_first, sample=False)
-            feat = self.wm.agent_feat({k: v[0, :-1] for k, v in post.items()})   # frames 0..T-2
-            logit = self.disc_logit(feat, action[0, 1:])                         # with the action taken there
-            scores.append(float(logit[-a.self_imitation_last:].mean()))
-        succeeded = np.array([bool(ep["success"].any()) for ep in replay.episodes])
-        if a.self_imitation_rank == "success":  # the upper-bound measurement; D only breaks the ties
-            scores = succeeded * 1e6 + np.array(scores)
-        count = int(np.ceil(a.self_imitation * len(scores)))
-        top = np.argsort(-np.array(scores), kind="stable")[:count]
-        success = succeeded[top]
-        self._self_demos.update(ranked_at=replay.total_added, ids=sorted(int(i) + replay.first_index() for i in top),
-                                selected=count, selected_success=float(np.mean(success)) if count else 0.0,
-                                all_success=float(succeeded.mean()))
+    def _episode_score(self, ep: dict) -> float:
+        """Self-imitation's score of a stored episode: D's mean logit on its last self_imitation_last (posterior
+        state, action taken there) pairs (0 = all of them)."""
+        image, action, is_first = (torch.as_tensor(ep[k], device=self.device)[None] for k in ("image", "action", "is_first"))
+        post, _ = self.wm.observe(self.wm.encode(image), action, is_first, sample=False)
+        feat = self.wm.agent_feat({k: v[0, :-1] for k, v in post.items()})   # frames 0..T-2
+        logit = self.disc_logit(feat, action[0, 1:])
+        return float(logit[-self.cfg.agent.self_imitation_last:].mean())
 
     def reset_graphs(self) -> None:
         """Drop the captured CUDA graphs (and their memory); the next update of each kind captures anew. Needed
