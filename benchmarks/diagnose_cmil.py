@@ -80,21 +80,9 @@ def acting_features(agent: CMIL, ep: dict) -> torch.Tensor:
     return agent.wm.agent_feat(acting_states(agent, ep))
 
 
-@torch.no_grad()
-def episode_features(agent: CMIL, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Posterior features (T, F) of frames 0..T-1, the actions taken there (T, A), and the states.
-    `zero_actions` filters with the actions replaced by zeros (the images alone tell the state)."""
-    wm = agent.wm
-    image, action, is_first = _episode_tensors(agent, ep)
-    seen = torch.zeros_like(action) if zero_actions else action
-    post, _ = wm.observe(wm.encode(image), seen, is_first, sample=False)
-    post = {k: v[0, :-1] for k, v in post.items()}
-    return wm.agent_feat(post), action[0, 1:], post
-
-
 def episodes_features(agent: CMIL, episodes: list[dict]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """`episode_features` of several episodes, concatenated over their frames: features, actions, states."""
-    parts = [episode_features(agent, ep) for ep in episodes]
+    """`CMIL.episode_features` of several episodes, concatenated over their frames: features, actions, states."""
+    parts = [agent.episode_features(ep) for ep in episodes]
     return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
             {k: torch.cat([p[2][k] for p in parts]) for k in STATE_KEYS})
 
@@ -108,7 +96,7 @@ def action_error(agent: CMIL, episodes: list[dict], acting: bool = False) -> flo
         if acting:
             feat, action = acting_features(agent, ep), torch.as_tensor(ep["action"][1:], device=agent.device)
         else:
-            feat, action, _ = episode_features(agent, ep)
+            feat, action, _ = agent.episode_features(ep)
         errors.append((agent.actor(feat).mean - action).pow(2).mean().item())
     return float(np.mean(errors))
 
@@ -121,7 +109,7 @@ def generated_pairs(agent: CMIL, episodes: list[dict]) -> dict[str, torch.Tensor
     every 10th posterior state, as D's policy side sees them in training)."""
     wm, out = agent.wm, {"posterior": [], "prior": [], "imagined": []}
     for ep in episodes:
-        feat, action, post = episode_features(agent, ep)            # action[t]: taken at frame t
+        feat, action, post = agent.episode_features(ep)            # action[t]: taken at frame t
         out["posterior"].append(torch.cat([feat[1:], action[1:]], -1))
         nxt, _ = wm.imagine_step({k: v[:-1] for k, v in post.items()}, action[:-1], sample=False, head=0)
         out["prior"].append(torch.cat([wm.agent_feat(nxt), action[1:]], -1))
@@ -331,7 +319,7 @@ def main() -> None:
     result["pretrained_return"] = float(np.mean([ep["reward"].sum() for ep in policy_eps]))
 
     # 2. Action error on held-out demo frames.
-    feats = {k: [episode_features(agent, ep) for ep in eps] for k, eps in
+    feats = {k: [agent.episode_features(ep) for ep in eps] for k, eps in
              (("train", demos), ("heldout", heldout), ("policy", policy_eps))}
     mean_action = torch.cat([a for _, a, _ in feats["train"]]).mean(0)
     with torch.no_grad():
@@ -342,7 +330,7 @@ def main() -> None:
             result[f"action_mse_{split}_mean_baseline"] = float((mean_action - a).pow(2).mean())
         # Copycat check: the expert's actions are smooth, and the latent state carries the previous action.
         # If the error jumps when the filter sees zeros instead of the actions, the actor copies its history.
-        f0 = torch.cat([episode_features(agent, ep, zero_actions=True)[0] for ep in heldout])
+        f0 = torch.cat([agent.episode_features(ep, zero_actions=True)[0] for ep in heldout])
         a0 = torch.cat([y for _, y, _ in feats["heldout"]])
         result["action_mse_heldout_actions_zeroed"] = float((agent.actor(f0).mean - a0).pow(2).mean())
         # The closed-loop error: the held-out images filtered with the actor's own actions.

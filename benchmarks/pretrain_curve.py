@@ -30,7 +30,7 @@ from cmil.evaluate import demo_success_rate
 from cmil.launch import load_bc_encoder
 from cmil.methods.cmil import CMIL
 from cmil.runs import source_commit
-from diagnose_cmil import action_error, episode_features, prepare, rollouts
+from diagnose_cmil import action_error, prepare, rollouts
 
 # Indices of the true positions in Meta-World's 39-dim state: hand xyz, object xy, goal xy.
 STATE_INDEX = {"hand": [0, 1, 2], "puck": [4, 5], "goal": [36, 37]}
@@ -43,7 +43,7 @@ def probe_r2(agent: CMIL, train: list[dict], test: list[dict], ridge: float = 10
         return {}
 
     def data(eps):
-        feats = [episode_features(agent, ep)[0].cpu().numpy() for ep in eps]
+        feats = [agent.episode_features(ep)[0].cpu().numpy() for ep in eps]
         return np.concatenate(feats), np.concatenate([ep["state"][:-1] for ep in eps])
 
     x_train, s_train = data(train)

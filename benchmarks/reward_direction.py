@@ -39,7 +39,7 @@ from cmil.experts import make_expert
 from cmil.launch import open_policy
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
-from diagnose_cmil import acting_states, episode_features, train_fresh_disc
+from diagnose_cmil import acting_states, train_fresh_disc
 
 GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
 
@@ -159,7 +159,7 @@ def fresh_discriminators(agent, cfg, lengths: list[int], feat, mean, gap, fresh_
     row = {}
     demos = load_episodes(Path(cfg.demos), cfg.image_size, gap.shape[1], limit=cfg.num_demos)
     with torch.no_grad():
-        exp_parts = [episode_features(agent, ep)[:2] for ep in demos]
+        exp_parts = [agent.episode_features(ep)[:2] for ep in demos]
     exp_x = torch.cat([torch.cat([f, a], -1) for f, a in exp_parts])
     half = len(lengths) // 2
     cut = sum(lengths[:half])

@@ -32,7 +32,7 @@ import torch
 from cmil.data.episodes import episode_success, load_episodes
 from cmil.launch import open_policy
 from cmil.runs import source_commit
-from diagnose_cmil import episode_features, train_fresh_disc
+from diagnose_cmil import train_fresh_disc
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -54,7 +54,7 @@ def pairs(agent, episodes: list[dict]) -> list[torch.Tensor]:
     """Each episode's (feature, action taken there) rows, (T, F + A)."""
     out = []
     for ep in episodes:
-        feat, action, _ = episode_features(agent, ep)
+        feat, action, _ = agent.episode_features(ep)
         out.append(torch.cat([feat, action], -1))
     return out
 

@@ -202,14 +202,22 @@ class CMIL(Method):
         return self.selection.replay_batch(replay, n, online, _BATCH_KEYS)
 
     @torch.no_grad()
+    def episode_features(self, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """A stored episode filtered by the world model: posterior features (T, F) of frames 0..T-1, the actions
+        taken there (T, A), and the states. `zero_actions` filters with the actions replaced by zeros (the images
+        alone tell the state)."""
+        image, action, is_first = (torch.as_tensor(ep[k], device=self.device)[None] for k in ("image", "action", "is_first"))
+        seen = torch.zeros_like(action) if zero_actions else action
+        post, _ = self.wm.observe(self.wm.encode(image), seen, is_first, sample=False)
+        post = {k: v[0, :-1] for k, v in post.items()}
+        return self.wm.agent_feat(post), action[0, 1:], post
+
+    @torch.no_grad()
     def _episode_score(self, ep: dict) -> float:
         """Self-imitation's score of a stored episode: D's mean logit on its last self_imitation_last (posterior
         state, action taken there) pairs (0 = all of them)."""
-        image, action, is_first = (torch.as_tensor(ep[k], device=self.device)[None] for k in ("image", "action", "is_first"))
-        post, _ = self.wm.observe(self.wm.encode(image), action, is_first, sample=False)
-        feat = self.wm.agent_feat({k: v[0, :-1] for k, v in post.items()})   # frames 0..T-2
-        logit = self.disc_logit(feat, action[0, 1:])
-        return float(logit[-self.cfg.agent.self_imitation_last:].mean())
+        feat, action, _ = self.episode_features(ep)
+        return float(self.disc_logit(feat, action)[-self.cfg.agent.self_imitation_last:].mean())
 
     def reset_graphs(self) -> None:
         """Drop the captured CUDA graphs (and their memory); the next update of each kind captures anew. Needed
@@ -235,11 +243,11 @@ class CMIL(Method):
         carried = self.carry.get() if cfg.wm.carry_state else None
         wm_loss, post, m = self.wm.loss(batch, carried)
         embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
-        bc_feat = self.wm.agent_feat(post)[:B, :-1]                       # the expert states BC acts on
-        bc_act, bc_weight = exp_act, None
-        if a.self_imitation:  # the replay windows of the selected episodes are demonstrations too
-            bc_feat, bc_act = self.wm.agent_feat(post)[:, :-1], act_taken
-            bc_weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]])
+        # The states BC acts on: the expert's, and with agent.self_imitation every window, the replay's weighted by
+        # their 'self_demo' flag (1 = a selected episode's window, a demonstration too).
+        bc_rows = slice(None) if a.self_imitation else slice(None, B)
+        bc_feat, bc_act = self.wm.agent_feat(post)[bc_rows, :-1], act_taken[bc_rows]
+        bc_weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]]) if a.self_imitation else None
         if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
             bc_feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
         if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
