@@ -22,7 +22,7 @@ import torch
 
 from cmil.evaluate import run_episode
 from cmil.launch import open_policy
-from cmil.methods.cmil import LatentPolicy
+from cmil.models.latent_policy import LatentPolicy
 from cmil.runs import source_commit, write_json
 
 

@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -539,3 +540,23 @@ def test_discriminator_policy_side_is_imagined_or_the_replays_real_pairs(setup, 
     m = agent.update(copy.deepcopy(expert), copy.deepcopy(expert))
     same = m["disc/expert_prob"] == m["disc/policy_prob"]
     assert same == (pairs == "replay")
+
+
+def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(setup, point_episodes):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, **{"agent.reward": "env"})
+    torch.manual_seed(0)
+    measured = CMIL(cfg, 2, torch.device("cpu"))
+    assert "reward_head" in measured.modules() and "reward_head" in measured.optimizers()
+    losses = [measured.update(expert, replay)["train/reward_head_loss"] for _ in range(100)]
+    rewards = np.concatenate([ep["reward"][1:] for ep in point_episodes])
+    assert np.mean(losses[-20:]) < 0.5 * rewards.var()   # it fits the stored rewards better than their mean does
+    # D no longer enters the reward: eq. 10's log-ratio is replaced by the head, the penalty stays.
+    _fixed_discriminator(measured, 0.9)
+    feat, action = torch.randn(3, measured.wm.agent_feat_dim), torch.zeros(3, 2)
+    dis = torch.tensor([0.0, 0.1, 0.2])
+    head = measured.reward_head(torch.cat([feat, action], -1)).squeeze(-1)
+    torch.testing.assert_close(measured.reward(feat, action, dis), head - cfg.agent.alpha * dis)
+    # Off (the paper's form): no head, and an update reads no reward.
+    assert method.reward_head is None and "reward" not in method.batch_keys
+    assert "train/reward_head_loss" not in method.update(expert, replay)

@@ -91,8 +91,11 @@ class AgentConfig:
     """Weight of the ensemble-disagreement penalty in the reward (eq. 10); 0 for VMAIL."""
     beta: float = 10.0
     """Weight of the behaviour-cloning term in the actor loss; 0 for VMAIL."""
-    reward: Literal["logratio", "prob"] = "logratio"
-    """Discriminator reward: 'logratio' = log D - log(1-D) (paper eq. 10); 'prob' = D (authors' code)."""
+    reward: Literal["logratio", "prob", "env"] = "logratio"
+    """Discriminator reward: 'logratio' = log D - log(1-D) (paper eq. 10); 'prob' = D (authors' code). 'env' is a
+    measurement, not imitation learning: a reward head learns the task's own reward from the real frames (expert and
+    replay) and replaces D's term everywhere (the penalty stays), the upper bound of what the RL machinery does with a
+    perfect reward signal at a budget. D still trains, unread."""
     disc_noise_std: float = 1.5811
     """Std of the Gaussian noise on the discriminator's whole input; paper: sigma^2 = 2.5 (std 1.58), code: std 2.5."""
     disc_layers: int = 2

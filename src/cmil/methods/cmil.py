@@ -33,6 +33,7 @@ from cmil.models.actor_critic import (
     gradient_penalty,
     lambda_returns,
 )
+from cmil.models.latent_policy import CarriedState, LatentPolicy
 from cmil.models.networks import mlp
 from cmil.models.normalize import ReturnScale, RunningMeanStd
 from cmil.models.world_model import STATE_KEYS, WorldModel
@@ -100,6 +101,14 @@ class CMIL(Method):
         # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
         # world model, in the world model's optimiser.
         self.embed_bc = mlp(self.wm.embed_dim, action_dim, 2, a.actor_units).to(device) if a.bc_embed_weight else None
+        # agent.reward 'env' (a measurement): a head that learns the task's reward on real (s, a) pairs.
+        # Drawn from its own generator, so that the measurement's pretraining is its seed's `logratio` run's.
+        self.reward_head = None
+        if a.reward == "env":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                self.reward_head = mlp(feat + action_dim, 1, a.disc_layers, a.disc_units).to(device)
+        self.batch_keys = _BATCH_KEYS + (("reward",) if self.reward_head is not None else ())
         # The pretrained acting policy's actor, frozen when pretraining ends (agent.anchor_weight).
         self.anchor = copy.deepcopy(self.actor).requires_grad_(False) if a.anchor_weight else None
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
@@ -112,6 +121,8 @@ class CMIL(Method):
         self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay, graphed)
         self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay, graphed)
         self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay, graphed)
+        self.reward_opt = (_adam(self.reward_head.parameters(), a.disc_lr, a.weight_decay, graphed)
+                           if self.reward_head is not None else None)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
         self._graphs: dict[tuple[bool, bool], GraphedStep] = {}  # one per kind of step (agent or not, trained set)
@@ -136,11 +147,16 @@ class CMIL(Method):
             mods["policy_ema"] = self.policy_ema
         if self.anchor is not None:
             mods["anchor_actor"] = self.anchor
+        if self.reward_head is not None:
+            mods["reward_head"] = self.reward_head
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
+        opts = {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
                 "discriminator": self.disc_opt}
+        if self.reward_opt is not None:
+            opts["reward_head"] = self.reward_opt
+        return opts
 
     def policy(self, live: bool = False) -> LatentPolicy:
         """The acting policy: the EMA weights when agent.policy_ema is on (unless `live`), else the live ones."""
@@ -172,7 +188,7 @@ class CMIL(Method):
         discriminator in imagination; then the target critics (every N updates) and the acting EMA
         (agent.policy_ema) follow. With `cuda_graph` the step itself replays as a CUDA graph."""
         B = self.cfg.batch_size
-        exp = batch_to_torch({k: v for k, v in expert.sample(B).items() if k in _BATCH_KEYS}, self.device)
+        exp = batch_to_torch({k: v for k, v in expert.sample(B).items() if k in self.batch_keys}, self.device)
         rep = batch_to_torch(self._replay_batch(replay, B, agent and not self._pretraining), self.device)
         if self.cfg.cuda_graph:
             key = (agent, self._pretraining)  # what the step trains differs between these (see _wm_trained_parameters)
@@ -198,8 +214,8 @@ class CMIL(Method):
         """The update's replay windows, what the step reads of them (with agent.self_imitation, `EpisodeSelection`'s,
         flagged for the BC term when `online`)."""
         if self.selection is None:
-            return {k: v for k, v in replay.sample(n).items() if k in _BATCH_KEYS}
-        return self.selection.replay_batch(replay, n, online, _BATCH_KEYS)
+            return {k: v for k, v in replay.sample(n).items() if k in self.batch_keys}
+        return self.selection.replay_batch(replay, n, online, self.batch_keys)
 
     @torch.no_grad()
     def episode_features(self, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -231,7 +247,7 @@ class CMIL(Method):
         as a CUDA graph: what depends on a count or on Python state (target copies, the EMA) is in `update`."""
         cfg, a = self.cfg, self.cfg.agent
         B = cfg.batch_size
-        batch = {k: torch.cat([exp[k], rep[k]]) for k in _BATCH_KEYS}
+        batch = {k: torch.cat([exp[k], rep[k]]) for k in self.batch_keys}
         act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
         exp_act = act_taken[:B]
         if a.bc_action_noise:  # the filter sees noisy expert actions; every loss keeps the clean ones
@@ -270,6 +286,12 @@ class CMIL(Method):
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
         disc_feat = self._disc_states(feat, prior_feat, batch["is_first"])   # what D reads on real frames
         exp_feat = feat[:B, :-1]
+        if self.reward_head is not None:  # agent.reward 'env': r(s_t, a_t) -> the reward that followed
+            valid = (~batch["is_first"][:, 1:]).float()
+            fit = self._reward_head(feat[:, :-1], act_taken) - batch["reward"][:, 1:]
+            reward_fit = (fit.pow(2) * valid).sum() / valid.sum().clamp_min(1)
+            _step(self.reward_opt, reward_fit, self.reward_head.parameters(), a.grad_clip)
+            m["train/reward_head_loss"] = reward_fit.detach()
 
         # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
         actor_bc_feat = bc_feat.detach()
@@ -288,7 +310,7 @@ class CMIL(Method):
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
             start = {k: v[idx] for k, v in start.items()}
-        with frozen(self.wm, self.disc):
+        with frozen(self.wm, self.disc, *([self.reward_head] if self.reward_head is not None else [])):
             feats, actions, disagreement, entropy = self.imagine(start, a.horizon)
             reward = self.reward(feats[:-1], actions[:-1], disagreement)            # (H, N), eq. 10
             # One critic forward serves the actor (through the actions) and the critic loss (through the
@@ -460,13 +482,18 @@ class CMIL(Method):
         (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead. `update_stats`
         False reads the penalty's running statistics without adding this batch (probes of a trained run)."""
         a = self.cfg.agent
-        if a.reward == "prob":
+        if a.reward == "env":
+            r = self._reward_head(feat, action)
+        elif a.reward == "prob":
             r = torch.sigmoid(self.disc_logit(feat, action, noise=True))
         else:
             r = self.disc_logit(feat, action)
         if disagreement is not None and a.alpha:
             r = r - self.penalty(disagreement, update_stats)
         return r
+
+    def _reward_head(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.reward_head(torch.cat([feat, action], -1)).squeeze(-1)
 
     def penalty(self, disagreement: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """Eq. 10's conservative term alpha * disagreement; with penalty_norm the disagreement standardised by its
@@ -532,49 +559,3 @@ class CMIL(Method):
             out["bound/model_mismatch"] = out["model/imag_disagreement"]
         return out
 
-
-class CarriedState(nn.Module):
-    """The last posterior state of the previous training batch (`wm.carry_state`), held in buffers so that
-    a resumed run starts its next batch from the same state as an uninterrupted one."""
-
-    def __init__(self, rows: int, deter: int, stoch: int):
-        super().__init__()
-        self.register_buffer("valid", torch.zeros((), dtype=torch.bool))
-        for key, size in zip(STATE_KEYS, (deter, stoch, stoch, stoch), strict=True):
-            self.register_buffer(key, torch.zeros(rows, size))
-
-    def get(self) -> dict[str, torch.Tensor]:
-        """The carried state; before the first `set` the buffers hold zeros, the state a window starts from
-        without one, so no host read of `valid` is needed (CUDA graphs). `valid` stays in the checkpoints."""
-        return {k: getattr(self, k) for k in STATE_KEYS}
-
-    @torch.no_grad()
-    def set(self, state: dict[str, torch.Tensor]) -> None:
-        for key in STATE_KEYS:
-            getattr(self, key).copy_(state[key])
-        self.valid.fill_(True)
-
-
-class LatentPolicy:
-    """Acts in the environment: filters the belief with the posterior, then queries the actor."""
-
-    def __init__(self, wm: WorldModel, actor: Actor, action_dim: int, device: torch.device):
-        self.wm, self.actor, self.action_dim, self.device = wm, actor, action_dim, device
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = self.wm.initial(1)
-        self.prev_action = torch.zeros(1, self.action_dim, device=self.device)
-        self.first = True
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool) -> np.ndarray:
-        image = torch.as_tensor(obs, device=self.device)[None, None]
-        embed = self.wm.encode(image)[:, 0]
-        is_first = torch.tensor([self.first], device=self.device)
-        self.state, _ = self.wm.obs_step(self.state, self.prev_action, embed, is_first)
-        dist = self.actor(self.wm.agent_feat(self.state))
-        action = dist.mode() if deterministic else dist.rsample()
-        self.prev_action = action
-        self.first = False
-        return action[0].cpu().numpy()
