@@ -13,7 +13,12 @@ checkpoint) and its stored online episodes (`RUN/episodes`, seed episodes includ
     no input noise, standardised inputs), cross-fitted: trained on the other folds' episodes, scored on its own;
   - `fresh_D_state_last`: the same, state-only (the feature alone), last pairs;
   - `fresh_end_state_D`: a state-only fresh D trained on the demos' last states against the policy episodes' last
-    states only (an end-state, goal-like discriminator), cross-fitted the same way.
+    states only (an end-state, goal-like discriminator), cross-fitted the same way;
+  - for a run trained with the `agent.reward env` measurement (round 23): `run_reward_head`, the head's predicted
+    return of the episode, and the head's fit (R^2 against the task's reward) on the online episodes and the demos.
+Also, for every run, `fresh_reward_r2`: how well a new MLP on the run's frozen (feature, action) pairs predicts the
+task's reward on online episodes it did not see (trained on the demos and the other folds' episodes): whether the
+representation holds what the task's reward depends on at the policy's own states.
 Printed per score: the ROC AUC of score vs the episode's success, the success rate of the top quarter and top half
 of the episodes by score against all episodes', and the mean score of the successful and of the failed episodes
 (beside the run's D on the demos' own last pairs). Writes a JSON (default
@@ -78,6 +83,38 @@ def fresh_scores(exp_rows: torch.Tensor, pol_rows: list[torch.Tensor], feat_dim:
     return whole, tail
 
 
+def fresh_reward_r2(demo_rows: list[torch.Tensor], pol_rows: list[torch.Tensor], demos: list[dict],
+                    online: list[dict], units: int, folds: int, steps: int) -> float:
+    """Held-out R^2 of a new MLP regressing the task's reward on (feature, action) rows, cross-fitted over folds of
+    the online episodes (the demos always in training); pooled over the held-out rows of every fold."""
+    demo_rows, pol_rows = [r.detach() for r in demo_rows], [r.detach() for r in pol_rows]
+    reward = [torch.as_tensor(ep["reward"][1:]) for ep in online]
+    demo_x, demo_y = torch.cat(demo_rows), torch.cat([torch.as_tensor(ep["reward"][1:]) for ep in demos])
+    fold = np.arange(len(pol_rows)) % folds
+    preds, trues = [], []
+    for f in range(folds):
+        x = torch.cat([demo_x] + [pol_rows[i] for i in np.flatnonzero(fold != f)])
+        y = torch.cat([demo_y] + [reward[i] for i in np.flatnonzero(fold != f)])
+        mean, std = x.mean(0), x.std(0) + 1e-2
+        torch.manual_seed(f)
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], units), torch.nn.ELU(), torch.nn.Linear(units, units),
+                                  torch.nn.ELU(), torch.nn.Linear(units, 1))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        xs = (x - mean) / std
+        for _ in range(steps):
+            idx = torch.randint(len(xs), (256,))
+            loss = (net(xs[idx]).squeeze(-1) - y[idx]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            for i in np.flatnonzero(fold == f):
+                preds.append(net((pol_rows[i] - mean) / std).squeeze(-1))
+                trues.append(reward[i])
+    pred, true = torch.cat(preds).numpy(), torch.cat(trues).numpy()
+    return 1 - float(((pred - true) ** 2).mean()) / float(true.var())
+
+
 def measure(run: Path, last: int, folds: int, steps: int) -> dict:
     parts = open_policy(run)
     agent, cfg = parts.method, parts.cfg
@@ -111,6 +148,16 @@ def measure(run: Path, last: int, folds: int, steps: int) -> dict:
                                                   units, folds, last, state_only=True, steps=steps, train_last=True)
     row = {"run": str(run), "episodes": len(online), "success_rate": float(success.mean()),
            "run_D_last_demos": round(demo_last, 3), "scores": {}}
+    if agent.reward_head is not None:  # the task's reward as the run's head learnt it (agent.reward env)
+        with torch.no_grad():
+            heads = {"online": [agent.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in pol_rows],
+                     "demos": [agent.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in demo_rows]}
+        for name, eps in (("online", online), ("demos", demos)):
+            true = np.concatenate([ep["reward"][1:] for ep in eps])
+            pred = torch.cat(heads[name]).numpy()
+            row[f"reward_head_r2_{name}"] = round(1 - float(((pred - true) ** 2).mean()) / float(true.var()), 3)
+        scores["run_reward_head"] = np.array([float(x.sum()) for x in heads["online"]])
+    row["fresh_reward_r2"] = round(fresh_reward_r2(demo_rows, pol_rows, demos, online, units, folds, 4 * steps), 3)
     for name, s in scores.items():
         row["scores"][name] = {"auc": round(roc_auc(s, success), 3), "top25_success": round(top_success(s, success, 0.25), 3),
                                "top50_success": round(top_success(s, success, 0.5), 3),
@@ -134,6 +181,10 @@ def main() -> None:
         rows.append(row)
         print(f"{run}: {row['episodes']} online episodes, success {row['success_rate']:.2f}; the run's D on the demos' "
               f"last pairs {row['run_D_last_demos']:+.2f}")
+        print(f"  a fresh MLP's held-out R^2 of the task's reward on the online episodes: {row['fresh_reward_r2']:.3f}")
+        if "reward_head_r2_online" in row:
+            print(f"  the run's reward head R^2: online episodes {row['reward_head_r2_online']:.3f}, "
+                  f"demos {row['reward_head_r2_demos']:.3f}")
         for name, s in row["scores"].items():
             print(f"  {name:24s} AUC {s['auc']:.3f}  top 25% success {s['top25_success']:.2f}  "
                   f"top 50% {s['top50_success']:.2f}  mean: successful {s['mean_successful']:+.2f}, "

@@ -178,6 +178,25 @@ def test_render_false_keeps_dynamics():
         b.close()
 
 
+def test_object_rgba_recolours_only_the_puck():
+    frames, states = [], []
+    for kwargs in ({}, {"object_rgba": [1, 1, 0, 1]}):  # one rendering env at a time (RendererGuard)
+        env = make_metaworld_env("push", **kwargs)
+        try:
+            obs, info = env.reset(seed=4)
+        finally:
+            env.close()
+        frames.append(obs.astype(int))
+        states.append(info["state"])
+    np.testing.assert_array_equal(states[0], states[1])   # the same scene
+    changed = np.abs(frames[0] - frames[1]).sum(-1) > 30
+    assert 4 <= changed.sum() <= 60   # a few pixels: the puck's
+    yellow = frames[1][changed]
+    assert (yellow[:, 0] > 150).all() and (yellow[:, 1] > 150).all() and (yellow[:, 2] < 100).all()
+    with pytest.raises(ValueError, match="object_rgba"):
+        MetaWorldImageEnv("push", render=False, object_rgba=[1, 1, 0])
+
+
 def test_tasks_command_lists_expert_success(capsys):
     from cmil.cli import main
 

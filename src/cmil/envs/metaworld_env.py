@@ -18,6 +18,7 @@ for diagnostics and the scripted expert only.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -92,6 +93,19 @@ def task_episode_length(task: str) -> int:
     return EPISODE_LENGTHS.get(_mw_name(task).removesuffix("-v3"), DEFAULT_EPISODE_LENGTH)
 
 
+def _paint_object(model, rgba: Sequence[float]) -> None:
+    import mujoco
+
+    if len(rgba) != 4 or not all(0.0 <= float(c) <= 1.0 for c in rgba):
+        raise ValueError(f"object_rgba must be 4 numbers in [0, 1] (RGBA), got {rgba!r}")
+    body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "obj")
+    if body < 0:
+        raise ValueError("object_rgba: this task has no body named 'obj' to colour")
+    for geom in np.flatnonzero(model.geom_bodyid == body):
+        model.geom_matid[geom] = -1
+        model.geom_rgba[geom] = np.asarray(rgba, np.float32)
+
+
 class MetaWorldImageEnv(gym.Env):
     """One Meta-World v3 task with image observations, random placement and a fixed episode length."""
 
@@ -99,9 +113,12 @@ class MetaWorldImageEnv(gym.Env):
 
     def __init__(self, task: str, seed: int | None = None, image_size: int = 64,
                  episode_length: int | None = None, camera: dict[str, Any] | None = None,
-                 render: bool = True):
+                 render: bool = True, object_rgba: Sequence[float] | None = None):
         """`render=False` skips the frames (observations are black, no GL context is opened): the same
-        dynamics, placements and expert actions, for benchmarks that only need the success flag."""
+        dynamics, placements and expert actions, for benchmarks that only need the success flag.
+        `object_rgba`: a flat colour (RGBA in [0, 1]) for the manipulated object's geoms (body 'obj') in place of
+        their material; only what the camera sees changes (push's dark-red puck is a few low-contrast pixels
+        at 64 x 64; docs/results.md, round 23)."""
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = _mw_name(task)
@@ -119,6 +136,8 @@ class MetaWorldImageEnv(gym.Env):
         # Meta-World raises if stepped past max_path_length; make its horizon ours.
         mw.max_path_length = self.episode_length
         self.mw = mw
+        if object_rgba is not None:
+            _paint_object(mw.model, object_rgba)
         self.camera = OffscreenCamera(mw.model, image_size, **(camera or task_camera(task))) if render else None
         self.image_size = image_size
         self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
