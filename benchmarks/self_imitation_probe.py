@@ -38,6 +38,7 @@ from cmil.data.episodes import episode_success, load_episodes
 from cmil.launch import open_policy
 from cmil.runs import source_commit
 from diagnose_cmil import train_fresh_disc
+from state_probe import fit_mlp
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
@@ -84,35 +85,24 @@ def fresh_scores(exp_rows: torch.Tensor, pol_rows: list[torch.Tensor], feat_dim:
 
 
 def fresh_reward_r2(demo_rows: list[torch.Tensor], pol_rows: list[torch.Tensor], demos: list[dict],
-                    online: list[dict], units: int, folds: int, steps: int) -> float:
-    """Held-out R^2 of a new MLP regressing the task's reward on (feature, action) rows, cross-fitted over folds of
-    the online episodes (the demos always in training); pooled over the held-out rows of every fold."""
+                    online: list[dict], folds: int, steps: int) -> float:
+    """Held-out R^2 of a new MLP (`state_probe.fit_mlp`) regressing the task's reward on (feature, action) rows,
+    cross-fitted over folds of the online episodes (the demos always in training); pooled over every fold's
+    held-out rows."""
     demo_rows, pol_rows = [r.detach() for r in demo_rows], [r.detach() for r in pol_rows]
-    reward = [torch.as_tensor(ep["reward"][1:]) for ep in online]
-    demo_x, demo_y = torch.cat(demo_rows), torch.cat([torch.as_tensor(ep["reward"][1:]) for ep in demos])
+    reward = [torch.as_tensor(ep["reward"][1:]).float()[:, None] for ep in online]
+    demo_x = torch.cat(demo_rows)
+    demo_y = torch.cat([torch.as_tensor(ep["reward"][1:]).float()[:, None] for ep in demos])
     fold = np.arange(len(pol_rows)) % folds
     preds, trues = [], []
     for f in range(folds):
-        x = torch.cat([demo_x] + [pol_rows[i] for i in np.flatnonzero(fold != f)])
-        y = torch.cat([demo_y] + [reward[i] for i in np.flatnonzero(fold != f)])
-        mean, std = x.mean(0), x.std(0) + 1e-2
-        torch.manual_seed(f)
-        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], units), torch.nn.ELU(), torch.nn.Linear(units, units),
-                                  torch.nn.ELU(), torch.nn.Linear(units, 1))
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        xs = (x - mean) / std
-        for _ in range(steps):
-            idx = torch.randint(len(xs), (256,))
-            loss = (net(xs[idx]).squeeze(-1) - y[idx]).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            for i in np.flatnonzero(fold == f):
-                preds.append(net((pol_rows[i] - mean) / std).squeeze(-1))
-                trues.append(reward[i])
-    pred, true = torch.cat(preds).numpy(), torch.cat(trues).numpy()
-    return 1 - float(((pred - true) ** 2).mean()) / float(true.var())
+        train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        predict = fit_mlp(torch.cat([demo_x] + [pol_rows[i] for i in train]),
+                          torch.cat([demo_y] + [reward[i] for i in train]), steps, seed=f)
+        preds += [predict(pol_rows[i]) for i in test]
+        trues += [reward[i] for i in test]
+    pred, true = torch.cat(preds), torch.cat(trues)
+    return 1 - float(((pred - true) ** 2).mean()) / float(true.var(unbiased=False))
 
 
 def measure(run: Path, last: int, folds: int, steps: int) -> dict:
@@ -157,7 +147,7 @@ def measure(run: Path, last: int, folds: int, steps: int) -> dict:
             pred = torch.cat(heads[name]).numpy()
             row[f"reward_head_r2_{name}"] = round(1 - float(((pred - true) ** 2).mean()) / float(true.var()), 3)
         scores["run_reward_head"] = np.array([float(x.sum()) for x in heads["online"]])
-    row["fresh_reward_r2"] = round(fresh_reward_r2(demo_rows, pol_rows, demos, online, units, folds, 4 * steps), 3)
+    row["fresh_reward_r2"] = round(fresh_reward_r2(demo_rows, pol_rows, demos, online, folds, 4 * steps), 3)
     for name, s in scores.items():
         row["scores"][name] = {"auc": round(roc_auc(s, success), 3), "top25_success": round(top_success(s, success, 0.25), 3),
                                "top50_success": round(top_success(s, success, 0.5), 3),

@@ -1,6 +1,7 @@
 """benchmarks/diagnose_cmil.py and benchmarks/pretrain_curve.py run end to end and write every measurement
 (on the point task at tiny sizes: seconds, not the 5-10 minutes of a real diagnosis)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -326,3 +327,21 @@ def test_continue_online_resumes_a_pretrained_copy_with_other_agent_settings(dem
                  "--video-episodes", "0", "--demos", str(demos), "--run-dir", str(full)]) == 0
     with pytest.raises(UsageError, match="full updates"):
         continue_online(full, tmp_path / "other", 40, {"agent.alpha": 0.0})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("metaworld") is None, reason="needs Meta-World")
+def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
+    from cmil.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "cmil", "--task", "mw-push", "--dry-run", "--threads", "1", "--env-steps", "300",
+                 "--video-episodes", "0", "--agent.reward", "env", "--run-dir", str(run)]) == 0
+    _run("state_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "state.json"))
+    (row,) = json.loads((tmp_path / "state.json").read_text())["rows"]
+    for split in ("demos_to_online", "with_online", "demos_cross"):
+        assert set(row[split]) == {"hand", "puck", "goal"}
+        assert all(cell["ridge"] <= 1 and cell["mlp"] <= 1 for cell in row[split].values())
+    _run("self_imitation_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "si.json"))
+    (row,) = json.loads((tmp_path / "si.json").read_text())["rows"]
+    assert row["fresh_reward_r2"] <= 1 and row["reward_head_r2_online"] <= 1 and row["reward_head_r2_demos"] <= 1
+    assert "run_reward_head" in row["scores"]
