@@ -6,7 +6,8 @@
 phase acts, imagines and scores rewards at the states the policy itself reaches, so this probe asks the same there:
 for each run (its latest checkpoint) the features of its stored episodes (`RUN/episodes`: the seed episodes and the
 online ones; Meta-World's 39-dim state is stored beside each frame) and of its demos, and the R^2 of a regression
-from those features to each true position (hand xyz, puck xy, goal xy):
+from those features to each true position (hand xyz, puck xy, goal xy) and to the puck's xy relative to the hand and
+to the goal:
   - `demos_to_online`: fit on the demos, scored on the run's even-numbered episodes (how far the demos' reading
     carries to the policy's states);
   - `with_online`: fit on the demos and the odd-numbered episodes, scored on the even ones (what the features hold
@@ -30,6 +31,12 @@ from cmil.data.episodes import load_episodes
 from cmil.launch import open_policy
 from cmil.runs import source_commit
 from pretrain_curve import STATE_INDEX
+
+# What is probed, from Meta-World's 39-dim state: the positions, and the puck relative to the hand and to the goal
+# (xy), which is what pushing needs and what the task's reward is a function of.
+TARGETS = {name: (lambda s, index=index: s[:, index]) for name, index in STATE_INDEX.items()} | {
+    "puck_from_hand": lambda s: s[:, STATE_INDEX["puck"]] - s[:, STATE_INDEX["hand"][:2]],
+    "puck_from_goal": lambda s: s[:, STATE_INDEX["puck"]] - s[:, STATE_INDEX["goal"]]}
 
 
 def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
@@ -97,9 +104,9 @@ def measure(run: Path, steps: int) -> dict:
               "demos_cross": (x_demo[:half], s_demo[:half], x_demo[half:], s_demo[half:])}
     row: dict = {"run": str(run), "episodes": len(online)}
     for split, (xa, sa, xb, sb) in splits.items():
-        for name, index in STATE_INDEX.items():
-            row.setdefault(split, {})[name] = {"ridge": ridge_r2(xa, sa[:, index], xb, sb[:, index]),
-                                               "mlp": mlp_r2(xa, sa[:, index], xb, sb[:, index], steps)}
+        for name, target in TARGETS.items():
+            row.setdefault(split, {})[name] = {"ridge": ridge_r2(xa, target(sa), xb, target(sb)),
+                                               "mlp": mlp_r2(xa, target(sa), xb, target(sb), steps)}
     return row
 
 
@@ -117,7 +124,7 @@ def main() -> None:
         print(f"{run} ({row['episodes']} episodes): R^2 ridge / MLP")
         for split in ("demos_to_online", "with_online", "demos_cross"):
             cells = "  ".join(f"{name} {row[split][name]['ridge']:+.2f} / {row[split][name]['mlp']:+.2f}"
-                              for name in STATE_INDEX)
+                              for name in TARGETS)
             print(f"  {split:16s} {cells}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "steps": args.steps, "rows": rows}, indent=1))

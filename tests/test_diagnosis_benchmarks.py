@@ -339,7 +339,7 @@ def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     _run("state_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "state.json"))
     (row,) = json.loads((tmp_path / "state.json").read_text())["rows"]
     for split in ("demos_to_online", "with_online", "demos_cross"):
-        assert set(row[split]) == {"hand", "puck", "goal"}
+        assert set(row[split]) == {"hand", "puck", "goal", "puck_from_hand", "puck_from_goal"}
         assert all(cell["ridge"] <= 1 and cell["mlp"] <= 1 for cell in row[split].values())
     _run("self_imitation_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "si.json"))
     (row,) = json.loads((tmp_path / "si.json").read_text())["rows"]
