@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from cmil.config import PRESETS
+from cmil.data.episodes import episode_success
 from cmil.launch import eval_result_path
 from cmil.plot import report
 from cmil.runs import source_commit
@@ -183,7 +184,7 @@ def training_episode_curve(episodes: Path, bin_steps: int) -> list[list[float]]:
     for path in sorted(episodes.glob("*.npz")):
         with np.load(path) as ep:
             steps += len(ep["action"]) - 1          # action[0] is the placeholder before the first frame
-            bins.setdefault((steps - 1) // bin_steps, []).append(bool(ep["success"].any()))
+            bins.setdefault((steps - 1) // bin_steps, []).append(episode_success(ep))
     return [[b * bin_steps, len(v), float(np.mean(v))] for b, v in sorted(bins.items())]
 
 

@@ -28,7 +28,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from cmil.data.episodes import Episode, EpisodeError, load_episodes, save_episode, validate_episode
+from cmil.data.episodes import (
+    Episode,
+    EpisodeError,
+    episode_success,
+    load_episodes,
+    save_episode,
+    validate_episode,
+)
 from cmil.envs.gym_task import SUCCESS_KEYS, resize_frame, to_unit
 from cmil.errors import OutputExistsError, UsageError
 
@@ -148,7 +155,7 @@ def import_minari(source: str, out: str | Path, image_size: int = 64, image_key_
     source_info = {"source": f"minari:{dataset.spec.dataset_id}", "episodes": len(paths),
                    "env_spec": dataset.env_spec.id if dataset.env_spec is not None else None,
                    # the demonstrator's success rate, if the dataset records success (else unknown)
-                   "success_rate": float(np.mean([e["success"].any() for e, _ in converted])) if scored else None}
+                   "success_rate": float(np.mean([episode_success(e) for e, _ in converted])) if scored else None}
     (out / "expert_stats.json").write_text(json.dumps(source_info, indent=2))
     return paths
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cmil.config import AgentConfig
-from cmil.data.episodes import Episode
+from cmil.data.episodes import Episode, episode_success
 from cmil.data.replay import SequenceReplay
 
 
@@ -50,7 +50,7 @@ class EpisodeSelection:
         log (`selected_success`, `all_success`) and, only with self_imitation_rank 'success', for the choice."""
         a = self.cfg
         scores = np.array([self.score(ep) for ep in replay.episodes])
-        succeeded = np.array([bool(ep["success"].any()) for ep in replay.episodes])
+        succeeded = np.array([episode_success(ep) for ep in replay.episodes])
         if a.self_imitation_rank == "success":  # the upper-bound measurement; the score only breaks ties
             scores = succeeded * 1e6 + scores
         count = int(np.ceil(a.self_imitation * len(scores)))
