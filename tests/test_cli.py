@@ -159,3 +159,25 @@ def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, c
         load_bc_encoder(make_method(replace(cfg, **{"wm.encoder_depth": 8}), 2, torch.device("cpu")), bc, quiet=True)
     with pytest.raises(UsageError, match="needs a `bc` run"):
         load_bc_encoder(method, cmil, quiet=True)
+
+
+def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_path, capsys):
+    import torch
+
+    from cmil.runs import Checkpointer
+
+    bc = _train(tmp_path, "bc", "--video-episodes", "0")
+    policy = Checkpointer(bc).load_latest(print)[1]["modules"]["policy"]
+    cmil = _train(tmp_path, "cmil", "--video-episodes", "0", "--anchor-from", str(bc), "--agent.anchor-weight", "10")
+    assert "anchor's teacher policy loaded from" in capsys.readouterr().out
+    assert yaml.safe_load((cmil / "config.yaml").read_text())["anchor_from"] == str(bc.resolve())
+    saved = Checkpointer(cmil).load_latest(print)[1]["modules"]
+    assert "anchor_teacher" in saved and "anchor_actor" not in saved
+    for key, value in policy.items():  # loaded, checkpointed, and never trained by the run's updates
+        assert torch.equal(saved["anchor_teacher"][key], value), key
+    # Without the anchor's weight, or from a run that is not BC, it is a clear error.
+    common = ["train", "--method", "cmil", "--task", "point", "--dry-run"]
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc)]) != 0
+    assert "anchor_weight" in capsys.readouterr().err
+    assert main([*common, "--run-dir", str(tmp_path / "b"), "--anchor-from", str(cmil), "--agent.anchor-weight", "1"]) != 0
+    assert "needs a `bc` run" in capsys.readouterr().err

@@ -510,6 +510,43 @@ def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setu
     assert "anchor_actor" not in method.modules() and "train/anchor_loss" not in method.update(expert, replay)
 
 
+def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, point_episodes):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
+                  **{"agent.anchor_weight": 1.0, "agent.beta": 0.0})
+    torch.manual_seed(0)
+    taught = CMIL(cfg, 2, torch.device("cpu"))
+    assert "anchor_teacher" in taught.modules() and taught.anchor is None
+    taught.pretrain(expert, lambda n: None)
+    seen, target = [], torch.tensor([0.3, -0.2])
+
+    def teacher(image):  # records what the teacher is shown and answers a fixed action
+        seen.append(image.clone())
+        return target.expand(*image.shape[:-3], 2)
+
+    # Its target and a pretrained anchor answering the same action give the same update.
+    twin = copy.deepcopy(taught)
+    twin.teacher, twin.anchor = None, lambda feat: type("Dist", (), {"mean": target.expand(*feat.shape[:-1], 2)})
+    frozen_teacher = copy.deepcopy(taught.teacher.state_dict())
+    taught.teacher.forward = teacher
+    results = []
+    for m in (taught, twin):
+        torch.manual_seed(1)
+        results.append(m.update(expert, copy.deepcopy(replay)))
+    assert results[0]["train/anchor_loss"] == pytest.approx(results[1]["train/anchor_loss"], rel=1e-6)
+    for key, value in twin.actor.state_dict().items():
+        torch.testing.assert_close(taught.actor.state_dict()[key], value, rtol=0, atol=1e-4)  # float rounding
+    # It reads the replay windows' frames (uint8, all but the last of each window), and never trains.
+    (image,) = seen
+    B, L = cfg.batch_size, cfg.seq_len
+    assert image.dtype == torch.uint8 and image.shape[:2] == (B, L - 1)
+    stored = np.concatenate([ep["image"] for ep in point_episodes])
+    assert all((stored == frame.numpy()).all(axis=(1, 2, 3)).any() for frame in image.flatten(0, 1))
+    for key, value in taught.teacher.state_dict().items():
+        torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
+
+
+
 @pytest.mark.parametrize("norm", [False, True])
 def test_disc_gradient_penalty_changes_only_the_discriminators_step(setup, norm):
     method, expert, replay = setup

@@ -353,6 +353,12 @@ class Config:
     encoder of a new CMIL/VMAIL run, which then trains on as usual; the two encoders must have the same depth
     (wm.encoder_depth, or wm.cnn_depth when that is 0, equal to the run's bc.cnn_depth). None = a random
     encoder (authors)."""
+    anchor_from: str | None = None
+    """A `bc` run directory whose pixel policy (its latest checkpoint's, frozen) gives the target of the anchor
+    (agent.anchor_weight) at each of the replay's frames, in place of the pretrained latent actor: the online actor
+    is pulled towards what pixel BC would do on the policy's own images (a teacher labelling the student's states,
+    as in DAgger, with a learnt policy as the teacher). Needs agent.anchor_weight > 0 and a `bc` run with this run's
+    bc.cnn_depth and bc.units. None = the pretrained actor is the anchor (authors: no anchor)."""
     device: str = "cpu"
     """Torch device: cpu | cuda | auto."""
     threads: int = 0

@@ -141,7 +141,7 @@ def validate(cfg: Config, where: str = "") -> None:
     for name in FRACTION:
         if not 0 <= flat[name] <= 1:
             fail(name, f"must be in [0, 1], got {flat[name]!r}")
-    for name in ("demos", "run_dir", "init_from", "encoder_from", "success_key"):
+    for name in ("demos", "run_dir", "init_from", "encoder_from", "anchor_from", "success_key"):
         if flat[name] is not None and not str(flat[name]).strip():
             fail(name, "must not be empty")
     if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
@@ -179,6 +179,9 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.wm.freeze_encoder and not cfg.encoder_from:
         fail("wm.freeze_encoder", "needs encoder_from (a trained `bc` run's encoder to keep): it would freeze a "
                                   "random encoder")
+    if cfg.anchor_from and (cfg.method != "cmil" or not cfg.agent.anchor_weight):
+        fail("anchor_from", "needs method cmil and agent.anchor_weight > 0 (the teacher is the anchor's target), "
+                            f"got method {cfg.method!r}, agent.anchor_weight {cfg.agent.anchor_weight}")
     if cfg.cuda_graph:
         if cfg.method not in ("cmil", "vmail"):
             fail("cuda_graph", f"replays CMIL's and VMAIL's update; {cfg.method} has no graphed update")

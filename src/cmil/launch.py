@@ -106,11 +106,12 @@ def dry_run_demo_dir(run_dir: Path) -> Path:
 
 
 # Fields that name another run directory to start from: resolved to absolute paths and checked for a checkpoint.
-SOURCE_RUN_FIELDS = {"init_from": "initialise from", "encoder_from": "take an encoder from"}
+SOURCE_RUN_FIELDS = {"init_from": "initialise from", "encoder_from": "take an encoder from",
+                     "anchor_from": "take the anchor's teacher policy from"}
 
 
 def resolve_paths(cfg: Config, run_dir: Path) -> Config:
-    """Absolute demos / run_dir / init_from / encoder_from, so that a run compares and reloads alike from any directory.
+    """Absolute demos / run_dir and the SOURCE_RUN_FIELDS, so that a run compares and reloads alike from any directory.
 
     Demos default to demos/{task}; a dry run without demos there collects a few into RUN/demos."""
     from cmil.envs import task_slug
@@ -268,6 +269,8 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
             _init_from(method, Path(cfg.init_from), quiet)
         if plan.state == "new" and cfg.encoder_from:
             load_bc_encoder(method, Path(cfg.encoder_from), quiet)
+        if plan.state == "new" and cfg.anchor_from:
+            load_bc_teacher(method, Path(cfg.anchor_from), quiet)
         # --- from here on the run directory is written ---
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(run_dir)
@@ -331,6 +334,22 @@ def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
         raise UsageError(f"encoder_from: {found[0]}'s encoder does not fit the world model's (set wm.encoder_depth to "
                          f"the run's bc.cnn_depth; {first})") from None
     say(f"world model's encoder initialised from {found[0]}", quiet)
+
+
+def load_bc_teacher(method: Method, bc_run: Path, quiet: bool) -> None:
+    """Load a BC run's pixel policy as the anchor's frozen teacher (Config.anchor_from)."""
+    found = _latest_source_checkpoint("anchor_from", bc_run)
+    policy = found[1]["modules"].get("policy")
+    teacher = getattr(method, "teacher", None)
+    if not policy or teacher is None:
+        raise UsageError(f"anchor_from: needs a `bc` run ({bc_run}) and a CMIL run with agent.anchor_weight > 0")
+    try:
+        teacher.load_state_dict(policy)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"anchor_from: {found[0]}'s policy does not fit (set bc.cnn_depth / bc.units to the "
+                         f"run's; {first})") from None
+    say(f"anchor's teacher policy loaded from {found[0]}", quiet)
 
 
 # --- the commands' shared steps ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
+from cmil.methods.bc import PixelPolicy
 from cmil.methods.self_imitation import EpisodeSelection
 from cmil.models.actor_critic import (
     Actor,
@@ -109,8 +110,16 @@ class CMIL(Method):
                 torch.manual_seed(cfg.seed)
                 self.reward_head = mlp(feat + action_dim, 1, a.disc_layers, a.disc_units).to(device)
         self.batch_keys = _BATCH_KEYS + (("reward",) if self.reward_head is not None else ())
-        # The pretrained acting policy's actor, frozen when pretraining ends (agent.anchor_weight).
-        self.anchor = copy.deepcopy(self.actor).requires_grad_(False) if a.anchor_weight else None
+        # The anchor's target (agent.anchor_weight): a pixel BC teacher's action on the replay's frames
+        # (anchor_from, loaded by the launcher), else the pretrained acting actor, frozen when pretraining ends.
+        # The teacher's random initialisation (overwritten) draws from its own generator, as the reward head's does.
+        self.teacher = None
+        if a.anchor_weight and cfg.anchor_from:
+            with torch.random.fork_rng(devices=[]):
+                self.teacher = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units)
+            self.teacher = self.teacher.to(device).requires_grad_(False).eval()
+        self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
+                       if a.anchor_weight and self.teacher is None else None)
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
         if graphed and device.type != "cuda":
             raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
@@ -147,6 +156,8 @@ class CMIL(Method):
             mods["policy_ema"] = self.policy_ema
         if self.anchor is not None:
             mods["anchor_actor"] = self.anchor
+        if self.teacher is not None:
+            mods["anchor_teacher"] = self.teacher
         if self.reward_head is not None:
             mods["reward_head"] = self.reward_head
         return mods
@@ -327,9 +338,12 @@ class CMIL(Method):
                 actor_obj = actor_obj / self.stats["returns"].scale
             rl_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean()
         reg_loss = a.beta * bc_loss
-        if self.anchor is not None and not self._pretraining:  # agent.anchor_weight, on the policy's own states
+        if a.anchor_weight and not self._pretraining:  # agent.anchor_weight, on the policy's own states
             anchor_feat = feat[B:, :-1].detach()
-            anchor_loss = (self.actor(anchor_feat).mean - self.anchor(anchor_feat).mean).pow(2).sum(-1).mean()
+            with torch.no_grad():  # the frozen target: the teacher on the same frames, or the pretrained actor
+                target = (self.teacher(rep["image"][:, :-1]) if self.teacher is not None
+                          else self.anchor(anchor_feat).mean)
+            anchor_loss = (self.actor(anchor_feat).mean - target).pow(2).sum(-1).mean()
             reg_loss = reg_loss + a.anchor_weight * anchor_loss
             m["train/anchor_loss"] = anchor_loss.detach()
         m.update(self._actor_step(rl_loss, reg_loss))
