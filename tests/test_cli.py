@@ -168,7 +168,8 @@ def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_pat
 
     bc = _train(tmp_path, "bc", "--video-episodes", "0")
     policy = Checkpointer(bc).load_latest(print)[1]["modules"]["policy"]
-    cmil = _train(tmp_path, "cmil", "--video-episodes", "0", "--anchor-from", str(bc), "--agent.anchor-weight", "10")
+    cmil = _train(tmp_path, "cmil", "--video-episodes", "0", "--anchor-from", str(bc), "--agent.anchor-weight", "10",
+                  "--agent.anchor-target", "bc")
     assert "anchor's teacher policy loaded from" in capsys.readouterr().out
     assert yaml.safe_load((cmil / "config.yaml").read_text())["anchor_from"] == str(bc.resolve())
     saved = Checkpointer(cmil).load_latest(print)[1]["modules"]
@@ -177,7 +178,10 @@ def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_pat
         assert torch.equal(saved["anchor_teacher"][key], value), key
     # Without the anchor's weight, or from a run that is not BC, it is a clear error.
     common = ["train", "--method", "cmil", "--task", "point", "--dry-run"]
-    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc)]) != 0
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--agent.anchor-target", "bc"]) != 0
     assert "anchor_weight" in capsys.readouterr().err
-    assert main([*common, "--run-dir", str(tmp_path / "b"), "--anchor-from", str(cmil), "--agent.anchor-weight", "1"]) != 0
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc), "--agent.anchor-weight", "1"]) != 0
+    assert "needs agent.anchor_target 'bc'" in capsys.readouterr().err
+    assert main([*common, "--run-dir", str(tmp_path / "b"), "--anchor-from", str(cmil), "--agent.anchor-weight", "1",
+                 "--agent.anchor-target", "bc"]) != 0
     assert "needs a `bc` run" in capsys.readouterr().err

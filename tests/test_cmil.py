@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmil.config import PRESETS, dry_run_config, replace
-from cmil.data.replay import SequenceReplay
+from cmil.data.replay import SequenceReplay, demo_pairs
 from cmil.methods.cmil import CMIL
 
 
@@ -513,7 +513,7 @@ def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setu
 def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, point_episodes):
     method, expert, replay = setup
     cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
-                  **{"agent.anchor_weight": 1.0, "agent.beta": 0.0})
+                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc", "agent.beta": 0.0})
     torch.manual_seed(0)
     taught = CMIL(cfg, 2, torch.device("cpu"))
     assert "anchor_teacher" in taught.modules() and taught.anchor is None
@@ -544,6 +544,34 @@ def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, poi
     assert all((stored == frame.numpy()).all(axis=(1, 2, 3)).any() for frame in image.flatten(0, 1))
     for key, value in taught.teacher.state_dict().items():
         torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
+
+
+def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator(setup):
+    method, expert, _ = setup
+    base = replace(method.cfg, pretrain_updates=1, pretrain_bc_updates=2, **{"bc.steps": 30, "agent.anchor_weight": 1.0})
+    runs = {}
+    for target in ("pretrained", "bc"):
+        torch.manual_seed(0)
+        runs[target] = CMIL(replace(base, **{"agent.anchor_target": target}), 2, torch.device("cpu"))
+    taught = runs["bc"]
+    assert taught.pretrain_steps() == 30 + 3 and runs["pretrained"].pretrain_steps() == 3
+    images, actions = (torch.as_tensor(x) for x in demo_pairs(expert))
+    before = (taught.teacher(images) - actions).pow(2).sum(-1).mean()
+    steps = []
+    torch.manual_seed(1)
+    metrics = taught.pretrain(copy.deepcopy(expert), steps.append)
+    torch.manual_seed(1)
+    runs["pretrained"].pretrain(copy.deepcopy(expert), lambda n: None)
+    assert sum(steps) == 33 and "pretrain/teacher_bc_loss" in metrics
+    # It learnt to clone the demos, is frozen from then on, and the rest of the run drew what it would without it:
+    # the pretrained world model and actor are those of the run anchored to its pretrained actor (to float
+    # rounding: other draws would differ from the first update on).
+    assert (taught.teacher(images) - actions).pow(2).sum(-1).mean() < before
+    assert not any(p.requires_grad for p in taught.teacher.parameters())
+    for name in ("world_model", "actor"):
+        other = runs["pretrained"].modules()[name].state_dict()
+        for key, value in taught.modules()[name].state_dict().items():
+            torch.testing.assert_close(value, other[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
 
 
 

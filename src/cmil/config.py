@@ -216,6 +216,12 @@ class AgentConfig:
     behaviour-regularised actor, which the RL term can move only where its gain outweighs the pull. The squared
     error has the MSE BC term's scale, so beta and this weigh alike. Online updates only; its gradient is logged
     with the BC part's (`train/actor_grad_bc`). 0 = off (authors)."""
+    anchor_target: Literal["pretrained", "bc"] = "pretrained"
+    """What the anchor (anchor_weight) pulls the online actor towards on the replay's states: 'pretrained' = the
+    frozen acting actor of the end of pretraining; 'bc' = a pixel BC policy's action on the same frames (the `bc`
+    method with this run's bc.* fields, trained on the demos at the start of pretraining, or taken from a trained
+    run with `anchor_from`), a teacher labelling the policy's own states as in DAgger (a departure from the paper,
+    off there and in the authors' code). Issue 9, round 24: docs/results.md."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
@@ -354,11 +360,8 @@ class Config:
     (wm.encoder_depth, or wm.cnn_depth when that is 0, equal to the run's bc.cnn_depth). None = a random
     encoder (authors)."""
     anchor_from: str | None = None
-    """A `bc` run directory whose pixel policy (its latest checkpoint's, frozen) gives the target of the anchor
-    (agent.anchor_weight) at each of the replay's frames, in place of the pretrained latent actor: the online actor
-    is pulled towards what pixel BC would do on the policy's own images (a teacher labelling the student's states,
-    as in DAgger, with a learnt policy as the teacher). Needs agent.anchor_weight > 0 and a `bc` run with this run's
-    bc.cnn_depth and bc.units. None = the pretrained actor is the anchor (authors: no anchor)."""
+    """A `bc` run directory whose pixel policy (its latest checkpoint's) is the anchor's teacher (agent.anchor_target
+    'bc') instead of one trained inside the run; needs a `bc` run with this run's bc.cnn_depth and bc.units."""
     device: str = "cpu"
     """Torch device: cpu | cuda | auto."""
     threads: int = 0
@@ -475,7 +478,7 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
               "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0, "agent.anchor_weight": 0.0,
-              "agent.self_imitation": 0.0,
+              "agent.anchor_target": "pretrained", "agent.self_imitation": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0,
               # VMAIL has no pretraining, so a representation frozen "after" it would never train.
               "wm.freeze_representation": False},

@@ -9,6 +9,7 @@ stored `action[:, t + 1]` is the action taken at frame t.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import defaultdict
 
@@ -23,7 +24,7 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
-from cmil.methods.bc import PixelPolicy
+from cmil.methods.bc import BC, PixelPolicy
 from cmil.methods.self_imitation import EpisodeSelection
 from cmil.models.actor_critic import (
     Actor,
@@ -110,16 +111,20 @@ class CMIL(Method):
                 torch.manual_seed(cfg.seed)
                 self.reward_head = mlp(feat + action_dim, 1, a.disc_layers, a.disc_units).to(device)
         self.batch_keys = _BATCH_KEYS + (("reward",) if self.reward_head is not None else ())
-        # The anchor's target (agent.anchor_weight): a pixel BC teacher's action on the replay's frames
-        # (anchor_from, loaded by the launcher), else the pretrained acting actor, frozen when pretraining ends.
-        # The teacher's random initialisation (overwritten) draws from its own generator, as the reward head's does.
-        self.teacher = None
-        if a.anchor_weight and cfg.anchor_from:
-            with torch.random.fork_rng(devices=[]):
-                self.teacher = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units)
-            self.teacher = self.teacher.to(device).requires_grad_(False).eval()
+        # The anchor's target (agent.anchor_weight, anchor_target): a pixel BC teacher's action on the replay's
+        # frames (trained at the start of pretraining, or loaded from anchor_from by the launcher), or the acting
+        # actor frozen when pretraining ends. The teacher draws from its own generator, as the reward head does, so
+        # that the rest of the run draws what it would without it.
+        self._teacher_bc: BC | None = None
+        self.teacher: PixelPolicy | None = None
+        if a.anchor_weight and a.anchor_target == "bc":
+            with self._teacher_rng():
+                self._teacher_bc = BC(cfg, action_dim, device)
+            self.teacher = self._teacher_bc.net.requires_grad_(False).eval()
+            if cfg.anchor_from:
+                self._teacher_bc = None   # nothing to train
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
-                       if a.anchor_weight and self.teacher is None else None)
+                       if a.anchor_weight and a.anchor_target == "pretrained" else None)
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
         if graphed and device.type != "cuda":
             raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
@@ -175,11 +180,27 @@ class CMIL(Method):
         return LatentPolicy(acting["wm"], acting["actor"], self.action_dim, self.device)
 
     def pretrain_steps(self) -> int:
-        return self.cfg.pretrain_updates + self.cfg.pretrain_bc_updates
+        teacher = self.cfg.bc.steps if self._teacher_bc is not None else 0
+        return teacher + self.cfg.pretrain_updates + self.cfg.pretrain_bc_updates
+
+    @contextlib.contextmanager
+    def _teacher_rng(self):
+        """A generator of the teacher's own (seeded by the run's seed), leaving the run's draws as they were."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)
+            yield
 
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
-        """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5)."""
+        """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5); first,
+        with agent.anchor_target 'bc', the pixel BC teacher of the anchor (the `bc` method's training)."""
         metrics: dict[str, float] = {}
+        teacher: dict[str, float] = {}
+        if self._teacher_bc is not None:
+            self.teacher.requires_grad_(True)
+            with self._teacher_rng():
+                teacher = {"teacher_bc_loss": self._teacher_bc.pretrain(expert, progress)["train/bc_loss"]}
+            self.teacher.requires_grad_(False).eval()
+            self._teacher_bc = None   # its optimiser is not needed again
         self._pretraining = True
         for _ in range(self.cfg.pretrain_updates):
             metrics = self.update(expert, expert)
@@ -191,7 +212,7 @@ class CMIL(Method):
         if self.anchor is not None:  # what the online actor is pulled back to: the policy that acts now
             self.anchor.load_state_dict(self.policy().actor.state_dict())
         self.reset_graphs()  # the pretraining steps' graphs never replay again: free their memory
-        return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}
+        return {f"pretrain/{k.split('/', 1)[-1]}": v for k, v in {**metrics, **teacher}.items()}
 
     # --- the update -----------------------------------------------------------------------
     def update(self, expert: SequenceReplay, replay: SequenceReplay, agent: bool = True) -> dict[str, float]:
