@@ -176,12 +176,14 @@ def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_pat
     assert "anchor_teacher" in saved and "anchor_actor" not in saved
     for key, value in policy.items():  # loaded, checkpointed, and never trained by the run's updates
         assert torch.equal(saved["anchor_teacher"][key], value), key
-    # Without the anchor's weight, or from a run that is not BC, it is a clear error.
+    # Without a teacher to load into (no anchor, or the pretrained actor as its target), or from a run that is not
+    # BC, it is a clear error.
     common = ["train", "--method", "cmil", "--task", "point", "--dry-run"]
-    assert main([*common, "--run-dir", str(tmp_path / "a"), "--agent.anchor-target", "bc"]) != 0
-    assert "anchor_weight" in capsys.readouterr().err
-    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc), "--agent.anchor-weight", "1"]) != 0
-    assert "needs agent.anchor_target 'bc'" in capsys.readouterr().err
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc), "--agent.anchor-weight", "0"]) != 0
+    assert "agent.anchor_weight > 0" in capsys.readouterr().err
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--anchor-from", str(bc),
+                 "--agent.anchor-target", "pretrained"]) != 0
+    assert "needs method cmil and agent.anchor_target 'bc'" in capsys.readouterr().err
     assert main([*common, "--run-dir", str(tmp_path / "b"), "--anchor-from", str(cmil), "--agent.anchor-weight", "1",
                  "--agent.anchor-target", "bc"]) != 0
     assert "needs a `bc` run" in capsys.readouterr().err

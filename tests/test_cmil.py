@@ -19,7 +19,8 @@ def setup(point_episodes):
         "agent.target_update_every": 2, "agent.disc_input_norm": False, "agent.penalty_norm": False,
         "agent.return_norm": False, "agent.bc_loss": "nll", "agent.bc_model_weight": 0.0,
         "agent.bc_action_noise": 0.0, "agent.bc_fit_std": False, "wm.posterior": "filter",
-        "wm.agent_feat": "sample", "wm.augment": False, "cover_edges": False, "agent.policy_ema": 0.0})
+        "wm.agent_feat": "sample", "wm.augment": False, "cover_edges": False, "agent.policy_ema": 0.0,
+        "agent.anchor_weight": 0.0, "agent.anchor_target": "pretrained"})
     torch.manual_seed(0)
     method = CMIL(cfg, 2, torch.device("cpu"))
     expert = SequenceReplay(cfg.seq_len, seed=0)

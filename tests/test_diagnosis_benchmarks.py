@@ -221,19 +221,23 @@ def test_run_curves_bins_the_runs_own_episodes_and_reads_its_evaluations(tmp_pat
     assert summary["saved_evaluations"] == {"eval_100ep_seed30000": 0.41}
 
 
-def test_anchor_probe_scores_pretrained_and_final_policy_on_the_same_placements(demos, tmp_path):
+def test_anchor_probe_scores_the_anchors_target_and_final_policy_on_the_same_placements(demos, tmp_path):
     from cmil.cli import main
 
     common = ["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
               "--video-episodes", "0", "--demos", str(demos)]
-    anchored, plain = tmp_path / "anchored", tmp_path / "plain"
-    assert main([*common, "--agent.anchor-weight", "10", "--wm.freeze-representation", "--run-dir", str(anchored)]) == 0
-    assert main([*common, "--run-dir", str(plain)]) == 0
-    _run("anchor_probe.py", str(anchored), "--episodes", "3", "--seed", "5", "--out", str(tmp_path / "probe.json"))
-    (row,) = json.loads((tmp_path / "probe.json").read_text())["runs"]
-    assert row["both"] + row["only_pretrained"] + row["only_final"] + row["neither"] == 3
-    assert row["pretrained"] == (row["both"] + row["only_pretrained"]) / 3
-    # A run without the anchor (or without the frozen representation) has no pretrained policy to compare.
+    anchored, taught, plain = tmp_path / "anchored", tmp_path / "taught", tmp_path / "plain"
+    assert main([*common, "--agent.anchor-weight", "10", "--agent.anchor-target", "pretrained",
+                 "--wm.freeze-representation", "--run-dir", str(anchored)]) == 0
+    assert main([*common, "--agent.anchor-weight", "10", "--agent.anchor-target", "bc", "--run-dir", str(taught)]) == 0
+    assert main([*common, "--agent.anchor-weight", "0", "--run-dir", str(plain)]) == 0
+    _run("anchor_probe.py", str(anchored), str(taught), "--episodes", "3", "--seed", "5", "--out", str(tmp_path / "p.json"))
+    summary = json.loads((tmp_path / "p.json").read_text())
+    for row, kind in zip(summary["runs"], ("pretrained", "teacher"), strict=True):
+        assert row["reference"] == kind
+        assert row["both"] + row[f"only_{kind}"] + row["only_final"] + row["neither"] == 3
+        assert row[kind] == (row["both"] + row[f"only_{kind}"]) / 3 == summary[f"mean_{kind}"]
+    # A run without the anchor (or without the frozen representation) has no reference policy to compare.
     with pytest.raises(AssertionError, match="needs agent.anchor_weight"):
         _run("anchor_probe.py", str(plain), "--episodes", "1")
 

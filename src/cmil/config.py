@@ -221,7 +221,8 @@ class AgentConfig:
     frozen acting actor of the end of pretraining; 'bc' = a pixel BC policy's action on the same frames (the `bc`
     method with this run's bc.* fields, trained on the demos at the start of pretraining, or taken from a trained
     run with `anchor_from`), a teacher labelling the policy's own states as in DAgger (a departure from the paper,
-    off there and in the authors' code). Issue 9, round 24: docs/results.md."""
+    off there and in the authors' code). With anchor_weight 0 there is no anchor and no teacher. Issue 9, round 24:
+    docs/results.md."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
@@ -454,12 +455,14 @@ PRESETS: dict[str, Config] = {
         # Departures from the authors' code, chosen by measurement (docs/algorithm.md, docs/results.md): the
         # agent reads what the current image shows (an image-only posterior's mean), the BC loss shapes that
         # representation, every frame of a demo is trained on, batches hold 8 short windows instead of 4
-        # long ones (the same 64 frames), and the policy acts with averaged weights.
+        # long ones (the same 64 frames), the policy acts with averaged weights, and online a pixel BC teacher
+        # (trained first, on the demos) labels the policy's own frames for the anchor (issue 9, round 24).
         wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16, augment=True,
                             posterior="image", agent_feat="stoch"),
         agent=AgentConfig(horizon=10, actor_layers=2, actor_units=128, critic_layers=2, critic_units=128,
                           disc_units=128, bc_loss="mse", bc_fit_std=True, bc_model_weight=30.0,
-                          disc_input_norm=True, penalty_norm=True, return_norm=True, policy_ema=0.995)),
+                          disc_input_norm=True, penalty_norm=True, return_norm=True, policy_ema=0.995,
+                          anchor_weight=10.0, anchor_target="bc")),
     # The authors' architecture on the default task.
     "paper": Config(wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
                     env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,

@@ -179,12 +179,9 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.wm.freeze_encoder and not cfg.encoder_from:
         fail("wm.freeze_encoder", "needs encoder_from (a trained `bc` run's encoder to keep): it would freeze a "
                                   "random encoder")
-    if cfg.agent.anchor_target == "bc" and (cfg.method != "cmil" or not cfg.agent.anchor_weight):
-        fail("agent.anchor_target", "'bc' needs method cmil and agent.anchor_weight > 0 (the teacher is the anchor's "
-                                    f"target), got method {cfg.method!r}, agent.anchor_weight {cfg.agent.anchor_weight}")
-    if cfg.anchor_from and cfg.agent.anchor_target != "bc":
-        fail("anchor_from", "needs agent.anchor_target 'bc' (it names the anchor's teacher), "
-                            f"got {cfg.agent.anchor_target!r}")
+    if cfg.anchor_from and (cfg.method != "cmil" or cfg.agent.anchor_target != "bc"):
+        fail("anchor_from", "needs method cmil and agent.anchor_target 'bc' (it names the anchor's teacher), "
+                            f"got method {cfg.method!r}, agent.anchor_target {cfg.agent.anchor_target!r}")
     if cfg.cuda_graph:
         if cfg.method not in ("cmil", "vmail"):
             fail("cuda_graph", f"replays CMIL's and VMAIL's update; {cfg.method} has no graphed update")
