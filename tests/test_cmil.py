@@ -9,6 +9,7 @@ import torch
 
 from cmil.config import PRESETS, dry_run_config, replace
 from cmil.data.replay import SequenceReplay, demo_pairs
+from cmil.methods.bc import BC
 from cmil.methods.cmil import CMIL
 
 
@@ -569,6 +570,12 @@ def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator
     # rounding: other draws would differ from the first update on).
     assert (taught.teacher(images) - actions).pow(2).sum(-1).mean() < before
     assert not any(p.requires_grad for p in taught.teacher.parameters())
+    # It is the `bc` method's policy for the run's seed, draw for draw (the BC baseline of the same seed).
+    torch.manual_seed(base.seed)
+    baseline = BC(replace(base, method="bc"), 2, torch.device("cpu"))
+    baseline.pretrain(copy.deepcopy(expert), lambda n: None)
+    for key, value in baseline.net.state_dict().items():
+        assert torch.equal(value, taught.teacher.state_dict()[key]), key
     for name in ("world_model", "actor"):
         other = runs["pretrained"].modules()[name].state_dict()
         for key, value in taught.modules()[name].state_dict().items():

@@ -116,6 +116,7 @@ class CMIL(Method):
         # actor frozen when pretraining ends. The teacher draws from its own generator, as the reward head does, so
         # that the rest of the run draws what it would without it.
         self._teacher_bc: BC | None = None
+        self._teacher_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.teacher: PixelPolicy | None = None
         if a.anchor_weight and a.anchor_target == "bc":
             with self._teacher_rng():
@@ -185,10 +186,18 @@ class CMIL(Method):
 
     @contextlib.contextmanager
     def _teacher_rng(self):
-        """A generator of the teacher's own (seeded by the run's seed), leaving the run's draws as they were."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.cfg.seed)
+        """The teacher's own random stream, seeded by the run's seed and carried from its initialisation into its
+        training (so it draws what a `bc` run of the same seed does), leaving the run's own draws as they were."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            if self._teacher_state is None:
+                torch.manual_seed(self.cfg.seed)
+            else:
+                torch.set_rng_state(self._teacher_state[0])
+                if cuda:
+                    torch.cuda.set_rng_state(self._teacher_state[1], self.device)
             yield
+            self._teacher_state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
 
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5); first,
