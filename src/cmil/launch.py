@@ -319,37 +319,36 @@ def _init_from(method: Method, source_run: Path, quiet: bool) -> None:
     say(f"initialised networks from {found[0]}", quiet)
 
 
-def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
-    """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
-    found = _latest_source_checkpoint("encoder_from", bc_run)
+def _load_from_bc_run(field: str, bc_run: Path, target: torch.nn.Module | None, prefix: str, needs: str,
+                      misfit: str, loaded: str, quiet: bool) -> None:
+    """Load the `prefix` part of a BC run's policy (its latest checkpoint's) into `target`, with the field's errors:
+    `needs` when the run is not BC or there is no target, `misfit` (plus torch's first line) when the shapes differ."""
+    found = _latest_source_checkpoint(field, bc_run)
     policy = found[1]["modules"].get("policy", {})
-    weights = {k.removeprefix("encoder."): v for k, v in policy.items() if k.startswith("encoder.")}
-    wm = getattr(method, "wm", None)
-    if not weights or wm is None:
-        raise UsageError(f"encoder_from: needs a `bc` run ({bc_run}) and a method with a world model")
+    weights = {k.removeprefix(prefix): v for k, v in policy.items() if k.startswith(prefix)}
+    if not weights or target is None:
+        raise UsageError(f"{field}: needs a `bc` run ({bc_run}) and {needs}")
     try:
-        wm.encoder.load_state_dict(weights)
+        target.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"encoder_from: {found[0]}'s encoder does not fit the world model's (set wm.encoder_depth to "
-                         f"the run's bc.cnn_depth; {first})") from None
-    say(f"world model's encoder initialised from {found[0]}", quiet)
+        raise UsageError(f"{field}: {found[0]}'s {misfit}; {first})") from None
+    say(f"{loaded} {found[0]}", quiet)
+
+
+def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
+    """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
+    wm = getattr(method, "wm", None)
+    _load_from_bc_run("encoder_from", bc_run, None if wm is None else wm.encoder, "encoder.",
+                      "a method with a world model", "encoder does not fit the world model's (set wm.encoder_depth to "
+                      "the run's bc.cnn_depth", "world model's encoder initialised from", quiet)
 
 
 def load_bc_teacher(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel policy as the anchor's frozen teacher (Config.anchor_from)."""
-    found = _latest_source_checkpoint("anchor_from", bc_run)
-    policy = found[1]["modules"].get("policy")
-    teacher = getattr(method, "teacher", None)
-    if not policy or teacher is None:
-        raise UsageError(f"anchor_from: needs a `bc` run ({bc_run}) and a CMIL run with agent.anchor_weight > 0")
-    try:
-        teacher.load_state_dict(policy)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(f"anchor_from: {found[0]}'s policy does not fit (set bc.cnn_depth / bc.units to the "
-                         f"run's; {first})") from None
-    say(f"anchor's teacher policy loaded from {found[0]}", quiet)
+    _load_from_bc_run("anchor_from", bc_run, getattr(method, "teacher", None), "",
+                      "a CMIL run with agent.anchor_weight > 0", "policy does not fit (set bc.cnn_depth / bc.units to "
+                      "the run's", "anchor's teacher policy loaded from", quiet)
 
 
 # --- the commands' shared steps ---------------------------------------------------------------------
