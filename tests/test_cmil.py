@@ -548,6 +548,32 @@ def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, poi
         torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
 
 
+def test_anchor_model_weight_fits_the_representation_to_the_teacher_at_the_policys_states(setup):
+    method, expert, replay = setup
+    # The actor never steps (its lr set to 0), so only the world model can bring its answer on the replay's states to the
+    # teacher's: with agent.anchor_model_weight it does; without, the anchor's error stays where it was.
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
+                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc", "agent.beta": 0.0, "wm.lr": 1e-3})
+    target = torch.tensor([0.6, -0.5])
+    errors = {}
+    for weight in (0.0, 100.0):
+        torch.manual_seed(0)
+        run = CMIL(replace(cfg, **{"agent.anchor_model_weight": weight}), 2, torch.device("cpu"))
+        run.pretrain(copy.deepcopy(expert), lambda n: None)
+        run.teacher.forward = lambda image: target.expand(*image.shape[:-3], 2)
+        for group in run.actor_opt.param_groups:
+            group["lr"] = 0.0
+        actor = copy.deepcopy(run.actor.state_dict())
+        torch.manual_seed(1)
+        metrics = [run.update(expert, replay) for _ in range(40)]
+        assert ("model/anchor_loss" in metrics[0]) == bool(weight)
+        errors[weight] = [m["train/anchor_loss"] for m in metrics]
+        for key, value in run.actor.state_dict().items():
+            torch.testing.assert_close(value, actor[key], rtol=0, atol=0)
+    assert np.mean(errors[100.0][-5:]) < 0.5 * np.mean(errors[100.0][:5])
+    assert np.mean(errors[100.0][-5:]) < 0.5 * np.mean(errors[0.0][-5:])
+
+
 def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator(setup):
     method, expert, _ = setup
     base = replace(method.cfg, pretrain_updates=1, pretrain_bc_updates=2, **{"bc.steps": 30, "agent.anchor_weight": 1.0})

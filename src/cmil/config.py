@@ -223,6 +223,11 @@ class AgentConfig:
     run with `anchor_from`), a teacher labelling the policy's own states as in DAgger (a departure from the paper,
     off there and in the authors' code). With anchor_weight 0 there is no anchor and no teacher. Issue 9, round 24:
     docs/results.md."""
+    anchor_model_weight: float = 0.0
+    """Weight of the anchor's squared error (anchor_weight's, with its target) in the world model's loss on the
+    replay's states, the actor frozen for that term: as bc_model_weight shapes the representation at the expert's
+    states, this shapes it at the policy's own, where issue 9's round 23 found the features do not hold the puck.
+    Online updates only; needs anchor_weight > 0. 0 = off (authors' code; the paper has no anchor). Round 25."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
@@ -481,7 +486,7 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
     "vmail": {"agent.alpha": 0.0, "agent.beta": 0.0, "agent.real_critic_loss": False,
               "agent.bc_model_weight": 0.0, "agent.bc_action_noise": 0.0, "agent.bc_filter": "expert",
               "agent.bc_frame_shift": False, "agent.bc_feat_noise": 0.0, "agent.anchor_weight": 0.0,
-              "agent.anchor_target": "pretrained", "agent.self_imitation": 0.0,
+              "agent.anchor_target": "pretrained", "agent.anchor_model_weight": 0.0, "agent.self_imitation": 0.0,
               "pretrain_updates": 0, "pretrain_bc_updates": 0,
               # VMAIL has no pretraining, so a representation frozen "after" it would never train.
               "wm.freeze_representation": False},

@@ -321,6 +321,14 @@ class CMIL(Method):
             embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
             m["model/embed_bc_loss"] = embed_bc.detach()
+        anchoring = a.anchor_weight and not self._pretraining
+        if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
+            anchor_target = self._anchor_target(rep["image"][:, :-1], self.wm.agent_feat(post)[B:, :-1].detach())
+        if anchoring and a.anchor_model_weight:  # the anchor's error shapes the representation there too
+            with frozen(self.actor):
+                anchor_model = (self.actor(self.wm.agent_feat(post)[B:, :-1]).mean - anchor_target).pow(2).sum(-1)
+            wm_loss = wm_loss + a.anchor_model_weight * anchor_model.mean()
+            m["model/anchor_loss"] = anchor_model.mean().detach()
         m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
@@ -368,12 +376,8 @@ class CMIL(Method):
                 actor_obj = actor_obj / self.stats["returns"].scale
             rl_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean()
         reg_loss = a.beta * bc_loss
-        if a.anchor_weight and not self._pretraining:  # agent.anchor_weight, on the policy's own states
-            anchor_feat = feat[B:, :-1].detach()
-            with torch.no_grad():  # the frozen target: the teacher on the same frames, or the pretrained actor
-                target = (self.teacher(rep["image"][:, :-1]) if self.teacher is not None
-                          else self.anchor(anchor_feat).mean)
-            anchor_loss = (self.actor(anchor_feat).mean - target).pow(2).sum(-1).mean()
+        if anchoring:  # agent.anchor_weight, on the policy's own states
+            anchor_loss = (self.actor(feat[B:, :-1].detach()).mean - anchor_target).pow(2).sum(-1).mean()
             reg_loss = reg_loss + a.anchor_weight * anchor_loss
             m["train/anchor_loss"] = anchor_loss.detach()
         m.update(self._actor_step(rl_loss, reg_loss))
@@ -436,6 +440,12 @@ class CMIL(Method):
             frozen_params += self.wm.representation_parameters()
         frozen_ids = {id(p) for p in frozen_params}
         return [p for p in params if id(p) not in frozen_ids]
+
+    @torch.no_grad()
+    def _anchor_target(self, frames: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """The anchor's frozen target on the replay's states: the pixel BC teacher's action on their frames
+        (agent.anchor_target 'bc'), or the pretrained actor's mean action on their features ('pretrained')."""
+        return self.teacher(frames) if self.teacher is not None else self.anchor(feat).mean
 
     def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the
