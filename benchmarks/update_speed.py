@@ -96,9 +96,12 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return _matmul_peak(device, n=1024, reps=5, dtype=dtype)
 
 
-def synthetic_replay(cfg: Config, episodes: int, length: int, seed: int) -> SequenceReplay:
+def synthetic_replay(cfg: Config, episodes: int, length: int, seed: int, method=None) -> SequenceReplay:
+    """Random episodes; with `method`, filled as the trainer fills its online replay (each episode with the
+    method's per-frame labels, e.g. CMIL's teacher actions; a baseline checkout may predate them)."""
     rng = np.random.default_rng(seed)
-    replay = SequenceReplay(cfg.seq_len, seed=seed)
+    keys = getattr(method, "replay_keys", ())
+    replay = SequenceReplay(cfg.seq_len, seed=seed, **({"extra_keys": keys} if keys else {}))
     A, n = action_dim(cfg), length + 1
     for _ in range(episodes):
         flags = np.zeros(n, bool)
@@ -108,7 +111,7 @@ def synthetic_replay(cfg: Config, episodes: int, length: int, seed: int) -> Sequ
               "is_terminal": flags.copy()}
         ep["is_first"][0], ep["is_last"][-1] = True, True
         ep["action"][0] = 0
-        replay.add_episode(ep)
+        replay.add_episode(method.label_episode(ep) if keys else ep)
     return replay
 
 
@@ -213,9 +216,10 @@ def child(args: argparse.Namespace) -> dict:
         args.warmup, args.flops = max(args.warmup, 5), False
     torch.manual_seed(0)
     length = max(100, 2 * cfg.seq_len)
-    expert = synthetic_replay(cfg, 10, length, seed=0)
-    replay = synthetic_replay(cfg, 10, length, seed=1)
     method = build_method(cfg, action_dim(cfg), device)
+    expert = synthetic_replay(cfg, 10, length, seed=0)
+    with scope():
+        replay = synthetic_replay(cfg, 10, length, seed=1, method=method)
     update = lambda: one_update(method, cfg, expert, replay)  # noqa: E731
     load = [os.getloadavg()[0]]
     with scope():

@@ -548,6 +548,39 @@ def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, poi
         torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
 
 
+def test_the_teachers_labels_are_computed_once_as_episodes_enter_the_replay(setup, point_episodes):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
+                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
+    torch.manual_seed(0)
+    taught = CMIL(cfg, 2, torch.device("cpu"))
+    taught.pretrain(expert, lambda n: None)
+    assert taught.replay_keys == ("teacher_action",)
+    labelled = SequenceReplay(cfg.seq_len, seed=1, extra_keys=taught.replay_keys)
+    for ep in point_episodes:
+        stored = taught.label_episode(ep)
+        assert "teacher_action" not in ep  # the episode as played (its file) stays as it was
+        with torch.no_grad():
+            torch.testing.assert_close(torch.as_tensor(stored["teacher_action"]),
+                                       taught.teacher(torch.as_tensor(ep["image"])), rtol=0, atol=1e-6)
+        labelled.add_episode(stored)
+    with pytest.raises(ValueError, match="lacks the labels"):
+        labelled.add_episode(point_episodes[0])
+    # The update reads the stored labels (the teacher answers nothing then) and equals the one that asks it.
+    twin = copy.deepcopy(taught)
+    calls = []
+    forward = taught.teacher.forward
+    taught.teacher.forward = lambda image: calls.append(image) or forward(image)
+    results = []
+    for run, rep in ((taught, labelled), (twin, replay)):
+        torch.manual_seed(1)
+        results.append(run.update(copy.deepcopy(expert), copy.deepcopy(rep)))
+    assert not calls
+    assert results[0]["train/anchor_loss"] == pytest.approx(results[1]["train/anchor_loss"], rel=1e-5)
+    for key, value in twin.actor.state_dict().items():
+        torch.testing.assert_close(taught.actor.state_dict()[key], value, rtol=0, atol=1e-5)
+
+
 def test_anchor_model_weight_fits_the_representation_to_the_teacher_at_the_policys_states(setup):
     method, expert, replay = setup
     # The actor never steps (its lr set to 0), so only the world model can bring its answer on the replay's states to the

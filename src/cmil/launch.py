@@ -291,7 +291,8 @@ def build(plan: RunPlan, quiet: bool = False) -> Parts:
     except BaseException:
         env.close()
         raise
-    return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1, cover_edges=cfg.cover_edges), method=method,
+    return Parts(env=env, expert=expert, replay=SequenceReplay(cfg.seq_len, seed=cfg.seed + 1, cover_edges=cfg.cover_edges,
+                                                             extra_keys=method.replay_keys), method=method,
                  logger=logger, ckpt=ckpt, np_rng=np_rng, expert_success=expert_success(Path(cfg.demos), demos, env),
                  restored=restored)
 

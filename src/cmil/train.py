@@ -57,8 +57,13 @@ class Trainer:
         for extra in files[saved:]:  # played after the checkpoint: they are played again, identically
             extra.unlink()
         for episode in files[:saved]:
-            self.replay.add_episode(load_episode(episode))
+            self._store(load_episode(episode))
         say(f"resumed {self.run_dir} at env step {self.counters['env_step']} ({path.name})", self.quiet)
+
+    def _store(self, ep: dict) -> None:
+        """Into the online replay, with the method's per-frame labels (Method.label_episode)."""
+        with use_precision(self.cfg.precision):
+            self.replay.add_episode(self.method.label_episode(ep))
 
     def _episode_files(self) -> list[Path]:
         directory = self.run_dir / "episodes"
@@ -143,7 +148,7 @@ class Trainer:
         rollout = run_episode(self.env, act, self.policy.reset, recorder=recorder,
                               seed=int(self.np_rng.integers(2**31)))
         ep = recorder.finish()
-        self.replay.add_episode(ep)
+        self._store(ep)
         save_episode(self.run_dir / "episodes", ep, name=f"ep{c['episodes']:06d}-{rollout.length}.npz")
         c["episodes"] += 1
         return {"train/episode_success": float(rollout.success), "train/episode_return": rollout.ret,

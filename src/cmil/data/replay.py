@@ -36,12 +36,13 @@ class SequenceReplay:
     """Stores whole episodes (oldest evicted beyond `capacity_steps`) and samples (B, L, ...) windows."""
 
     def __init__(self, seq_len: int, capacity_steps: int = 1_000_000, seed: int = 0, keep_state: bool = False,
-                 cover_edges: bool = False):
+                 cover_edges: bool = False, extra_keys: tuple[str, ...] = ()):
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.seq_len = seq_len
         self.capacity_steps = capacity_steps
         self.keep_state = keep_state
+        self.extra_keys = tuple(extra_keys)  # per-frame labels a method attached (Method.label_episode)
         self.cover_edges = cover_edges
         self.rng = np.random.default_rng(seed)
         self.episodes: list[Episode] = []
@@ -88,7 +89,10 @@ class SequenceReplay:
                                  f"the stored {ref['image'].shape[1:]}/{ref['action'].shape[1:]}")
         if self.keep_state and "state" not in ep:
             raise ValueError("keep_state=True but the episode has no 'state'")
-        keys = SAMPLE_KEYS + (("state",) if self.keep_state else ())
+        missing = [k for k in self.extra_keys if k not in ep]
+        if missing:
+            raise ValueError(f"replay episode {self.total_added} lacks the labels {missing} this replay keeps")
+        keys = SAMPLE_KEYS + (("state",) if self.keep_state else ()) + self.extra_keys
         stored = {k: np.ascontiguousarray(ep[k]) for k in keys}
         stored["action"] = stored["action"].astype(np.float32, copy=False)
         stored["reward"] = stored["reward"].astype(np.float32, copy=False)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cmil.config import Config
+from cmil.data.episodes import Episode
 from cmil.data.replay import SequenceReplay
 
 
@@ -51,6 +52,8 @@ class Method:
 
     online: bool = True
     uses_seed_episodes: bool = True
+    replay_keys: tuple[str, ...] = ()
+    """Per-frame labels `label_episode` attaches to each online episode, which the replay keeps and samples."""
     checkpointed_attrs: tuple[str, ...] = ()
     """Attributes besides weights and optimisers that a resumed run needs (e.g. running diagnostics);
     each must hold JSON data, and a dict keeps its type (a defaultdict stays one) when restored."""
@@ -84,6 +87,11 @@ class Method:
     def update(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
         """One update from an expert batch and a replay batch; returns scalar metrics."""
         raise NotImplementedError
+
+    def label_episode(self, ep: Episode) -> Episode:
+        """The episode as the online replay stores it: with `replay_keys`' per-frame labels, computed once as it
+        enters (and again when a resumed run reloads it). The episode files keep the episode as played."""
+        return ep
 
     def reset_graphs(self) -> None:
         """Forget anything compiled or captured against the current tensors (CUDA graphs); called after a

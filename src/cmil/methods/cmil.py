@@ -124,6 +124,8 @@ class CMIL(Method):
             self.teacher = self._teacher_bc.net.requires_grad_(False).eval()
             if cfg.anchor_from:
                 self._teacher_bc = None   # nothing to train
+        # The teacher's action on each online frame is computed once, as the episode enters the replay.
+        self.replay_keys = ("teacher_action",) if self.teacher is not None else ()
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
                        if a.anchor_weight and a.anchor_target == "pretrained" else None)
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
@@ -255,8 +257,8 @@ class CMIL(Method):
         """The update's replay windows, what the step reads of them (with agent.self_imitation, `EpisodeSelection`'s,
         flagged for the BC term when `online`)."""
         if self.selection is None:
-            return {k: v for k, v in replay.sample(n).items() if k in self.batch_keys}
-        return self.selection.replay_batch(replay, n, online, self.batch_keys)
+            return {k: v for k, v in replay.sample(n).items() if k in self.batch_keys + self.replay_keys}
+        return self.selection.replay_batch(replay, n, online, self.batch_keys + self.replay_keys)
 
     @torch.no_grad()
     def episode_features(self, ep: dict, zero_actions: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -323,7 +325,7 @@ class CMIL(Method):
             m["model/embed_bc_loss"] = embed_bc.detach()
         anchoring = a.anchor_weight and not self._pretraining
         if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
-            anchor_target = self._anchor_target(rep["image"][:, :-1], self.wm.agent_feat(post)[B:, :-1].detach())
+            anchor_target = self._anchor_target(rep, self.wm.agent_feat(post)[B:, :-1].detach())
         if anchoring and a.anchor_model_weight:  # the anchor's error shapes the representation there too
             with frozen(self.actor):
                 anchor_model = (self.actor(self.wm.agent_feat(post)[B:, :-1]).mean - anchor_target).pow(2).sum(-1)
@@ -442,10 +444,22 @@ class CMIL(Method):
         return [p for p in params if id(p) not in frozen_ids]
 
     @torch.no_grad()
-    def _anchor_target(self, frames: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-        """The anchor's frozen target on the replay's states: the pixel BC teacher's action on their frames
-        (agent.anchor_target 'bc'), or the pretrained actor's mean action on their features ('pretrained')."""
-        return self.teacher(frames) if self.teacher is not None else self.anchor(feat).mean
+    def _anchor_target(self, rep: dict[str, torch.Tensor], feat: torch.Tensor) -> torch.Tensor:
+        """The anchor's frozen target on the replay windows' states (frames 0..L-2): the pixel BC teacher's action
+        on their frames (agent.anchor_target 'bc'; labelled as the episode entered the replay, or answered now for
+        a replay filled without `label_episode`), or the pretrained actor's mean action on their features."""
+        if "teacher_action" in rep:
+            return rep["teacher_action"][:, :-1]
+        return self.teacher(rep["image"][:, :-1]) if self.teacher is not None else self.anchor(feat).mean
+
+    @torch.no_grad()
+    def label_episode(self, ep: dict) -> dict:
+        """With a teacher, the episode with its action on every frame ('teacher_action'), in chunks of 512 frames."""
+        if self.teacher is None:
+            return ep
+        image = torch.as_tensor(ep["image"], device=self.device)
+        action = torch.cat([self.teacher(chunk) for chunk in image.split(512)]).float().cpu().numpy()
+        return {**ep, "teacher_action": action}
 
     def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the

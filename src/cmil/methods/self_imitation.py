@@ -28,7 +28,7 @@ class EpisodeSelection:
         self.state: dict = {}
 
     def replay_batch(self, replay: SequenceReplay, n: int, online: bool, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """`n` replay windows (the `keys` of them). Online, once episodes are selected, the first
+        """`n` replay windows (the `keys` of them that the replay holds). Online, once episodes are selected, the first
         self_imitation_windows (0 = half, at least one) come from them; 'self_demo' flags those (1) for the BC term.
         Before that, and in pretraining, every flag is 0."""
         a = self.cfg
@@ -41,7 +41,7 @@ class EpisodeSelection:
         k = (a.self_imitation_windows or max(1, n // 2)) if len(among) else 0
         parts = [replay.sample(k, among)] if k else []
         parts.append(replay.sample(n - k))
-        batch = {key: np.concatenate([p[key] for p in parts]) for key in keys}
+        batch = {key: np.concatenate([p[key] for p in parts]) for key in keys if key in parts[-1]}
         batch["self_demo"] = (np.arange(n) < k).astype(np.float32)
         return batch
 
