@@ -28,7 +28,6 @@ def test_every_preset_and_its_dry_run_are_valid(name):
     ({"wm.freeze_representation": True, "pretrain_updates": 0, "pretrain_bc_updates": 0}, "wm.freeze_representation"),
     ({"wm.freeze_representation": True, "method": "vmail"}, "wm.freeze_representation"),
     ({"wm.freeze_encoder": True}, "wm.freeze_encoder"),
-    ({"agent.anchor_model_weight": 1.0}, "agent.anchor_model_weight"),
 ])
 def test_a_bad_value_names_its_field(change, field):
     with pytest.raises(ConfigError, match=rf"^{field} "):

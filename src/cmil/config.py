@@ -227,7 +227,9 @@ class AgentConfig:
     """Weight of the anchor's squared error (anchor_weight's, with its target) in the world model's loss on the
     replay's states, the actor frozen for that term: as bc_model_weight shapes the representation at the expert's
     states, this shapes it at the policy's own, where issue 9's round 23 found the features do not hold the puck.
-    Online updates only; needs anchor_weight > 0. 0 = off (authors' code; the paper has no anchor). Round 25."""
+    Online updates only; with anchor_weight 0 there is no anchor, and with wm.freeze_representation (the `long`
+    preset) nothing for it to shape: it then does nothing. 0 = off (authors' code; the
+    paper has no anchor). Issue 9, round 25: docs/results.md."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
@@ -461,13 +463,14 @@ PRESETS: dict[str, Config] = {
         # agent reads what the current image shows (an image-only posterior's mean), the BC loss shapes that
         # representation, every frame of a demo is trained on, batches hold 8 short windows instead of 4
         # long ones (the same 64 frames), the policy acts with averaged weights, and online a pixel BC teacher
-        # (trained first, on the demos) labels the policy's own frames for the anchor (issue 9, round 24).
+        # (trained first, on the demos) labels the policy's own frames for the anchor, whose error there also shapes
+        # the representation (issue 9, rounds 24-25).
         wm=WorldModelConfig(deter=128, hidden=128, stoch=32, ensemble=5, cnn_depth=16, augment=True,
                             posterior="image", agent_feat="stoch"),
         agent=AgentConfig(horizon=10, actor_layers=2, actor_units=128, critic_layers=2, critic_units=128,
                           disc_units=128, bc_loss="mse", bc_fit_std=True, bc_model_weight=30.0,
                           disc_input_norm=True, penalty_norm=True, return_norm=True, policy_ema=0.995,
-                          anchor_weight=10.0, anchor_target="bc")),
+                          anchor_weight=10.0, anchor_target="bc", anchor_model_weight=30.0)),
     # The authors' architecture on the default task.
     "paper": Config(wm=_paper_world_model(), agent=_paper_agent(), batch_size=32, seq_len=50,
                     env_steps=200_000, seed_steps=5_000, train_every=5, train_updates=2,

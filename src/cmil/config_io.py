@@ -182,9 +182,6 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.anchor_from and (cfg.method != "cmil" or cfg.agent.anchor_target != "bc"):
         fail("anchor_from", "needs method cmil and agent.anchor_target 'bc' (it names the anchor's teacher), "
                             f"got method {cfg.method!r}, agent.anchor_target {cfg.agent.anchor_target!r}")
-    if cfg.agent.anchor_model_weight and not cfg.agent.anchor_weight:
-        fail("agent.anchor_model_weight", "> 0 needs agent.anchor_weight > 0 (it is the anchor's error, with the "
-                                          "anchor's target, in the world model's loss)")
     if cfg.cuda_graph:
         if cfg.method not in ("cmil", "vmail"):
             fail("cuda_graph", f"replays CMIL's and VMAIL's update; {cfg.method} has no graphed update")
