@@ -117,6 +117,17 @@ def test_named_runs_keep_their_names(runs):
     assert len(groups["cmil"].runs) == 3
 
 
+def test_a_field_a_saved_config_lacks_reads_as_its_default(tmp_path):
+    # Run "old" was saved before the field existed; it groups with "zero", which sets the default explicitly.
+    write_run(tmp_path, "old", "cmil", 0, [(1000, 0.2)], final=0.2)
+    write_run(tmp_path, "zero", "cmil", 1, [(1000, 0.4)], final=0.4, agent={"alpha": 10.0, "anchor_model_weight": 0.0})
+    write_run(tmp_path, "new", "cmil", 0, [(1000, 0.6)], final=0.6, agent={"alpha": 10.0, "anchor_model_weight": 30.0})
+    groups = {g.label: sorted(r.path.name for r in g.runs)
+              for g in group_runs([load_run(p) for p in find_run_dirs([tmp_path])])}
+    assert groups == {"cmil [agent.anchor_model_weight=0.0]": ["old", "zero"],
+                      "cmil [agent.anchor_model_weight=30.0]": ["new"]}
+
+
 def test_plot_writes_figures_and_a_correct_table(runs, tmp_path, capsys):
     out = tmp_path / "plots"
     assert main(["plot", str(runs), "--out", str(out)]) == 0

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cmil.config import Config
+from cmil.config_io import flatten
 from cmil.errors import UsageError
 from cmil.runs import read_metrics
 from cmil.stats import CONFIDENCE, N_RESAMPLES, SEED, Interval, bootstrap_band, bootstrap_ci, first_crossing
@@ -116,7 +118,9 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 
 
 def load_run(path: Path) -> Run:
-    config = _flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})
+    # A field the saved config lacks (it was added after the run) reads as its default, as a resume reads it:
+    # new fields default to the behaviour before them, so such a run is not labelled apart by its absence.
+    config = {**flatten(Config()), **_flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})}
     final_path = path / "final.json"
     final = json.loads(final_path.read_text()) if final_path.exists() else None
     return Run(path, config, read_metrics(path), final)
