@@ -325,10 +325,11 @@ class CMIL(Method):
             m["model/embed_bc_loss"] = embed_bc.detach()
         anchoring = a.anchor_weight and not self._pretraining
         if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
-            anchor_target = self._anchor_target(rep, self.wm.agent_feat(post)[B:, :-1].detach())
+            rep_feat = self.wm.agent_feat(post)[B:, :-1]
+            anchor_target = self._anchor_target(rep, rep_feat.detach())
         if anchoring and a.anchor_model_weight:  # the anchor's error shapes the representation there too
             with frozen(self.actor):
-                anchor_model = (self.actor(self.wm.agent_feat(post)[B:, :-1]).mean - anchor_target).pow(2).sum(-1)
+                anchor_model = (self.actor(rep_feat).mean - anchor_target).pow(2).sum(-1)
             wm_loss = wm_loss + a.anchor_model_weight * anchor_model.mean()
             m["model/anchor_loss"] = anchor_model.mean().detach()
         m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
