@@ -9,7 +9,6 @@ stored `action[:, t + 1]` is the action taken at frame t.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections import defaultdict
 
@@ -24,8 +23,9 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
-from cmil.methods.bc import BC, PixelPolicy
+from cmil.methods.bc import PixelPolicy
 from cmil.methods.self_imitation import EpisodeSelection
+from cmil.methods.teacher import LABEL_KEY, PixelTeacher
 from cmil.models.actor_critic import (
     Actor,
     Discriminator,
@@ -112,20 +112,12 @@ class CMIL(Method):
                 self.reward_head = mlp(feat + action_dim, 1, a.disc_layers, a.disc_units).to(device)
         self.batch_keys = _BATCH_KEYS + (("reward",) if self.reward_head is not None else ())
         # The anchor's target (agent.anchor_weight, anchor_target): a pixel BC teacher's action on the replay's
-        # frames (trained at the start of pretraining, or loaded from anchor_from by the launcher), or the acting
-        # actor frozen when pretraining ends. The teacher draws from its own generator, as the reward head does, so
-        # that the rest of the run draws what it would without it.
-        self._teacher_bc: BC | None = None
-        self._teacher_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.teacher: PixelPolicy | None = None
-        if a.anchor_weight and a.anchor_target == "bc":
-            with self._teacher_rng():
-                self._teacher_bc = BC(cfg, action_dim, device)
-            self.teacher = self._teacher_bc.net.requires_grad_(False).eval()
-            if cfg.anchor_from:
-                self._teacher_bc = None   # nothing to train
+        # frames (cmil.methods.teacher), or the acting actor frozen when pretraining ends.
+        self._teacher = (PixelTeacher(cfg, action_dim, device, trained=bool(cfg.anchor_from))
+                         if a.anchor_weight and a.anchor_target == "bc" else None)
+        self.teacher: PixelPolicy | None = self._teacher.net if self._teacher is not None else None
         # The teacher's action on each online frame is computed once, as the episode enters the replay.
-        self.replay_keys = ("teacher_action",) if self.teacher is not None else ()
+        self.replay_keys = (LABEL_KEY,) if self._teacher is not None else ()
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
                        if a.anchor_weight and a.anchor_target == "pretrained" else None)
         graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
@@ -183,35 +175,14 @@ class CMIL(Method):
         return LatentPolicy(acting["wm"], acting["actor"], self.action_dim, self.device)
 
     def pretrain_steps(self) -> int:
-        teacher = self.cfg.bc.steps if self._teacher_bc is not None else 0
+        teacher = self._teacher.steps if self._teacher is not None else 0
         return teacher + self.cfg.pretrain_updates + self.cfg.pretrain_bc_updates
-
-    @contextlib.contextmanager
-    def _teacher_rng(self):
-        """The teacher's own random stream, seeded by the run's seed and carried from its initialisation into its
-        training (so it draws what a `bc` run of the same seed does), leaving the run's own draws as they were."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            if self._teacher_state is None:
-                torch.manual_seed(self.cfg.seed)
-            else:
-                torch.set_rng_state(self._teacher_state[0])
-                if cuda:
-                    torch.cuda.set_rng_state(self._teacher_state[1], self.device)
-            yield
-            self._teacher_state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)
 
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         """BC-style warm start on demos only: full agent updates, then world model + BC (paper sec. 5); first,
         with agent.anchor_target 'bc', the pixel BC teacher of the anchor (the `bc` method's training)."""
         metrics: dict[str, float] = {}
-        teacher: dict[str, float] = {}
-        if self._teacher_bc is not None:
-            self.teacher.requires_grad_(True)
-            with self._teacher_rng():
-                teacher = {"teacher_bc_loss": self._teacher_bc.pretrain(expert, progress)["train/bc_loss"]}
-            self.teacher.requires_grad_(False).eval()
-            self._teacher_bc = None   # its optimiser is not needed again
+        teacher = self._teacher.pretrain(expert, progress) if self._teacher is not None else {}
         self._pretraining = True
         for _ in range(self.cfg.pretrain_updates):
             metrics = self.update(expert, expert)
@@ -449,18 +420,13 @@ class CMIL(Method):
         """The anchor's frozen target on the replay windows' states (frames 0..L-2): the pixel BC teacher's action
         on their frames (agent.anchor_target 'bc'; labelled as the episode entered the replay, or answered now for
         a replay filled without `label_episode`), or the pretrained actor's mean action on their features."""
-        if "teacher_action" in rep:
-            return rep["teacher_action"][:, :-1]
+        if LABEL_KEY in rep:
+            return rep[LABEL_KEY][:, :-1]
         return self.teacher(rep["image"][:, :-1]) if self.teacher is not None else self.anchor(feat).mean
 
-    @torch.no_grad()
     def label_episode(self, ep: dict) -> dict:
-        """With a teacher, the episode with its action on every frame ('teacher_action'), in chunks of 512 frames."""
-        if self.teacher is None:
-            return ep
-        image = torch.as_tensor(ep["image"], device=self.device)
-        action = torch.cat([self.teacher(chunk) for chunk in image.split(512)]).float().cpu().numpy()
-        return {**ep, "teacher_action": action}
+        """With a teacher, the episode with its action on every frame (cmil.methods.teacher.LABEL_KEY)."""
+        return self._teacher.label_episode(ep) if self._teacher is not None else ep
 
     def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the
