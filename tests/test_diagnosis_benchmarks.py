@@ -31,7 +31,8 @@ def _run(script: str, *args: str) -> None:
 
 
 def test_diagnose_writes_every_measurement(demos, tmp_path):
-    _run("diagnose_cmil.py", *TINY, "--set", "pretrain_updates=2", "--set", "pretrain_bc_updates=2",
+    # bc.steps: the anchor's pixel BC teacher (trained inside the `default` preset's pretraining) and the BC reference.
+    _run("diagnose_cmil.py", *TINY, "--set", "pretrain_updates=2", "--set", "pretrain_bc_updates=2", "--set", "bc.steps=4",
          "--episodes", "2", "--updates", "2", "--demos", str(demos), "--out", str(tmp_path), "--name", "tiny")
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert 0.0 <= result["pretrained_success"] <= 1.0
