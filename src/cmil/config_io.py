@@ -56,12 +56,17 @@ def _reject_unknown(values: dict[str, Any], cls: type, where: str, prefix: str) 
 
 def flatten(cfg: Config) -> dict[str, Any]:
     """{'task': ..., 'wm.deter': ..., ...}: one entry per leaf field."""
+    return flatten_dict(to_dict(cfg))
+
+
+def flatten_dict(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. a saved config.yaml) -> {'a.b': leaf, ...}."""
     flat: dict[str, Any] = {}
-    for key, value in to_dict(cfg).items():
+    for key, value in data.items():
         if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
+            flat.update(flatten_dict(value, f"{prefix}{key}."))
         else:
-            flat[key] = value
+            flat[f"{prefix}{key}"] = value
     return flat
 
 

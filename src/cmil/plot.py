@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from cmil.config import Config
-from cmil.config_io import flatten
+from cmil.config_io import flatten, flatten_dict
 from cmil.errors import UsageError
 from cmil.runs import read_metrics
 from cmil.stats import CONFIDENCE, N_RESAMPLES, SEED, Interval, bootstrap_band, bootstrap_ci, first_crossing
@@ -90,16 +90,6 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 class RunsNotFound(UsageError, FileNotFoundError):
     """A path given to `cmil plot` is missing or holds no runs."""
 
@@ -120,7 +110,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
 def load_run(path: Path) -> Run:
     # A field the saved config lacks (it was added after the run) reads as its default, as a resume reads it:
     # new fields default to the behaviour before them, so such a run is not labelled apart by its absence.
-    config = {**flatten(Config()), **_flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})}
+    config = {**flatten(Config()), **flatten_dict(yaml.safe_load((path / "config.yaml").read_text()) or {})}
     final_path = path / "final.json"
     final = json.loads(final_path.read_text()) if final_path.exists() else None
     return Run(path, config, read_metrics(path), final)
