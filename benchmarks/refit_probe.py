@@ -29,8 +29,9 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import demo_success_rate
 from cmil.launch import load_config
-from cmil.methods.cmil import CMIL, _adam, _step
+from cmil.methods.cmil import ADAM_EPS, CMIL
 from cmil.models.networks import random_shift
+from cmil.models.optim import clipped_step, decoupled_adam
 from cmil.runs import source_commit
 from diagnose_cmil import _restore_agent, action_error, rollouts
 
@@ -53,7 +54,7 @@ def refit_actor(agent: CMIL, expert: SequenceReplay, updates: int, seed: int) ->
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     a = agent.cfg.agent
-    agent.actor_opt = _adam(agent.actor.parameters(), a.actor_lr, a.weight_decay)
+    agent.actor_opt = decoupled_adam(agent.actor.parameters(), a.actor_lr, ADAM_EPS, a.weight_decay)
     if agent.policy_ema is not None:  # the next average copies the live weights (the frozen world model included)
         agent.policy_ema.n_averaged.zero_()
     agent.wm.requires_grad_(False)
@@ -61,7 +62,7 @@ def refit_actor(agent: CMIL, expert: SequenceReplay, updates: int, seed: int) ->
     for _ in range(updates):
         batch = batch_to_torch(expert.sample(agent.cfg.batch_size), agent.device)
         bc = agent.bc_loss(demo_features(agent, batch), batch["action"][:, 1:])
-        _step(agent.actor_opt, bc, agent.actor.parameters(), a.grad_clip)
+        clipped_step(agent.actor_opt, bc, agent.actor.parameters(), a.grad_clip)
         if agent.policy_ema is not None:
             agent.policy_ema.update_parameters(agent._acting)
         loss = bc.item()

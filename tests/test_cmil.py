@@ -528,7 +528,7 @@ def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, poi
 
     # Its target and a pretrained anchor answering the same action give the same update.
     twin = copy.deepcopy(taught)
-    twin.teacher, twin.anchor = None, lambda feat: type("Dist", (), {"mean": target.expand(*feat.shape[:-1], 2)})
+    twin._teacher, twin.anchor = None, lambda feat: type("Dist", (), {"mean": target.expand(*feat.shape[:-1], 2)})
     frozen_teacher = copy.deepcopy(taught.teacher.state_dict())
     taught.teacher.forward = teacher
     results = []

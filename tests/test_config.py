@@ -94,6 +94,15 @@ def test_configs_saved_before_the_bc_group_still_load():
     assert from_dict(data) == PRESETS["default"]
 
 
+def test_configs_saved_before_anchor_target_read_their_anchor_from_teacher():
+    data = to_dict(replace(PRESETS["default"], anchor_from="runs/bc_s100"))
+    del data["agent"]["anchor_target"]   # the field came later; then anchor_from alone named the teacher
+    assert from_dict(data).agent.anchor_target == "bc"
+    data = to_dict(replace(PRESETS["default"], **{"agent.anchor_target": "pretrained"}))
+    del data["agent"]["anchor_target"]
+    assert from_dict(data).agent.anchor_target == "pretrained"   # no teacher named: the field's default
+
+
 def test_network_sizes_are_config_fields():
     """bc.cnn_depth / bc.units size pixel BC's network; wm.encoder_depth the world model's encoder alone."""
     import torch

@@ -37,6 +37,9 @@ def from_dict(data: Any, where: str = "config") -> Config:
     old_bc = {k.removeprefix("bc_"): data.pop(k) for k in ("bc_steps", "bc_batch", "bc_lr", "bc_augment") if k in data}
     if old_bc and "bc" not in data:
         data["bc"] = old_bc
+    # Runs saved before agent.anchor_target existed (round 24's tuning runs) named their teacher with anchor_from.
+    if data.get("anchor_from") and isinstance(data.get("agent"), dict) and "anchor_target" not in data["agent"]:
+        data["agent"] = {**data["agent"], "anchor_target": "bc"}
     groups = {}
     for name, cls in GROUPS.items():
         values = data.pop(name, {})

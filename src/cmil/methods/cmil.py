@@ -38,34 +38,10 @@ from cmil.models.actor_critic import (
 from cmil.models.latent_policy import CarriedState, LatentPolicy
 from cmil.models.networks import mlp
 from cmil.models.normalize import ReturnScale, RunningMeanStd
+from cmil.models.optim import clipped_step, decoupled_adam, to_floats
 from cmil.models.world_model import STATE_KEYS, WorldModel
 
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float) -> torch.Tensor:
-    """Backward into `params` only (a shared graph may also reach other modules), clip, step; returns the
-    gradient norm before clipping (a tensor: the update reads nothing back to the host, see `_train_step`)."""
-    params = list(params)
-    opt.zero_grad(set_to_none=True)
-    loss.backward(inputs=params)
-    norm = nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
-    return norm
-
-
-def _adam(params, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam with the authors' per-step decoupled decay w <- (1 - wd) w (AdamW decays by lr * wd)."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=weight_decay / lr, fused=True,
-                             capturable=capturable)
-
-
-def _to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
-    """Tensor (and float) metrics -> floats, with one read back to the host for all the tensors."""
-    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
-    values = dict(zip(tensors, torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).tolist(),
-                      strict=True))
-    return {k: values.get(k, v) for k, v in metrics.items()}
-
-
+ADAM_EPS = 1e-5  # actor, critics and discriminator (DreamerV2's, as in the authors' code)
 _BATCH_KEYS = ("image", "action", "is_first")  # what an update reads of a sampled window
 # Averaged between evaluations (`diagnostics`).
 _DIAGNOSED = ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob", "model/imag_disagreement",
@@ -115,7 +91,6 @@ class CMIL(Method):
         # frames (cmil.methods.teacher), or the acting actor frozen when pretraining ends.
         self._teacher = (PixelTeacher(cfg, action_dim, device, trained=bool(cfg.anchor_from))
                          if a.anchor_weight and a.anchor_target == "bc" else None)
-        self.teacher: PixelPolicy | None = self._teacher.net if self._teacher is not None else None
         # The teacher's action on each online frame is computed once, as the episode enters the replay.
         self.replay_keys = (LABEL_KEY,) if self._teacher is not None else ()
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
@@ -127,10 +102,10 @@ class CMIL(Method):
         self.wm_opt = self.wm.make_optimizer(capturable=graphed)
         if self.embed_bc is not None:
             self.wm_opt.add_param_group({"params": list(self.embed_bc.parameters())})
-        self.actor_opt = _adam(self.actor.parameters(), a.actor_lr, a.weight_decay, graphed)
-        self.critic_opt = _adam(self.critic.q.parameters(), a.critic_lr, a.weight_decay, graphed)
-        self.disc_opt = _adam(self.disc.parameters(), a.disc_lr, a.weight_decay, graphed)
-        self.reward_opt = (_adam(self.reward_head.parameters(), a.disc_lr, a.weight_decay, graphed)
+        self.actor_opt = decoupled_adam(self.actor.parameters(), a.actor_lr, ADAM_EPS, a.weight_decay, graphed)
+        self.critic_opt = decoupled_adam(self.critic.q.parameters(), a.critic_lr, ADAM_EPS, a.weight_decay, graphed)
+        self.disc_opt = decoupled_adam(self.disc.parameters(), a.disc_lr, ADAM_EPS, a.weight_decay, graphed)
+        self.reward_opt = (decoupled_adam(self.reward_head.parameters(), a.disc_lr, ADAM_EPS, a.weight_decay, graphed)
                            if self.reward_head is not None else None)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
@@ -147,6 +122,11 @@ class CMIL(Method):
         self.carry = CarriedState(2 * cfg.batch_size, cfg.wm.deter, cfg.wm.stoch).to(device)
 
     # --- plumbing -------------------------------------------------------------------------
+    @property
+    def teacher(self) -> PixelPolicy | None:
+        """The anchor's pixel BC teacher network (agent.anchor_target 'bc'), or None."""
+        return self._teacher.net if self._teacher is not None else None
+
     def modules(self) -> dict[str, nn.Module]:
         mods = {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
                 "stats": self.stats, "carried_state": self.carry}
@@ -208,9 +188,9 @@ class CMIL(Method):
             key = (agent, self._pretraining)  # what the step trains differs between these (see _wm_trained_parameters)
             if key not in self._graphs:
                 self._graphs[key] = GraphedStep(self._train_step)
-            m = _to_floats(self._graphs[key](exp, rep, agent))
+            m = to_floats(self._graphs[key](exp, rep, agent))
         else:
-            m = _to_floats(self._train_step(exp, rep, agent))
+            m = to_floats(self._train_step(exp, rep, agent))
         if agent:
             self.updates += 1
             if self.updates % self.cfg.agent.target_update_every == 0:
@@ -303,7 +283,7 @@ class CMIL(Method):
                 anchor_model = (self.actor(rep_feat).mean - anchor_target).pow(2).sum(-1)
             wm_loss = wm_loss + a.anchor_model_weight * anchor_model.mean()
             m["model/anchor_loss"] = anchor_model.mean().detach()
-        m["model/grad_norm"] = _step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
+        m["model/grad_norm"] = clipped_step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
@@ -313,7 +293,7 @@ class CMIL(Method):
             valid = (~batch["is_first"][:, 1:]).float()
             fit = self._reward_head(feat[:, :-1], act_taken) - batch["reward"][:, 1:]
             reward_fit = (fit.pow(2) * valid).sum() / valid.sum().clamp_min(1)
-            _step(self.reward_opt, reward_fit, self.reward_head.parameters(), a.grad_clip)
+            clipped_step(self.reward_opt, reward_fit, self.reward_head.parameters(), a.grad_clip)
             m["train/reward_head_loss"] = reward_fit.detach()
 
         # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
@@ -323,7 +303,7 @@ class CMIL(Method):
             actor_bc_feat = actor_bc_feat + a.bc_feat_noise * scale * torch.randn_like(actor_bc_feat)
         bc_loss = self.bc_loss(actor_bc_feat, bc_act, weight=bc_weight)
         if not agent:
-            _step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
+            clipped_step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
             m["train/bc_loss"] = bc_loss.detach()
             return m
 
@@ -379,12 +359,12 @@ class CMIL(Method):
             gp = gradient_penalty(self.disc, self._disc_input(*e_in), self._disc_input(p_in[0][pick], p_in[1][pick]))
             disc_loss = disc_loss + a.disc_grad_penalty * gp
             m["train/disc_grad_penalty"] = gp.detach()
-        _step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
+        clipped_step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
         critic_loss, cm = self.critic_loss(feat[real], act_taken[real], batch["is_first"][real], feats, actions,
                                            reward.detach(), disc_feat[real], q_imag=q_imag[:, :-1])
-        _step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
+        clipped_step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
         with torch.no_grad():  # diagnostics on clean inputs (and the actor's std on expert states)
             e_prob = torch.sigmoid(self.disc_logit(*e_in))

@@ -48,6 +48,7 @@ from cmil.models.networks import (
     subpixel_layout,
     to_unit_range,
 )
+from cmil.models.optim import decoupled_adam
 
 State = dict[str, torch.Tensor]
 STATE_KEYS = ("deter", "stoch", "mean", "std")
@@ -393,14 +394,9 @@ class WorldModel(nn.Module):
         return terms, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
     def make_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
-        """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step.
-
-        AdamW decays by lr * weight_decay, so weight_decay = wd / lr gives DreamerV2's factor.
-        `capturable`: its step counts live on the device, so that a CUDA graph can replay the step.
-        """
-        cfg = self.cfg
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay / cfg.lr, fused=True, capturable=capturable)
+        """Adam (lr, eps from cfg) with DreamerV2's decoupled weight decay w <- (1 - wd) w each step
+        (`cmil.models.optim.decoupled_adam`); `capturable` for a CUDA-graph replay of the step."""
+        self.optimizer = decoupled_adam(self.parameters(), self.cfg.lr, self.cfg.eps, self.cfg.weight_decay, capturable)
         return self.optimizer
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, dict[str, float]]:
