@@ -48,7 +48,7 @@ from cmil.models.networks import (
     subpixel_layout,
     to_unit_range,
 )
-from cmil.models.optim import decoupled_adam
+from cmil.models.optim import clipped_step, decoupled_adam
 
 State = dict[str, torch.Tensor]
 STATE_KEYS = ("deter", "stoch", "mean", "std")
@@ -402,11 +402,8 @@ class WorldModel(nn.Module):
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, dict[str, float]]:
         """One update (loss, backward, clip, step). Returns the detached posterior and the metrics."""
         opt = self.optimizer if self.optimizer is not None else self.make_optimizer()
-        opt.zero_grad(set_to_none=True)
         loss, post, metrics = self.loss(batch)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
-        opt.step()
+        grad_norm = clipped_step(opt, loss, self.parameters(), self.cfg.grad_clip)
         metrics["model/loss"] = float(loss.detach())
         metrics["model/grad_norm"] = float(grad_norm)
         return {k: v.detach() for k, v in post.items()}, metrics
