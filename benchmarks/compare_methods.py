@@ -31,10 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from cmil.config import PRESETS
 from cmil.data.episodes import episode_success
 from cmil.launch import eval_result_path
 from cmil.plot import report
+from cmil.presets import PRESETS
 from cmil.runs import source_commit
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from cmil.config import PRESETS, apply_method, replace
+from cmil.config import replace
 from cmil.config_io import flatten
 from cmil.data.collect import collect_demos
 from cmil.data.episodes import EpisodeRecorder, load_episodes
@@ -43,6 +43,7 @@ from cmil.evaluate import demo_success_rate, run_episode
 from cmil.methods.cmil import CMIL
 from cmil.models.actor_critic import Discriminator, gradient_penalty
 from cmil.models.world_model import STATE_KEYS
+from cmil.presets import PRESETS, apply_method
 from cmil.runs import source_commit
 
 HELDOUT_SEED = 3_000_000  # expert episodes for held-out measurements (the training demos use 1_000_000)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cmil.config import PRESETS, replace
+from cmil.config import replace
 from cmil.data.collect import collect_demos
 from cmil.envs import make_env
 from cmil.launch import train
+from cmil.presets import PRESETS
 
 
 def env_steps_per_second(task: str, steps: int = 500) -> float:

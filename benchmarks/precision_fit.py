@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from cmil.config import PRESETS
 from cmil.model_tool import fit
+from cmil.presets import PRESETS
 
 KEYS = ("update", "wall_time", "model/recon", "eval/test_recon_mse", "eval/test_open_loop_mse",
         "eval/test_open_loop_mse_last")

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import PRESETS
 from cmil.evaluate import demo_success_rate
 from cmil.launch import load_bc_encoder
 from cmil.methods.cmil import CMIL
+from cmil.presets import PRESETS
 from cmil.runs import source_commit
 from diagnose_cmil import action_error, prepare, rollouts
 

@@ -59,11 +59,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import PRESETS, AgentConfig, Config, WorldModelConfig, apply_method, dry_run_config, replace
+from cmil.config import AgentConfig, Config, WorldModelConfig, replace
 from cmil.data.replay import SequenceReplay
 from world_model_speed import matmul_peak as _matmul_peak  # a sibling script: benchmarks/ is on sys.path
 from world_model_speed import sync
 
+try:
+    from cmil.presets import PRESETS, apply_method, dry_run_config
+except ImportError:  # checkouts before cmil.presets, whose presets lived in cmil.config (a baseline child)
+    from cmil.config import PRESETS, apply_method, dry_run_config
 try:
     from cmil.methods.base import make_method as build_method
 except ImportError:  # checkouts before the method registry (e.g. 4f4d2e5, the baseline of issue 12's targets)

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import PRESETS, WorldModelConfig
+from cmil.config import WorldModelConfig
 from cmil.models.networks import gaussian_std, preprocess_image
 from cmil.models.world_model import WorldModel
+from cmil.presets import PRESETS
 
 ACTION_DIM = 9  # the kitchen's
 

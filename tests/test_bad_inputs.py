@@ -43,7 +43,7 @@ CASES = [
     ("bc-frame-shift-filter", [*TRAIN, "--agent.bc-frame-shift", "--wm.posterior", "filter"],
      "agent.bc_frame_shift needs wm.posterior 'image'"),
     ("empty-run-dir", [*TRAIN, "--run-dir", ""], "run_dir must not be empty"),
-    # a field the method fixes (config.METHOD_OVERRIDES) is refused, not silently replaced
+    # a field the method fixes (presets.METHOD_OVERRIDES) is refused, not silently replaced
     ("vmail-with-alpha", [*TRAIN[:4], "vmail", *TRAIN[5:], "--agent.alpha", "1"],
      "agent.alpha=1.0 conflicts with --method vmail, which sets agent.alpha=0.0"),
     ("vmail-frozen", [*TRAIN[:4], "vmail", *TRAIN[5:], "--wm.freeze-representation"],

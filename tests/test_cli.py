@@ -135,10 +135,11 @@ def test_main_job_dry_run(tmp_path, monkeypatch, capsys):
 def test_encoder_from_a_bc_run_starts_the_world_models_encoder_there(tmp_path, capsys):
     import torch
 
-    from cmil.config import PRESETS, dry_run_config, replace
+    from cmil.config import replace
     from cmil.errors import UsageError
     from cmil.launch import load_bc_encoder
     from cmil.methods.base import make_method
+    from cmil.presets import PRESETS, dry_run_config
     from cmil.runs import Checkpointer
 
     bc = _train(tmp_path, "bc", "--video-episodes", "0")

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cmil.config import PRESETS, dry_run_config, replace
+from cmil.config import replace
 from cmil.data.replay import SequenceReplay, demo_pairs
 from cmil.methods.bc import BC
 from cmil.methods.cmil import CMIL
+from cmil.presets import PRESETS, dry_run_config
 
 
 @pytest.fixture

@@ -4,11 +4,12 @@ import typing
 
 import pytest
 
-from cmil.config import PRESETS, STEERING_FIELDS, Config, apply_method, replace
+from cmil.config import STEERING_FIELDS, Config, replace
 from cmil.config_io import flatten, from_dict, resume_conflicts, to_dict, validate
 from cmil.errors import ConfigError
 from cmil.launch import dry_run_preset
 from cmil.methods.base import method_classes
+from cmil.presets import PRESETS, apply_method
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -85,8 +86,8 @@ def test_registered_methods_are_the_config_choices():
 
 
 def test_configs_saved_before_the_bc_group_still_load():
-    from cmil.config import PRESETS
     from cmil.config_io import from_dict, to_dict
+    from cmil.presets import PRESETS
 
     data = to_dict(PRESETS["default"])
     bc = data.pop("bc")

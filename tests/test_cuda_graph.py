@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cmil.config import PRESETS, dry_run_config, replace
+from cmil.config import replace
 from cmil.config_io import validate
 from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.cmil import _BATCH_KEYS, CMIL
 from cmil.models.world_model import WorldModel
+from cmil.presets import PRESETS, dry_run_config
 
 # The operators that read a device value back to the host or give a data-dependent shape.
 HOST_READS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select"}

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from cmil.cli import main
-from cmil.config import PRESETS
 from cmil.config_io import flatten
+from cmil.presets import PRESETS
 
 # The authors' configuration, as read from their code (docs: reference facts).
 AUTHORS = {

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from cmil.config import PRESETS, dry_run_config, replace
+from cmil.config import replace
 from cmil.config_io import validate
 from cmil.data.replay import SequenceReplay
 from cmil.errors import ConfigError
 from cmil.methods.cmil import CMIL
+from cmil.presets import PRESETS, dry_run_config
 
 
 @pytest.fixture

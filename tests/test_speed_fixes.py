@@ -12,7 +12,7 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import PRESETS, dry_run_config, replace
+from cmil.config import replace
 from cmil.models.networks import (
     ConvDecoder,
     conv_transpose_subpixel,
@@ -22,6 +22,7 @@ from cmil.models.networks import (
     to_unit_range,
 )
 from cmil.models.world_model import WorldModel, _HalfSquaredError
+from cmil.presets import PRESETS, dry_run_config
 from tiny_models import TINY
 
 A = 2

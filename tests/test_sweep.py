@@ -30,7 +30,7 @@ def test_grid_points_have_deterministic_names_and_resolved_configs(tmp_path):
     assert vmail["agent"]["alpha"] == 0.0  # the method's own settings apply, as in `cmil train`
     assert trials[0]["overruled"] == {} and trials[2]["overruled"] == {"agent.alpha": 0.0}  # and say so
     assert overruled_notes(trials) == ["sweep: vmail keeps agent.alpha=0.0, a setting of the method "
-                                       "(config.METHOD_OVERRIDES), over the grid's value"]
+                                       "(presets.METHOD_OVERRIDES), over the grid's value"]
     assert bc["demos"] == str((tmp_path / "demos/point").resolve()) and bc["threads"] == 1
     assert Path(trials[1]["run_dir"]) == (tmp_path / trials[1]["name"]).resolve()
     dry = _trials(tmp_path, dry_run=True, overrides={}, variants=[{}, {"agent.beta": 0}])

@@ -62,9 +62,10 @@ def make_config(task: str, method: str = "cmil", preset: str = "default", **sett
     """The run's Config: `preset` (shrunk for `dry_run=True`), then `settings` (Config fields; groups by
     dotted names, e.g. `**{"bc.steps": 500}`; `env_kwargs` may be a dict), then the method's implied
     settings, exactly as `cmil train --preset P --task T --method M --field value` resolves them."""
-    from cmil.config import PRESETS, Config, apply_method, replace
+    from cmil.config import Config, replace
     from cmil.config_io import flatten
     from cmil.launch import dry_run_preset
+    from cmil.presets import PRESETS, apply_method
 
     if preset not in PRESETS:
         raise UsageError(f"preset: unknown preset {preset!r} (one of {', '.join(sorted(PRESETS))})")

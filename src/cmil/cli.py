@@ -41,9 +41,10 @@ def _train_config(argv: list[str]):
 
     import tyro
 
-    from cmil.config import PRESETS, apply_method, replace
+    from cmil.config import replace
     from cmil.config_io import flatten
     from cmil.launch import dry_run_preset
+    from cmil.presets import PRESETS, apply_method
 
     pre = ArgumentParser(prog="cmil train", add_help=False)
     pre.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -83,9 +84,9 @@ def _run(plan) -> int:
 
 def cmd_main(args: argparse.Namespace, rest: list[str]) -> int:
     """The README's main job: demos for the default task (once), then CMIL with the default preset."""
-    from cmil.config import PRESETS
     from cmil.data.collect import collect_demos
     from cmil.launch import plan_run
+    from cmil.presets import PRESETS
 
     task = PRESETS["default"].task
     demos = Path("demos") / task

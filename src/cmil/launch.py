@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cmil.config import STEERING_FIELDS, Config, dry_run_config, replace
+from cmil.config import STEERING_FIELDS, Config, replace
 from cmil.config_io import flatten, load_config, resume_conflicts, save_config, validate
 from cmil.data.episodes import Episode, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay
@@ -33,6 +33,7 @@ from cmil.errors import UsageError
 from cmil.evaluate import demo_success_rate
 from cmil.methods.base import Method, Policy, make_method
 from cmil.precision import resolve_precision
+from cmil.presets import dry_run_config
 from cmil.runs import Checkpointer, MetricLogger, default_run_dir, remove_stale_temp_files, restore
 
 RunState = Literal["new", "resume", "finished"]

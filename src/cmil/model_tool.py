@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import PRESETS, WorldModelConfig
+from cmil.config import WorldModelConfig
 from cmil.config_io import DEVICES
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import OutputExistsError, UsageError
 from cmil.models.world_model import WorldModel, image_to_uint8
 from cmil.precision import PRECISIONS, resolve_precision, use_precision
+from cmil.presets import PRESETS
 
 OUTPUT_FILES = ("metrics.jsonl", "world_model.safetensors", "open_loop.png")
 

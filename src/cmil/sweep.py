@@ -87,10 +87,11 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
                  variants: list[dict[str, Any]], preset: str, dry_run: bool, root: Path,
                  demos: str, num_cpus: float, num_gpus: float) -> list[dict[str, Any]]:
     """One spec per grid point: name, run_dir, resolved config (as a dict) and demo directory."""
-    from cmil.config import PRESETS, apply_method, method_conflicts, replace
+    from cmil.config import replace
     from cmil.config_io import flatten, to_dict, validate
     from cmil.envs import task_slug
     from cmil.launch import dry_run_demo_dir, dry_run_preset, resolve_paths
+    from cmil.presets import PRESETS, apply_method, method_conflicts
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (one of {', '.join(sorted(PRESETS))})")
@@ -130,7 +131,7 @@ def build_trials(tasks: list[str], methods: list[str], seeds: list[int], overrid
 def overruled_notes(trials: list[dict[str, Any]]) -> list[str]:
     """One line per method and field where the method's fixed setting replaced the grid's value."""
     seen = sorted({(t["config"]["method"], k, repr(v)) for t in trials for k, v in t["overruled"].items()})
-    return [f"sweep: {method} keeps {name}={value}, a setting of the method (config.METHOD_OVERRIDES), "
+    return [f"sweep: {method} keeps {name}={value}, a setting of the method (presets.METHOD_OVERRIDES), "
             f"over the grid's value" for method, name, value in seen]
 
 

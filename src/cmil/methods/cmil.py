@@ -3,7 +3,7 @@
 One `update` = world model step, discriminator step (eq. 8), imagination from every posterior state,
 actor step (eq. 12 + beta * BC - entropy), critic step (eqs. 13-15), target copy every N updates.
 VMAIL is this class with alpha = beta = 0, no real-data critic loss and no BC pretraining
-(`config.METHOD_OVERRIDES`). Notation: a "feature" is concat(stoch, deter) of an RSSM state; the
+(`presets.METHOD_OVERRIDES`). Notation: a "feature" is concat(stoch, deter) of an RSSM state; the
 stored `action[:, t + 1]` is the action taken at frame t.
 """
 
