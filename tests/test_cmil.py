@@ -123,6 +123,18 @@ def test_actor_gradient_split_into_rl_and_bc_parts(setup):
     assert m["train/actor_grad_rl"] == pytest.approx(m["train/actor_grad_norm"], rel=1e-4)
 
 
+def test_rl_weight_zero_leaves_the_actor_to_its_regularisers(setup):
+    # agent.rl_weight 0 (the no-RL ablation): the actor's step is the BC term's alone, yet D and the critics train.
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.rl_weight": 0.0, "agent.grad_clip": 1e9})
+    disc, critic = copy.deepcopy(method.disc.state_dict()), copy.deepcopy(method.critic.q.state_dict())
+    m = method.update(expert, replay)
+    assert m["train/actor_grad_rl"] == pytest.approx(0.0, abs=1e-5 * m["train/actor_grad_bc"])
+    assert m["train/actor_grad_bc"] == pytest.approx(m["train/actor_grad_norm"], rel=1e-4)
+    assert any(not torch.equal(v, method.disc.state_dict()[k]) for k, v in disc.items())
+    assert any(not torch.equal(v, method.critic.q.state_dict()[k]) for k, v in critic.items())
+
+
 @pytest.mark.parametrize("stop_grad", [True, False])
 def test_stop_gradient_on_the_actors_imagined_input(setup, stop_grad):
     method, _, _ = setup

@@ -89,6 +89,10 @@ class AgentConfig:
     """Weight of the ensemble-disagreement penalty in the reward (eq. 10); 0 for VMAIL."""
     beta: float = 10.0
     """Weight of the behaviour-cloning term in the actor loss; 0 for VMAIL."""
+    rl_weight: float = 1.0
+    """Weight of the actor's RL objective (eq. 12 and the entropy bonus). 1 is the paper's; 0 is an ablation: the
+    actor then learns from the BC term (and the anchor) alone, while the world model, critics and discriminator
+    train as before, which measures what the imitation reward adds to the policy."""
     reward: Literal["logratio", "prob", "env"] = "logratio"
     """Discriminator reward: 'logratio' = log D - log(1-D) (paper eq. 10); 'prob' = D (authors' code). 'env' is a
     measurement, not imitation learning: a reward head learns the task's own reward from the real frames (expert and

@@ -328,7 +328,7 @@ class CMIL(Method):
             if a.return_norm:
                 self.stats["returns"].update(returns)
                 actor_obj = actor_obj / self.stats["returns"].scale
-            rl_loss = -actor_obj.mean() - a.entropy * entropy[:-1].mean()
+            rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[:-1].mean())
         reg_loss = a.beta * bc_loss
         if anchoring:  # agent.anchor_weight, on the policy's own states
             anchor_loss = (self.actor(feat[B:, :-1].detach()).mean - anchor_target).pow(2).sum(-1).mean()
