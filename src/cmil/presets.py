@@ -72,7 +72,8 @@ METHOD_OVERRIDES: dict[str, dict[str, Any]] = {
 # The representation is frozen after pretraining (a departure from the authors' code): with it training online,
 # CMIL's `long` runs eroded after 50-70K env steps on all three seeds run (0, 1 and the fresh seed 3: finals 0.25,
 # 0.20, 0.20 against best evaluations 0.45, 0.40, 0.50), and frozen they held (0.45 at 60K, 0.40, 0.45;
-# docs/results.md, rounds 10, 12 and 13). The `default` budget ends before the erosion and keeps it training.
+# docs/results.md, rounds 10, 12 and 13; all before the teacher, with which the frozen `long` runs hold for 100K: round
+# 28). The `default` budget ends before the erosion and keeps it training.
 PRESETS["long"] = replace(PRESETS["default"], env_steps=100_000, eval_every=10_000, checkpoint_every=5_000,
                           **{"wm.freeze_representation": True})
 
