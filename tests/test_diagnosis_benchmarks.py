@@ -350,3 +350,43 @@ def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     (row,) = json.loads((tmp_path / "si.json").read_text())["rows"]
     assert row["fresh_reward_r2"] <= 1 and row["reward_head_r2_online"] <= 1 and row["reward_head_r2_demos"] <= 1
     assert "run_reward_head" in row["scores"]
+
+
+def _fake_run(run_dir: Path, seed: int, evals: list[float], fresh: float) -> None:
+    """A finished `cmil train` run directory as compare_methods reads it, with a fresh-placement score."""
+    from cmil.launch import eval_result_path
+
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "final.json").write_text(json.dumps({"seed": seed, "success_rate": evals[-1], "return": 1.0,
+                                                    "episodes": 20, "wall_time_s": 10.0}))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"env_step": 1000 * i, "eval/success_rate": s}) + "\n" for i, s in enumerate(evals)))
+    (run_dir / "config.yaml").write_text("eval_episodes: 20\neval_every: 1000\n")
+    eval_result_path(run_dir, 100, 30_000).write_text(json.dumps({"eval/success_rate": fresh}))
+    (run_dir.parent / f"{run_dir.name}.commit").write_text("abc1234\n")
+
+
+def test_paired_runs_pairs_each_seed_with_the_baseline(tmp_path):
+    """A run-directory source against a compare_methods summary: per-seed differences on the fresh placements."""
+    _fake_run(tmp_path / "new_s0", 0, [0.3, 0.5, 0.6], 0.62)
+    _fake_run(tmp_path / "new_s1", 1, [0.3, 0.4, 0.4], 0.50)
+    summary = tmp_path / "summary.json"
+    runs = [{"seed": s, "final_success": f, "evaluations": [[0, 0.3], [1000, f]], "best_evaluation": f,
+             "evaluation_episodes": [20, 20], "pretrained_success": 0.3, "fresh_success": fr, "commit": "0000000"}
+            for s, f, fr in ((0, 0.5, 0.55), (1, 0.5, 0.56), (2, 0.9, 0.9))]
+    summary.write_text(json.dumps({"methods": {"cmil": {
+        "runs": runs, "fresh_placements": {"episodes": 100, "first_seed": 30_000}}}}))
+    out = tmp_path / "paired.json"
+    _run("paired_runs.py", "--source", f"old={summary}:cmil", "--source", f"new={tmp_path}/new_s{{seed}}",
+         "--seeds", "0", "1", "--json", str(out))
+    new = json.loads(out.read_text())["sources_summary"]["new"]
+    assert new["per_seed_fresh"] == [0.62, 0.50] and new["commits"] == ["abc1234"]
+    paired = new["paired_fresh_vs_old"]
+    assert paired["per_seed"] == pytest.approx([0.07, -0.06]) and paired["mean"] == pytest.approx(0.005)
+    assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    assert new["paired_final_vs_old"]["per_seed"] == pytest.approx([0.1, -0.1])
+    assert new["pretrained"] == pytest.approx(0.3)
+    # A summary scored on other placements is not paired on them.
+    _run("paired_runs.py", "--source", f"old={summary}:cmil", "--source", f"new={tmp_path}/new_s{{seed}}",
+         "--seeds", "0", "1", "--fresh", "50", "--json", str(out))
+    assert "paired_fresh_vs_old" not in json.loads(out.read_text())["sources_summary"]["new"]
