@@ -35,10 +35,10 @@ def probe(agent, feat: torch.Tensor, expert: torch.Tensor, dim: int, values: lis
         action = mean.clone()
         action[:, dim] = v
         with torch.no_grad():
-            row[f"D_logit@{v:g}"] = float(agent.disc_logit(feat, action).mean())
+            row[f"D_logit@{v:g}"] = float(agent.imitation.logit(feat, action).mean())
             row[f"Q@{v:g}"] = float(agent.critic(feat, action).min(0).values.mean())
     action = mean.clone().requires_grad_(True)
-    for name, value in (("D", agent.disc_logit(feat, action)), ("Q", agent.critic(feat, action).min(0).values)):
+    for name, value in (("D", agent.imitation.logit(feat, action)), ("Q", agent.critic(feat, action).min(0).values)):
         slope, = torch.autograd.grad(value.sum(), action)
         row[f"{name}_slope_per_dim"] = slope.mean(0).tolist()
     return row

@@ -131,15 +131,15 @@ def disc_action_probe(agent: CMIL, expert_eps: list[dict]) -> dict:
     feat, expert, state = episodes_features(agent, expert_eps)
     with torch.no_grad():
         mean = agent.actor(feat).mean
-        prob = {name: float(torch.sigmoid(agent.disc_logit(feat, act)).mean()) for name, act in
+        prob = {name: float(torch.sigmoid(agent.imitation.logit(feat, act)).mean()) for name, act in
                 (("expert", expert), ("actor", mean), ("zero", torch.zeros_like(expert)), ("expert_x0.5", 0.5 * expert))}
     gap, out = expert - mean, {f"D_action/{k}": v for k, v in prob.items()}
     out["D_action/expert_minus_actor_per_dim"] = gap.mean(0).tolist()
     action = mean.clone().requires_grad_(True)
     disagreement = agent.wm.imagine_step(state, action, sample=False, head=0)[1]
     q_min = agent.critic(feat, action).min(0).values  # the critics' own action slope (eq. 12 with critic_action_grad)
-    for name, value in (("D", agent.disc_logit(feat, action)),
-                        ("penalty", -agent.penalty(disagreement, update_stats=False)),
+    for name, value in (("D", agent.imitation.logit(feat, action)),
+                        ("penalty", -agent.imitation.penalty(disagreement, update_stats=False)),
                         ("Q", q_min)):
         slope, = torch.autograd.grad(value.sum(), action)
         out[f"D_action/{name}_slope_per_dim"] = slope.mean(0).tolist()
@@ -159,7 +159,7 @@ def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], spli
     with torch.no_grad():
         for side, pairs in (("expert", e), ("policy", p)):
             for kind, x in pairs.items():
-                out[f"D/{side}_{kind}"] = float(torch.sigmoid(agent.disc_logit(x[:, :F_], x[:, F_:])).mean())
+                out[f"D/{side}_{kind}"] = float(torch.sigmoid(agent.imitation.logit(x[:, :F_], x[:, F_:])).mean())
     gen = torch.Generator().manual_seed(split_seed)
 
     def fresh(a, b):
@@ -413,8 +413,8 @@ def reward_parts(agent: CMIL, episodes: list[dict], windows: int = 16) -> dict[s
     _, post, _ = agent.wm.loss(batch_to_torch(replay.sample(windows), agent.device))
     start = {k: v.flatten(0, 1) for k, v in post.items() if k in STATE_KEYS}
     feats, actions, disagreement, _ = agent.imagine(start, cfg.agent.horizon)
-    logit = agent.disc_logit(feats[:-1], actions[:-1])
-    penalty = agent.penalty(disagreement, update_stats=False)
+    logit = agent.imitation.logit(feats[:-1], actions[:-1])
+    penalty = agent.imitation.penalty(disagreement, update_stats=False)
     return {"d_logit_mean": float(logit.mean()), "d_logit_std": float(logit.std()),
             "penalty_mean": float(penalty.mean()), "penalty_std": float(penalty.std()),
             "raw_disagreement_mean": float(disagreement.mean()), "raw_disagreement_std": float(disagreement.std())}

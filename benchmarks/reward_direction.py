@@ -98,7 +98,7 @@ def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_actio
         feats.append(wm.agent_feat(state))
         acts.append(agent.actor(feats[-1]).mean)
     feats, acts, dis = torch.stack(feats), torch.stack(acts), torch.stack(dis)
-    reward = agent.reward(feats[:-1], acts[:-1], dis if penalty else None, update_stats=False)   # eq. 10
+    reward = agent.imitation.reward(feats[:-1], acts[:-1], dis if penalty else None, update_stats=False)   # eq. 10
     if not values:
         discount = a.gamma ** torch.arange(len(reward), dtype=reward.dtype, device=reward.device)
         obj = (discount[:, None] * reward).sum(0)
@@ -128,7 +128,7 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
 
     # The run's own signals at those states.
     action = mean.clone().requires_grad_(True)
-    signals = {"D": agent.disc_logit(feat, action), "Q": agent.critic(feat, action).min(0).values}
+    signals = {"D": agent.imitation.logit(feat, action), "Q": agent.critic(feat, action).min(0).values}
     for name, value in signals.items():
         slope, = torch.autograd.grad(value.sum(), action)
         row[f"run/{name}"] = direction(slope, gap, lengths)
@@ -143,7 +143,7 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
         row[f"run/{name}"] = direction(objective_slope(agent, states, mean, **kw), gap, lengths)
     action = mean.clone().requires_grad_(True)
     dis = agent.wm.imagine_step(states, action, sample=False, head=0)[1]
-    slope, = torch.autograd.grad(-agent.penalty(dis, update_stats=False).sum(), action)
+    slope, = torch.autograd.grad(-agent.imitation.penalty(dis, update_stats=False).sum(), action)
     row["run/penalty"] = direction(slope, gap, lengths)
 
     if fresh_steps:

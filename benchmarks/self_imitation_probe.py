@@ -119,10 +119,10 @@ def measure(run: Path, last: int, folds: int, steps: int) -> dict:
     feat_dim = agent.wm.agent_feat_dim
     scores = {}
     with torch.no_grad():
-        own = [agent.disc_logit(r[:, :feat_dim], r[:, feat_dim:]) for r in pol_rows]
+        own = [agent.imitation.logit(r[:, :feat_dim], r[:, feat_dim:]) for r in pol_rows]
         # The state's part alone: the same end states with zero actions.
-        own_zero = [agent.disc_logit(r[-last:, :feat_dim], torch.zeros_like(r[-last:, feat_dim:])) for r in pol_rows]
-        demo_own = [agent.disc_logit(r[:, :feat_dim], r[:, feat_dim:]) for r in demo_rows]
+        own_zero = [agent.imitation.logit(r[-last:, :feat_dim], torch.zeros_like(r[-last:, feat_dim:])) for r in pol_rows]
+        demo_own = [agent.imitation.logit(r[:, :feat_dim], r[:, feat_dim:]) for r in demo_rows]
     scores["run_D"] = np.array([float(x.mean()) for x in own])
     scores["run_D_last"] = np.array([float(x[-last:].mean()) for x in own])
     scores["run_D_last_zero_action"] = np.array([float(x.mean()) for x in own_zero])
@@ -138,10 +138,10 @@ def measure(run: Path, last: int, folds: int, steps: int) -> dict:
                                                   units, folds, last, state_only=True, steps=steps, train_last=True)
     row = {"run": str(run), "episodes": len(online), "success_rate": float(success.mean()),
            "run_D_last_demos": round(demo_last, 3), "scores": {}}
-    if agent.reward_head is not None:  # the task's reward as the run's head learnt it (agent.reward env)
+    if agent.imitation.head is not None:  # the task's reward as the run's head learnt it (agent.reward env)
         with torch.no_grad():
-            heads = {"online": [agent.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in pol_rows],
-                     "demos": [agent.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in demo_rows]}
+            heads = {"online": [agent.imitation.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in pol_rows],
+                     "demos": [agent.imitation.reward(r[:, :feat_dim], r[:, feat_dim:], None) for r in demo_rows]}
         for name, eps in (("online", online), ("demos", demos)):
             true = np.concatenate([ep["reward"][1:] for ep in eps])
             pred = torch.cat(heads[name]).numpy()

@@ -35,7 +35,7 @@ def setup(point_episodes):
 
 def _fixed_discriminator(method, prob: float):
     logit = torch.logit(torch.tensor(prob))
-    method.disc.forward = lambda feat, action, noise=False: logit.expand(feat.shape[:-1])
+    method.imitation.disc.forward = lambda feat, action, noise=False: logit.expand(feat.shape[:-1])
 
 
 @pytest.mark.parametrize("prob", [0.1, 0.5, 0.9])
@@ -46,17 +46,17 @@ def test_reward_formula_on_known_discriminator_values(setup, prob):
     dis = torch.tensor([0.0, 0.1, 0.2])
     alpha = method.cfg.agent.alpha
     expected = torch.log(torch.tensor(prob)) - torch.log(torch.tensor(1 - prob)) - alpha * dis
-    torch.testing.assert_close(method.reward(feat, action, dis), expected)
+    torch.testing.assert_close(method.imitation.reward(feat, action, dis), expected)
     # The authors' code's variant: D itself instead of the log-ratio.
     method.cfg = replace(method.cfg, **{"agent.reward": "prob"})
-    torch.testing.assert_close(method.reward(feat, action, dis), prob - alpha * dis)
+    torch.testing.assert_close(method.imitation.reward(feat, action, dis), prob - alpha * dis)
 
 
 def test_no_disagreement_penalty_on_real_data(setup):
     method, expert, replay = setup
     _fixed_discriminator(method, 0.7)
     feat, action = torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2)
-    torch.testing.assert_close(method.reward(feat, action, None), torch.logit(torch.tensor(0.7)).expand(4))
+    torch.testing.assert_close(method.imitation.reward(feat, action, None), torch.logit(torch.tensor(0.7)).expand(4))
     # The real-data critic loss (eq. 14) is the same whatever alpha is: its reward has no penalty.
     B, L, H, F = 2, 5, 3, method.wm.feat_dim
     torch.manual_seed(1)
@@ -127,11 +127,11 @@ def test_rl_weight_zero_leaves_the_actor_to_its_regularisers(setup):
     # agent.rl_weight 0 (the no-RL ablation): the actor's step is the BC term's alone, yet D and the critics train.
     method, expert, replay = setup
     method.cfg = replace(method.cfg, **{"agent.rl_weight": 0.0, "agent.grad_clip": 1e9})
-    disc, critic = copy.deepcopy(method.disc.state_dict()), copy.deepcopy(method.critic.q.state_dict())
+    disc, critic = copy.deepcopy(method.imitation.disc.state_dict()), copy.deepcopy(method.critic.q.state_dict())
     m = method.update(expert, replay)
     assert m["train/actor_grad_rl"] == pytest.approx(0.0, abs=1e-5 * m["train/actor_grad_bc"])
     assert m["train/actor_grad_bc"] == pytest.approx(m["train/actor_grad_norm"], rel=1e-4)
-    assert any(not torch.equal(v, method.disc.state_dict()[k]) for k, v in disc.items())
+    assert any(not torch.equal(v, method.imitation.disc.state_dict()[k]) for k, v in disc.items())
     assert any(not torch.equal(v, method.critic.q.state_dict()[k]) for k, v in critic.items())
 
 
@@ -230,14 +230,14 @@ def test_normalised_penalty_and_discriminator_input(setup):
     _fixed_discriminator(method, 0.5)
     dis = torch.full((4,), 0.03)
     stats["disagreement"].mean.fill_(0.03)
-    r = method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
+    r = method.imitation.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
     assert torch.allclose(r, torch.zeros(4), atol=1e-2)
     assert "stats" in method.modules()  # the running statistics are checkpointed
     # A probe reads the statistics without adding its batch; the training reward adds it.
     count = int(stats["disagreement"].count)
-    method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis, update_stats=False)
+    method.imitation.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis, update_stats=False)
     assert int(stats["disagreement"].count) == count
-    method.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
+    method.imitation.reward(torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2), dis)
     assert int(stats["disagreement"].count) == count + 1
 
 
@@ -334,8 +334,8 @@ def test_prior_disc_states_feed_the_discriminator_one_step_predictions(setup, mo
     torch.manual_seed(0)
     m = CMIL(cfg, 2, torch.device("cpu"))
     seen = []
-    original = m.disc_logit
-    monkeypatch.setattr(m, "disc_logit", lambda f, a, noise=False: seen.append((f.clone(), noise)) or original(f, a, noise))
+    original = m.imitation.logit
+    monkeypatch.setattr(m.imitation, "logit", lambda f, a, noise=False: seen.append((f.clone(), noise)) or original(f, a, noise))
     captured = {}
     loss = m.wm.loss
 
@@ -396,8 +396,8 @@ def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective
     method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
 
     def reward_slope(agent, slope):  # D kept in the graph (x 0) so that it still has a loss to step
-        forward = agent.disc.forward
-        agent.disc.forward = lambda feat, action, noise=False: 0 * forward(feat, action) + slope * feat.sum(-1)
+        forward = agent.imitation.disc.forward
+        agent.imitation.disc.forward = lambda feat, action, noise=False: 0 * forward(feat, action) + slope * feat.sum(-1)
 
     actors = _actors_after_sloped_update(method, expert, replay, reward_slope)
     assert torch.equal(actors[0], actors[1]) == (objective == "q")
@@ -486,14 +486,14 @@ def test_state_only_discriminator_ignores_the_action(setup, norm):
     cfg = replace(method.cfg, **{"agent.disc_action": False, "agent.disc_input_norm": norm})
     torch.manual_seed(0)
     state_only = CMIL(cfg, 2, torch.device("cpu"))
-    assert state_only.disc.net[0].in_features == state_only.wm.agent_feat_dim
+    assert state_only.imitation.disc.net[0].in_features == state_only.wm.agent_feat_dim
     metrics = state_only.update(expert, replay)
     assert 0.0 <= metrics["disc/expert_prob"] <= 1.0 and metrics["train/disc_loss"] > 0
     feat = torch.randn(5, state_only.wm.agent_feat_dim)
     a1, a2 = torch.rand(5, 2) * 2 - 1, torch.rand(5, 2) * 2 - 1
-    torch.testing.assert_close(state_only.disc_logit(feat, a1), state_only.disc_logit(feat, a2))
+    torch.testing.assert_close(state_only.imitation.logit(feat, a1), state_only.imitation.logit(feat, a2))
     # The paper's D(s, a) does read it.
-    assert not torch.allclose(method.disc_logit(feat, a1), method.disc_logit(feat, a2))
+    assert not torch.allclose(method.imitation.logit(feat, a1), method.imitation.logit(feat, a2))
 
 
 def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setup):
@@ -667,7 +667,7 @@ def test_disc_gradient_penalty_changes_only_the_discriminators_step(setup, norm)
         m = agent.update(copy.deepcopy(expert), copy.deepcopy(replay))   # the same batches for both
         assert ("train/disc_grad_penalty" in m) == bool(weight)
         after[weight] = {name: [p.detach().clone() for p in mod.parameters()]
-                         for name, mod in (("wm", agent.wm), ("actor", agent.actor), ("disc", agent.disc))}
+                         for name, mod in (("wm", agent.wm), ("actor", agent.actor), ("disc", agent.imitation.disc))}
     assert m["train/disc_grad_penalty"] > 0
     for name in ("wm", "actor"):   # both step before D, and the penalty draws its random numbers after them
         assert all(torch.equal(a, b) for a, b in zip(after[0.0][name], after[10.0][name], strict=True)), name
@@ -700,8 +700,8 @@ def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(setup, p
     _fixed_discriminator(measured, 0.9)
     feat, action = torch.randn(3, measured.wm.agent_feat_dim), torch.zeros(3, 2)
     dis = torch.tensor([0.0, 0.1, 0.2])
-    head = measured.reward_head(torch.cat([feat, action], -1)).squeeze(-1)
-    torch.testing.assert_close(measured.reward(feat, action, dis), head - cfg.agent.alpha * dis)
+    head = measured.imitation.head(torch.cat([feat, action], -1)).squeeze(-1)
+    torch.testing.assert_close(measured.imitation.reward(feat, action, dis), head - cfg.agent.alpha * dis)
     # Off (the paper's form): no head, and an update reads no reward.
-    assert method.reward_head is None and "reward" not in method.batch_keys
+    assert method.imitation.head is None and "reward" not in method.batch_keys
     assert "train/reward_head_loss" not in method.update(expert, replay)

@@ -30,8 +30,8 @@ def parts(point_episodes):
         replay.add_episode(marked)
     # A discriminator whose logit is the action's first component: episode 2 looks the most expert-like.
     # (D still trains: its own logit enters with weight 0.)
-    real = method.disc_logit
-    method.disc_logit = lambda feat, action, noise=False: 0 * real(feat, action, noise) + action[..., 0]
+    real = method.imitation.logit
+    method.imitation.logit = lambda feat, action, noise=False: 0 * real(feat, action, noise) + action[..., 0]
     return method, expert, replay
 
 
@@ -61,8 +61,7 @@ def test_ranking_selects_the_top_fraction_by_discriminator(parts):
 def test_success_ranking_is_the_upper_bound_measurement(parts):
     method, expert, replay = parts
     method.cfg = replace(method.cfg, **{"agent.self_imitation_rank": "success", "agent.self_imitation": 0.2})
-    method.disc_logit = lambda feat, action, noise=False: -action[..., 0]   # D would pick episode 0
-    method.selection.cfg = method.cfg.agent
+    method.imitation.logit = lambda feat, action, noise=False: -action[..., 0]   # D would pick episode 0
     method.selection.rank(replay)
     assert method._self_demos["ids"] == [2] and method._self_demos["selected_success"] == 1.0
 

@@ -24,20 +24,19 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
 from cmil.methods.bc import PixelPolicy
+from cmil.methods.imitation_reward import ImitationReward
 from cmil.methods.self_imitation import EpisodeSelection
 from cmil.methods.teacher import LABEL_KEY, PixelTeacher
 from cmil.models.actor_critic import (
     Actor,
-    Discriminator,
     TruncNormal,
     TwinQ,
     frozen,
-    gradient_penalty,
     lambda_returns,
 )
 from cmil.models.latent_policy import CarriedState, LatentPolicy
 from cmil.models.networks import mlp
-from cmil.models.normalize import ReturnScale, RunningMeanStd
+from cmil.models.normalize import ReturnScale
 from cmil.models.optim import clipped_step, decoupled_adam, to_floats
 from cmil.models.world_model import STATE_KEYS, WorldModel
 
@@ -71,22 +70,19 @@ class CMIL(Method):
         self.actor = Actor(feat, action_dim, a.actor_layers, a.actor_units, a.actor_min_std,
                            a.actor_heads).to(device)
         self.critic = TwinQ(feat, action_dim, a.critic_layers, a.critic_units).to(device)
-        self.disc_action_dim = action_dim if a.disc_action else 0   # agent.disc_action: D reads (s, a) or s
-        self.disc = Discriminator(feat, self.disc_action_dim, a.disc_layers, a.disc_units, a.disc_noise_std).to(device)
+        graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
+        if graphed and device.type != "cuda":
+            raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
+        # D, eq. 10's reward and penalty (and the agent.reward 'env' measurement's head).
+        self.imitation = ImitationReward(a, feat, action_dim, cfg.seed, ADAM_EPS, graphed).to(device)
         # Running statistics of the optional rescalings (buffers, so they are checkpointed).
-        self.stats = nn.ModuleDict({"disc_input": RunningMeanStd(feat + self.disc_action_dim),
-                                    "disagreement": RunningMeanStd(), "returns": ReturnScale()}).to(device)
+        self.stats = nn.ModuleDict({"disc_input": self.imitation.input_stats,
+                                    "disagreement": self.imitation.disagreement_stats,
+                                    "returns": ReturnScale()}).to(device)
         # Auxiliary per-frame BC head on the image embedding (agent.bc_embed_weight); it trains with the
         # world model, in the world model's optimiser.
         self.embed_bc = mlp(self.wm.embed_dim, action_dim, 2, a.actor_units).to(device) if a.bc_embed_weight else None
-        # agent.reward 'env' (a measurement): a head that learns the task's reward on real (s, a) pairs.
-        # Drawn from its own generator, so that the measurement's pretraining is its seed's `logratio` run's.
-        self.reward_head = None
-        if a.reward == "env":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                self.reward_head = mlp(feat + action_dim, 1, a.disc_layers, a.disc_units).to(device)
-        self.batch_keys = _BATCH_KEYS + (("reward",) if self.reward_head is not None else ())
+        self.batch_keys = _BATCH_KEYS + (("reward",) if self.imitation.head is not None else ())
         # The anchor's target (agent.anchor_weight, anchor_target): a pixel BC teacher's action on the replay's
         # frames (cmil.methods.teacher), or the acting actor frozen when pretraining ends.
         self._teacher = (PixelTeacher(cfg, action_dim, device, trained=bool(cfg.anchor_from))
@@ -95,18 +91,12 @@ class CMIL(Method):
         self.replay_keys = (LABEL_KEY,) if self._teacher is not None else ()
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
                        if a.anchor_weight and a.anchor_target == "pretrained" else None)
-        graphed = cfg.cuda_graph  # the update replays as a CUDA graph (cmil.cuda_graph)
-        if graphed and device.type != "cuda":
-            raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
         self.wm.graph_safe = graphed
         self.wm_opt = self.wm.make_optimizer(capturable=graphed)
         if self.embed_bc is not None:
             self.wm_opt.add_param_group({"params": list(self.embed_bc.parameters())})
         self.actor_opt = decoupled_adam(self.actor.parameters(), a.actor_lr, ADAM_EPS, a.weight_decay, graphed)
         self.critic_opt = decoupled_adam(self.critic.q.parameters(), a.critic_lr, ADAM_EPS, a.weight_decay, graphed)
-        self.disc_opt = decoupled_adam(self.disc.parameters(), a.disc_lr, ADAM_EPS, a.weight_decay, graphed)
-        self.reward_opt = (decoupled_adam(self.reward_head.parameters(), a.disc_lr, ADAM_EPS, a.weight_decay, graphed)
-                           if self.reward_head is not None else None)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
             self.imagine = torch.compile(self.imagine)
         self._graphs: dict[tuple[bool, bool], GraphedStep] = {}  # one per kind of step (agent or not, trained set)
@@ -123,13 +113,26 @@ class CMIL(Method):
 
     # --- plumbing -------------------------------------------------------------------------
     @property
+    def cfg(self) -> Config:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: Config) -> None:
+        """A live method given a new config (a probe's or a test's change) passes the agent's part on to the parts
+        that read it."""
+        self._cfg = cfg
+        for part in (getattr(self, "imitation", None), getattr(self, "selection", None)):
+            if part is not None:
+                part.cfg = cfg.agent
+
+    @property
     def teacher(self) -> PixelPolicy | None:
         """The anchor's pixel BC teacher network (agent.anchor_target 'bc'), or None."""
         return self._teacher.net if self._teacher is not None else None
 
     def modules(self) -> dict[str, nn.Module]:
-        mods = {"world_model": self.wm, "actor": self.actor, "critic": self.critic, "discriminator": self.disc,
-                "stats": self.stats, "carried_state": self.carry}
+        mods = {"world_model": self.wm, "actor": self.actor, "critic": self.critic,
+                "discriminator": self.imitation.disc, "stats": self.stats, "carried_state": self.carry}
         if self.embed_bc is not None:
             mods["embed_bc"] = self.embed_bc
         if self.policy_ema is not None:
@@ -138,15 +141,15 @@ class CMIL(Method):
             mods["anchor_actor"] = self.anchor
         if self.teacher is not None:
             mods["anchor_teacher"] = self.teacher
-        if self.reward_head is not None:
-            mods["reward_head"] = self.reward_head
+        if self.imitation.head is not None:
+            mods["reward_head"] = self.imitation.head
         return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"world_model": self.wm_opt, "actor": self.actor_opt, "critic": self.critic_opt,
-                "discriminator": self.disc_opt}
-        if self.reward_opt is not None:
-            opts["reward_head"] = self.reward_opt
+                "discriminator": self.imitation.disc_opt}
+        if self.imitation.head_opt is not None:
+            opts["reward_head"] = self.imitation.head_opt
         return opts
 
     def policy(self, live: bool = False) -> LatentPolicy:
@@ -227,7 +230,7 @@ class CMIL(Method):
         """Self-imitation's score of a stored episode: D's mean logit on its last self_imitation_last (posterior
         state, action taken there) pairs (0 = all of them)."""
         feat, action, _ = self.episode_features(ep)
-        return float(self.disc_logit(feat, action)[-self.cfg.agent.self_imitation_last:].mean())
+        return float(self.imitation.logit(feat, action)[-self.cfg.agent.self_imitation_last:].mean())
 
     def reset_graphs(self) -> None:
         """Drop the captured CUDA graphs (and their memory); the next update of each kind captures anew. Needed
@@ -289,12 +292,9 @@ class CMIL(Method):
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
         disc_feat = self._disc_states(feat, prior_feat, batch["is_first"])   # what D reads on real frames
         exp_feat = feat[:B, :-1]
-        if self.reward_head is not None:  # agent.reward 'env': r(s_t, a_t) -> the reward that followed
-            valid = (~batch["is_first"][:, 1:]).float()
-            fit = self._reward_head(feat[:, :-1], act_taken) - batch["reward"][:, 1:]
-            reward_fit = (fit.pow(2) * valid).sum() / valid.sum().clamp_min(1)
-            clipped_step(self.reward_opt, reward_fit, self.reward_head.parameters(), a.grad_clip)
-            m["train/reward_head_loss"] = reward_fit.detach()
+        if self.imitation.head is not None:  # agent.reward 'env': r(s_t, a_t) -> the reward that followed
+            m["train/reward_head_loss"] = self.imitation.fit_task_reward(
+                feat[:, :-1], act_taken, batch["reward"][:, 1:], (~batch["is_first"][:, 1:]).float()).detach()
 
         # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
         actor_bc_feat = bc_feat.detach()
@@ -313,9 +313,9 @@ class CMIL(Method):
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
             start = {k: v[idx] for k, v in start.items()}
-        with frozen(self.wm, self.disc, *([self.reward_head] if self.reward_head is not None else [])):
+        with frozen(self.wm, self.imitation):
             feats, actions, disagreement, entropy = self.imagine(start, a.horizon)
-            reward = self.reward(feats[:-1], actions[:-1], disagreement)            # (H, N), eq. 10
+            reward = self.imitation.reward(feats[:-1], actions[:-1], disagreement)  # (H, N), eq. 10
             # One critic forward serves the actor (through the actions) and the critic loss (through the
             # critics' parameters); each backward is restricted to its own module's parameters.
             q_feats = feats.detach() if a.actor_objective == "q" else feats
@@ -345,41 +345,25 @@ class CMIL(Method):
             pol_feat, pol_act = disc_feat[B:, s0:-1], act_taken[B:, s0:]
         else:
             pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
-        d_act = self.disc_action_dim
-        e_in = (_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:, :d_act]))
-        p_in = (_flat(pol_feat), _flat(pol_act[..., :d_act]))
-        if a.disc_input_norm:
-            self.stats["disc_input"].update(torch.cat([torch.cat(e_in, -1), torch.cat(p_in, -1)]))
-        e_logit = self.disc_logit(*e_in, noise=True)
-        p_logit = self.disc_logit(*p_in, noise=True)
-        disc_loss = (F.binary_cross_entropy_with_logits(e_logit, torch.ones_like(e_logit))
-                     + F.binary_cross_entropy_with_logits(p_logit, torch.zeros_like(p_logit)))
-        if a.disc_grad_penalty:  # between each expert pair and a random policy pair, on what D's layers read
-            pick = torch.randint(p_in[0].shape[0], (e_in[0].shape[0],), device=self.device)
-            gp = gradient_penalty(self.disc, self._disc_input(*e_in), self._disc_input(p_in[0][pick], p_in[1][pick]))
-            disc_loss = disc_loss + a.disc_grad_penalty * gp
-            m["train/disc_grad_penalty"] = gp.detach()
-        clipped_step(self.disc_opt, disc_loss, self.disc.parameters(), a.grad_clip)
+        d_act = self.imitation.action_dim
+        m.update(self.imitation.train_disc((_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:, :d_act])),
+                                           (_flat(pol_feat), _flat(pol_act[..., :d_act]))))
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
         critic_loss, cm = self.critic_loss(feat[real], act_taken[real], batch["is_first"][real], feats, actions,
                                            reward.detach(), disc_feat[real], q_imag=q_imag[:, :-1])
         clipped_step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
 
-        with torch.no_grad():  # diagnostics on clean inputs (and the actor's std on expert states)
-            e_prob = torch.sigmoid(self.disc_logit(*e_in))
-            p_prob = torch.sigmoid(self.disc_logit(*p_in))
+        with torch.no_grad():  # the actor's std on expert states
             actor_std = self.actor(exp_feat).std.mean()
         m.update(cm)
         if a.self_imitation:
             m["train/self_demo_windows"] = rep["self_demo"].sum()
         m.update({
             "train/actor_loss": rl_loss + a.beta * bc_loss, "train/bc_loss": bc_loss,
-            "train/critic_loss": critic_loss, "train/disc_loss": disc_loss,
+            "train/critic_loss": critic_loss,
             "train/imag_reward": reward.mean(), "train/imag_return": returns.mean(),
             "train/entropy": entropy.mean(), "train/q_mean": q_min.mean(), "train/actor_std": actor_std,
-            "disc/expert_acc": (e_prob > 0.5).float().mean(), "disc/policy_acc": (p_prob < 0.5).float().mean(),
-            "disc/expert_prob": e_prob.mean(), "disc/policy_prob": p_prob.mean(),
             "model/imag_disagreement": disagreement.mean(),
         })
         return m
@@ -458,20 +442,6 @@ class CMIL(Method):
         return {"train/actor_grad_norm": norm, "train/actor_grad_rl": rl.norm(), "train/actor_grad_bc": bc.norm(),
                 "train/actor_grad_cos": cos}
 
-    def disc_logit(self, feat: torch.Tensor, action: torch.Tensor, noise: bool = False) -> torch.Tensor:
-        """D's logit on (feature, action), standardised first when agent.disc_input_norm; a state-only D
-        (agent.disc_action false) ignores the action."""
-        return self.disc(*self._disc_input(feat, action), noise=noise)
-
-    def _disc_input(self, feat: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(feature, action) as D's layers read them: the action cut to what D reads, both standardised
-        with agent.disc_input_norm."""
-        action = action[..., : self.disc_action_dim]
-        if not self.cfg.agent.disc_input_norm:
-            return feat, action
-        x = self.stats["disc_input"].normalize(torch.cat([feat, action], -1))
-        return x[..., : feat.shape[-1]], x[..., feat.shape[-1]:]
-
     def imagine(self, start: dict[str, torch.Tensor], horizon: int):
         """Roll the policy through the learnt prior for `horizon` steps.
 
@@ -490,35 +460,6 @@ class CMIL(Method):
                 state, d = self.wm.imagine_step(state, action)
                 dis.append(d)
         return torch.stack(feats), torch.stack(actions), torch.stack(dis), torch.stack(ents)
-
-    def reward(self, feat: torch.Tensor, action: torch.Tensor, disagreement: torch.Tensor | None,
-               update_stats: bool = True) -> torch.Tensor:
-        """Eq. 10: log D - log(1 - D) (= D's logit) - alpha * disagreement; the penalty only when given
-        (imagined steps). The 'prob' variant (authors' code) uses D on a noisy input instead. `update_stats`
-        False reads the penalty's running statistics without adding this batch (probes of a trained run)."""
-        a = self.cfg.agent
-        if a.reward == "env":
-            r = self._reward_head(feat, action)
-        elif a.reward == "prob":
-            r = torch.sigmoid(self.disc_logit(feat, action, noise=True))
-        else:
-            r = self.disc_logit(feat, action)
-        if disagreement is not None and a.alpha:
-            r = r - self.penalty(disagreement, update_stats)
-        return r
-
-    def _reward_head(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.reward_head(torch.cat([feat, action], -1)).squeeze(-1)
-
-    def penalty(self, disagreement: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
-        """Eq. 10's conservative term alpha * disagreement; with penalty_norm the disagreement standardised by its
-        running statistics (only how much more uncertain than usual a step is), which `update_stats` adds it to."""
-        a = self.cfg.agent
-        if a.penalty_norm:
-            if update_stats:
-                self.stats["disagreement"].update(disagreement)
-            disagreement = self.stats["disagreement"].normalize(disagreement)
-        return a.alpha * disagreement
 
     def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
@@ -554,7 +495,7 @@ class CMIL(Method):
             # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
             n_b, n_l = feat.shape[:2]
             with torch.no_grad():
-                r_real = self.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken, None)  # no penalty
+                r_real = self.imitation.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken, None)
                 v0_next = v0[0].reshape(n_b, n_l)[:, 1:]
                 vlam_next = target[0].reshape(n_b, n_l)[:, 1:]
                 y = r_real + a.gamma * ((1 - a.lam) * v0_next + a.lam * vlam_next)
