@@ -388,7 +388,7 @@ def _actors_after_sloped_update(method, expert, replay, add_slope) -> list[torch
     return actors
 
 
-@pytest.mark.parametrize("objective", ["lambda", "q"])
+@pytest.mark.parametrize("objective", ["lambda", "q", "q_real"])
 def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective):
     # 'q': the actor follows the critics' action slope alone; the reward (through the dynamics) moves it only
     # under eq. 12's lambda-return objective.
@@ -400,7 +400,31 @@ def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective
         agent.imitation.disc.forward = lambda feat, action, noise=False: 0 * forward(feat, action) + slope * feat.sum(-1)
 
     actors = _actors_after_sloped_update(method, expert, replay, reward_slope)
-    assert torch.equal(actors[0], actors[1]) == (objective == "q")
+    assert torch.equal(actors[0], actors[1]) == (objective != "lambda")
+
+
+@pytest.mark.parametrize("objective", ["q", "q_real"])
+def test_q_real_reads_the_critics_at_the_real_states_only(setup, objective):
+    # 'q_real': the critics' action slope at imagination step 0 (the batch's posterior states) moves the actor; a slope
+    # at the imagined steps 1..H does not (under 'q' both do).
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
+
+    def slope_at(steps):
+        def add(agent, slope):
+            forward = agent.critic.forward
+
+            def sloped(feat, action):  # on (H+1, N, ...) imagined steps (later calls come after the actor's step)
+                mask = torch.zeros(feat.shape[0], 1, device=feat.device)
+                mask[steps] = 1.0
+                return forward(feat, action) + slope * mask * action.sum(-1)
+            agent.critic.forward = sloped
+        return add
+
+    at_real = _actors_after_sloped_update(method, expert, replay, slope_at(slice(0, 1)))
+    at_imagined = _actors_after_sloped_update(method, expert, replay, slope_at(slice(1, None)))
+    assert not torch.equal(at_real[0], at_real[1])
+    assert torch.equal(at_imagined[0], at_imagined[1]) == (objective == "q_real")
 
 
 @pytest.mark.parametrize("through_action", [True, False])

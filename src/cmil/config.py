@@ -136,13 +136,15 @@ class AgentConfig:
     stop_grad_actor_input: bool = True
     """Query the actor on a stop-gradient copy of each imagined feature (authors' code, DreamerV2), so the
     actor's gradient reaches it through the dynamics only via its actions; False lets it flow through its input."""
-    actor_objective: Literal["lambda", "q"] = "lambda"
+    actor_objective: Literal["lambda", "q", "q_real"] = "lambda"
     """What the actor maximises on imagined steps. 'lambda' (paper eq. 12): lambda V^lambda + (1 - lambda) V0,
     with gradients through the learnt dynamics, reward and critics. 'q': min_i Q_i(s^t, pi(s^t)) with the
     imagined states detached, so the actor's RL gradient is the critics' action slope alone (DDPG / TD3+BC
     style) and never runs back through the model's dynamics or the discriminator. Measured (docs/results.md, round
     21; round-16 recipe, four tuning seeds, 100 fresh placements): with penalty_norm false, disc_policy_pairs 'replay'
-    and disc_noise_std 0 the online phase held the pretrained policy (0.40 vs 0.405) where 'lambda' eroded it (0.32)."""
+    and disc_noise_std 0 the online phase held the pretrained policy (0.40 vs 0.405) where 'lambda' eroded it (0.32).
+    'q_real': the same slope at the real states only (imagination step 0, every posterior state of the batch), so
+    the actor never climbs the critics where the model imagined the state (docs/results.md, round 30)."""
     critic_action_grad: bool = True
     """Let the actor's RL gradient run through the critics' action input (paper eq. 12: the values are
     Q(s^t, a^t) of the actor's own reparameterised actions). False reads the critics with the actions detached,

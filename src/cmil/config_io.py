@@ -178,9 +178,10 @@ def validate(cfg: Config, where: str = "") -> None:
         if not 0 <= cfg.agent.self_imitation_windows <= cfg.batch_size:
             fail("agent.self_imitation_windows", f"must be in [0, batch_size={cfg.batch_size}], "
                                                  f"got {cfg.agent.self_imitation_windows}")
-    if not cfg.agent.critic_action_grad and cfg.agent.actor_objective == "q":
-        fail("agent.critic_action_grad", "False needs agent.actor_objective 'lambda' (with 'q' the critics' action "
-                                         "slope is the actor's whole RL gradient)")
+    if not cfg.agent.critic_action_grad and cfg.agent.actor_objective != "lambda":
+        fail("agent.critic_action_grad", f"False needs agent.actor_objective 'lambda' (with "
+                                         f"'{cfg.agent.actor_objective}' the critics' action slope is the actor's "
+                                         f"whole RL gradient)")
     if cfg.wm.freeze_representation and (cfg.method != "cmil" or cfg.pretrain_updates + cfg.pretrain_bc_updates == 0):
         fail("wm.freeze_representation", "needs a pretrained representation (CMIL with pretrain_updates or "
                                          "pretrain_bc_updates > 0): it would freeze a random encoder")

@@ -318,17 +318,18 @@ class CMIL(Method):
             reward = self.imitation.reward(feats[:-1], actions[:-1], disagreement)  # (H, N), eq. 10
             # One critic forward serves the actor (through the actions) and the critic loss (through the
             # critics' parameters); each backward is restricted to its own module's parameters.
-            q_feats = feats.detach() if a.actor_objective == "q" else feats
+            q_feats = feats if a.actor_objective == "lambda" else feats.detach()
             q_acts = actions if a.critic_action_grad else actions.detach()           # Q as a state value
             q_imag = self.critic(q_feats, q_acts)                                    # (2, H+1, N)
             q_min = q_imag.min(0).values                                             # V0(s^t) = min_i Q_i
             returns, eq12 = self.lambda_objective(reward, q_min)
-            # 'q': the critics' action slope only (no path through the dynamics)
-            actor_obj = q_min[:-1] if a.actor_objective == "q" else eq12
+            # 'q': the critics' action slope only (no path through the dynamics); 'q_real': at the real states only
+            steps = slice(0, 1) if a.actor_objective == "q_real" else slice(None, -1)
+            actor_obj = eq12 if a.actor_objective == "lambda" else q_min[steps]
             if a.return_norm:
                 self.stats["returns"].update(returns)
                 actor_obj = actor_obj / self.stats["returns"].scale
-            rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[:-1].mean())
+            rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
         reg_loss = a.beta * bc_loss
         if anchoring:  # agent.anchor_weight, on the policy's own states
             anchor_loss = (self.actor(feat[B:, :-1].detach()).mean - anchor_target).pow(2).sum(-1).mean()
