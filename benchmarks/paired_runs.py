@@ -36,13 +36,16 @@ def main() -> None:
     parser.add_argument("--fresh-seed", type=int, default=30_000)
     parser.add_argument("--evaluate", action="store_true",
                         help="run `cmil eval` for a run directory's missing fresh score (minutes per run)")
+    parser.add_argument("--metric", action="append", default=[], metavar="KEY",
+                        help="a logged training metric (e.g. train/actor_grad_rl) to report, averaged over the last "
+                             "third of each run-directory source's env steps")
     parser.add_argument("--json", default=None, help="where to write the comparison (default: print only)")
     args = parser.parse_args()
     sources = dict(split_source(s) for s in args.source)
     against = args.against or next(iter(sources))
     if against not in sources:
         parser.error(f"--against {against!r} is none of the sources {sorted(sources)}")
-    runs = {name: [read_run(spec, seed, args.fresh, args.fresh_seed, args.evaluate) for seed in args.seeds]
+    runs = {name: [read_run(spec, seed, args.fresh, args.fresh_seed, args.evaluate, args.metric) for seed in args.seeds]
             for name, spec in sources.items()}
     result = compare(runs, against, args.seeds)
     result.update({"commit": source_commit(), "sources": sources,
@@ -63,8 +66,9 @@ def split_source(text: str) -> tuple[str, str]:
     return name, spec
 
 
-def read_run(spec: str, seed: int, fresh: int, fresh_seed: int, evaluate: bool) -> dict:
-    """One seed's record of a source: final success, evaluations, pretrained success, fresh score, commit."""
+def read_run(spec: str, seed: int, fresh: int, fresh_seed: int, evaluate: bool, metrics: list[str]) -> dict:
+    """One seed's record of a source: final success, evaluations, pretrained success, fresh score, commit, and for
+    a run directory the `metrics`' means over its last third."""
     if "{seed}" not in spec:
         path, method = spec.rsplit(":", 1)
         summary = json.loads(Path(path).read_text())
@@ -86,7 +90,18 @@ def read_run(spec: str, seed: int, fresh: int, fresh_seed: int, evaluate: bool) 
         raise SystemExit(f"{run_dir} has not finished (no final.json)")
     if evaluate:
         fresh_score(run_dir, fresh, fresh_seed)
-    return run_record(run_dir, (fresh, fresh_seed))  # its commit: RUN.commit beside it, as compare_methods writes
+    record = run_record(run_dir, (fresh, fresh_seed))  # its commit: RUN.commit beside it, as compare_methods writes
+    if metrics:
+        record["last_third"] = last_third(run_dir, metrics)
+    return record
+
+
+def last_third(run_dir: Path, keys: list[str]) -> dict[str, float | None]:
+    """Each metric's mean over the rows logged in the last third of the run's env steps (None where never logged)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    end = max(r["env_step"] for r in rows)
+    late = [r for r in rows if r["env_step"] > 2 * end / 3]
+    return {k: (float(np.mean(v)) if (v := [r[k] for r in late if k in r]) else None) for k in keys}
 
 
 def compare(runs: dict[str, list[dict]], against: str, seeds: list[int]) -> dict:
@@ -98,6 +113,8 @@ def compare(runs: dict[str, list[dict]], against: str, seeds: list[int]) -> dict
                  "evaluations": [[s for _, s in r["evaluations"]] for r in records],
                  "commits": sorted({str(r.get("commit")) for r in records}),
                  "wall_time_s": [r.get("wall_time_s") for r in records]}
+        if all("last_third" in r for r in records):
+            entry["last_third"] = [r["last_third"] for r in records]
         bests = [r["best_evaluation"] for r in records if r.get("best_evaluation") is not None]
         if len(bests) == len(records):
             entry["final_over_best"] = float(np.mean(finals) / max(np.mean(bests), 1e-9))

@@ -360,7 +360,7 @@ def _fake_run(run_dir: Path, seed: int, evals: list[float], fresh: float) -> Non
     (run_dir / "final.json").write_text(json.dumps({"seed": seed, "success_rate": evals[-1], "return": 1.0,
                                                     "episodes": 20, "wall_time_s": 10.0}))
     (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"env_step": 1000 * i, "eval/success_rate": s}) + "\n" for i, s in enumerate(evals)))
+        json.dumps({"env_step": 1000 * i, "eval/success_rate": s, "train/x": float(i)}) + "\n" for i, s in enumerate(evals)))
     (run_dir / "config.yaml").write_text("eval_episodes: 20\neval_every: 1000\n")
     eval_result_path(run_dir, 100, 30_000).write_text(json.dumps({"eval/success_rate": fresh}))
     (run_dir.parent / f"{run_dir.name}.commit").write_text("abc1234\n")
@@ -378,8 +378,9 @@ def test_paired_runs_pairs_each_seed_with_the_baseline(tmp_path):
         "runs": runs, "fresh_placements": {"episodes": 100, "first_seed": 30_000}}}}))
     out = tmp_path / "paired.json"
     _run("paired_runs.py", "--source", f"old={summary}:cmil", "--source", f"new={tmp_path}/new_s{{seed}}",
-         "--seeds", "0", "1", "--json", str(out))
+         "--seeds", "0", "1", "--metric", "train/x", "--json", str(out))
     new = json.loads(out.read_text())["sources_summary"]["new"]
+    assert new["last_third"] == [{"train/x": 2.0}, {"train/x": 2.0}]  # rows after 2/3 of 2,000 env steps: step 2,000
     assert new["per_seed_fresh"] == [0.62, 0.50] and new["commits"] == ["abc1234"]
     paired = new["paired_fresh_vs_old"]
     assert paired["per_seed"] == pytest.approx([0.07, -0.06]) and paired["mean"] == pytest.approx(0.005)
