@@ -75,7 +75,8 @@ class CMIL(Method):
             raise ConfigError(f"cuda_graph needs a CUDA device, and this run's device is {device}")
         # D, eq. 10's reward and penalty (and the agent.reward 'env' measurement's head).
         self.imitation = ImitationReward(a, feat, action_dim, cfg.seed, ADAM_EPS, graphed).to(device)
-        # Running statistics of the optional rescalings (buffers, so they are checkpointed).
+        # Running statistics of the optional rescalings (buffers, so they are checkpointed; D's and the penalty's
+        # are the reward's own, listed here under the checkpoint names they always had).
         self.stats = nn.ModuleDict({"disc_input": self.imitation.input_stats,
                                     "disagreement": self.imitation.disagreement_stats,
                                     "returns": ReturnScale()}).to(device)
@@ -346,9 +347,8 @@ class CMIL(Method):
             pol_feat, pol_act = disc_feat[B:, s0:-1], act_taken[B:, s0:]
         else:
             pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
-        d_act = self.imitation.action_dim
-        m.update(self.imitation.train_disc((_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:, :d_act])),
-                                           (_flat(pol_feat), _flat(pol_act[..., :d_act]))))
+        m.update(self.imitation.train_disc((_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:])),
+                                           (_flat(pol_feat), _flat(pol_act))))
 
         # Critics (eqs. 13-15) against target-network TD(lambda) targets.
         critic_loss, cm = self.critic_loss(feat[real], act_taken[real], batch["is_first"][real], feats, actions,
@@ -496,7 +496,8 @@ class CMIL(Method):
             # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
             n_b, n_l = feat.shape[:2]
             with torch.no_grad():
-                r_real = self.imitation.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken, None)
+                r_real = self.imitation.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken,
+                                               None)  # no penalty on real transitions
                 v0_next = v0[0].reshape(n_b, n_l)[:, 1:]
                 vlam_next = target[0].reshape(n_b, n_l)[:, 1:]
                 y = r_real + a.gamma * ((1 - a.lam) * v0_next + a.lam * vlam_next)

@@ -97,6 +97,7 @@ class ImitationReward(nn.Module):
         """Eq. 8: one step of D on expert pairs (label 1) against the policy's (label 0), noise on both inputs
         (and agent.disc_grad_penalty between them); the input statistics first take in both sides. Returns the
         loss and D's accuracy and mean probability on each side's clean inputs."""
+        expert, policy = ((f, a[..., : self.action_dim]) for f, a in (expert, policy))   # what D reads
         if self.cfg.disc_input_norm:
             self.input_stats.update(torch.cat([torch.cat(expert, -1), torch.cat(policy, -1)]))
         e_logit = self.logit(*expert, noise=True)
