@@ -2,6 +2,7 @@
 
     python benchmarks/reward_direction.py RUN [RUN ...] [--episodes 20] [--seed 20000]
                                           [--fresh-steps 3000] [--grad-penalty 10] [--out JSON]
+                                          [--candidates 32 --sigma 0.1 0.3]
 
 Round 8 measured the slope of the imagined reward at the expert's own states, where the BC term already says what
 to do. The online phase can only add to BC at the states the policy reaches and the demos do not cover. For each CMIL
@@ -20,7 +21,9 @@ run's demos against the policy's pairs, here the real ones of half the rollouts;
 different regularisers: Gaussian input noise (the paper's, std as the run), none, and a gradient penalty on
 interpolates (DAC / WGAN-GP style, `--grad-penalty`); their logit slopes are scored the same way on the other half.
 A regulariser whose D slopes towards the expert's action at the policy's states is a reward the online phase could
-climb. Writes a JSON (default benchmarks/results/diagnose/reward_direction.json).
+climb. With `--candidates K` (round 31) the run's min Q, D logit and eq. 12 objective are also read by their values:
+K actions drawn around the actor's mean, the best one's and the softmax-weighted offset scored against e - a as
+above (the direction a critic-weighted regression actor would move), and how often each rates e above a. Writes a JSON (default benchmarks/results/diagnose/reward_direction.json).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
+from cmil.methods.teacher import LABEL_KEY
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
 from diagnose_cmil import acting_states, train_fresh_disc
@@ -82,15 +86,21 @@ def direction(slope: torch.Tensor, gap: torch.Tensor, lengths: list[int] | None 
     return out
 
 
-def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_action: bool = True,
-                    values: bool = True, horizon: int | None = None, penalty: bool = True) -> torch.Tensor:
-    """d(eq. 12's objective)/d(first action) from each state: imagine one step with `action`, then the actor on
-    (mean actions) for the horizon; lambda-returns of the reward with the critics' min Q bootstrapping (eq. 12).
+def objective_slope(agent, feat_states: dict, action: torch.Tensor, **kw) -> torch.Tensor:
+    """d(eq. 12's objective)/d(first action) from each state (`objective`'s keywords)."""
+    action = action.clone().requires_grad_(True)
+    slope, = torch.autograd.grad(objective(agent, feat_states, action, **kw).sum(), action)
+    return slope
+
+
+def objective(agent, feat_states: dict, action: torch.Tensor, critic_action: bool = True,
+              values: bool = True, horizon: int | None = None, penalty: bool = True) -> torch.Tensor:
+    """Eq. 12's objective of taking `action` in each state: imagine one step with it, then the actor on (mean
+    actions) for the horizon; lambda-returns of the reward with the critics' min Q bootstrapping (eq. 12).
     `critic_action` False reads the critics with the actions detached (agent.critic_action_grad false); `values`
     False drops the critics altogether (the imagined rewards' discounted sum only); `horizon` shortens the rollout;
     `penalty` False leaves the disagreement penalty out of the reward."""
     a, wm = agent.cfg.agent, agent.wm
-    action = action.clone().requires_grad_(True)
     state, feats, acts, dis = feat_states, [wm.agent_feat(feat_states)], [action], []
     for t in range(horizon or a.horizon):
         state, d = wm.imagine_step(state, acts[-1], sample=False, head=t % wm.cfg.ensemble)
@@ -105,11 +115,33 @@ def objective_slope(agent, feat_states: dict, action: torch.Tensor, critic_actio
     else:
         q_min = agent.critic(feats, acts if critic_action else acts.detach()).min(0).values
         obj = agent.lambda_objective(reward, q_min)[1]                                           # eq. 12
-    slope, = torch.autograd.grad(obj.sum(), action)
-    return slope
+    return obj
 
 
-def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty: float) -> dict:
+@torch.no_grad()
+def value_direction(score, mean: torch.Tensor, gap: torch.Tensor, lengths: list[int], candidates: int,
+                    sigma: float) -> dict:
+    """Which way a signal's *values* (not its slope) move the action: `candidates` actions drawn around the actor's
+    mean a (Gaussian, std `sigma`, clipped to the action box) are scored by `score(actions) -> (N,)`; the best one's
+    offset from a and the softmax-weighted offset (temperature: each state's spread of scores; the advantage-weighted
+    regression a CRR / AWR-style actor would follow) are scored against e - a like a slope, and `prefers_expert` is
+    how often the signal rates the expert's action e above a (95% interval over rollouts)."""
+    gen = torch.Generator(device=mean.device).manual_seed(0)
+    cand = (mean + sigma * torch.randn((candidates, *mean.shape), generator=gen, device=mean.device)).clamp(-1, 1)
+    n = len(mean)
+    scores = torch.stack([score(c).reshape(n) for c in cand])                           # (K, N)
+    best = cand[scores.argmax(0), torch.arange(n)]
+    weights = torch.softmax((scores - scores.mean(0)) / scores.std(0).clamp(min=1e-8), 0)
+    weighted = (weights[..., None] * cand).sum(0)
+    prefers = (score(mean + gap).reshape(n) > score(mean).reshape(n)).float()
+    ci = bootstrap_ci([float(p.mean()) for p in torch.split(prefers, lengths)])
+    return {"best of candidates": direction(best - mean, gap, lengths),
+            "weighted candidates": direction(weighted - mean, gap, lengths),
+            "prefers_expert": round(float(prefers.mean()), 4), "prefers_expert_ci95": [round(ci.low, 4), round(ci.high, 4)]}
+
+
+def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty: float, candidates: int = 0,
+            sigmas: tuple[float, ...] = ()) -> dict:
     parts = open_policy(run)
     agent = parts.method
     torch.manual_seed(0)
@@ -125,6 +157,11 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
         gap = torch.as_tensor(np.concatenate(labels), device=agent.device) - mean
     row = {"run": str(run), "success": float(np.mean(successes)), "states": len(feat),
            "mean_abs_gap_per_dim": gap.abs().mean(0).tolist()}
+    if agent.replay_keys:  # the anchor's teacher (agent.anchor_target 'bc'): its action on the same frames
+        teacher = torch.as_tensor(np.concatenate([agent.label_episode(ep)[LABEL_KEY][:n] for ep, n in
+                                                  zip(eps, lengths, strict=True)]), device=agent.device)
+        row["teacher"] = direction(teacher - mean, gap, lengths) | {
+            "closer_than_actor": round(float(((teacher - mean - gap).norm(dim=-1) < gap.norm(dim=-1)).float().mean()), 4)}
 
     # The run's own signals at those states.
     action = mean.clone().requires_grad_(True)
@@ -146,6 +183,14 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     slope, = torch.autograd.grad(-agent.imitation.penalty(dis, update_stats=False).sum(), action)
     row["run/penalty"] = direction(slope, gap, lengths)
 
+    if candidates:
+        def q_min(act):
+            return agent.critic(feat, act).min(0).values
+        scores = {"Q": q_min, "D": lambda act: agent.imitation.logit(feat, act),
+                  "eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
+        for name, score in scores.items():
+            for sigma in sigmas:
+                row[f"values/{name}, sigma {sigma:g}"] = value_direction(score, mean, gap, lengths, candidates, sigma)
     if fresh_steps:
         row |= fresh_discriminators(agent, parts.cfg, lengths, feat, mean, gap, fresh_steps, grad_penalty)
     parts.env.close()
@@ -189,12 +234,24 @@ def print_row(row: dict) -> None:
     print(f"== {row['run']}: success {row['success']:.2f} over the rollouts, {row['states']} states, "
           f"mean |expert - actor| per dim " + " ".join(f"{g:.3f}" for g in row["mean_abs_gap_per_dim"]))
     for key, v in row.items():
-        if isinstance(v, dict):
-            extra = "".join(f", {k} {x}" for k, x in v.items() if k.startswith("D("))
-            ci = v.get("cos_episodes_ci95")
-            ci = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
-            print(f"  {key:48s} cos {v['cos']:+.3f}{ci}  cos>0 {v['cos>0']:.2f}  towards per dim "
-                  + " ".join(f"{t:.2f}" for t in v["towards_per_dim"]) + extra)
+        if not isinstance(v, dict):
+            continue
+        if "prefers_expert" in v:
+            low, high = v["prefers_expert_ci95"]
+            print(f"  {key:48s} rates the expert's action above the actor's at {v['prefers_expert']:.2f} of the states"
+                  f" [{low:.2f}, {high:.2f}]")
+            for name in ("best of candidates", "weighted candidates"):
+                print_direction(f"    {name}", v[name])
+        else:
+            print_direction(f"  {key}", v)
+
+
+def print_direction(label: str, v: dict) -> None:
+    extra = "".join(f", {k} {x}" for k, x in v.items() if k.startswith("D(") or k == "closer_than_actor")
+    ci = v.get("cos_episodes_ci95")
+    ci = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    print(f"{label:50s} cos {v['cos']:+.3f}{ci}  cos>0 {v['cos>0']:.2f}  towards per dim "
+          + " ".join(f"{t:.2f}" for t in v["towards_per_dim"]) + extra)
 
 
 def main() -> None:
@@ -204,17 +261,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20_000, help="first placement (tuning placements: 20000+)")
     parser.add_argument("--fresh-steps", type=int, default=3000, help="updates of each fresh discriminator (0: none)")
     parser.add_argument("--grad-penalty", type=float, default=10.0)
+    parser.add_argument("--candidates", type=int, default=0,
+                        help="actions drawn around the actor's mean to score Q, D and eq. 12 by value (0: none)")
+    parser.add_argument("--sigma", type=float, nargs="+", default=[0.1, 0.3], help="std of those draws")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/reward_direction.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for run in args.runs:
-        row = measure(run, args.episodes, args.seed, args.fresh_steps, args.grad_penalty)
+        row = measure(run, args.episodes, args.seed, args.fresh_steps, args.grad_penalty, args.candidates,
+                      tuple(args.sigma))
         print_row(row)
         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "episodes": args.episodes, "seed": args.seed,
-                                    "fresh_steps": args.fresh_steps, "rows": rows}, indent=2))
+                                    "fresh_steps": args.fresh_steps, "candidates": args.candidates,
+                                    "sigma": args.sigma, "rows": rows}, indent=2))
     print(f"written: {args.out}")
 
 

@@ -40,7 +40,11 @@ from torch import nn
 from cmil.config import WorldModelConfig
 from cmil.models.networks import gaussian_std, preprocess_image
 from cmil.models.world_model import WorldModel
-from cmil.presets import PRESETS
+
+try:
+    from cmil.presets import PRESETS
+except ImportError:  # checkouts before cmil.presets (update_speed's baseline child imports this file's helpers)
+    from cmil.config import PRESETS
 
 ACTION_DIM = 9  # the kitchen's
 

@@ -729,3 +729,34 @@ def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(setup, p
     # Off (the paper's form): no head, and an update reads no reward.
     assert method.imitation.head is None and "reward" not in method.batch_keys
     assert "train/reward_head_loss" not in method.update(expert, replay)
+
+
+@pytest.mark.parametrize("score", ["q", "disc"])
+def test_weighted_objective_moves_towards_the_candidates_its_score_rates_higher(setup, score):
+    # 'weighted': a score that rises with the first action dimension must shift the regression target up in that
+    # dimension and leave the other about where the actor's mean is.
+    method, _, _ = setup
+    method.cfg = replace(method.cfg, **{"agent.actor_objective": "weighted", "agent.weighted_score": score,
+                                        "agent.weighted_candidates": 64})
+    net = method.critic if score == "q" else method.imitation.disc
+    forward = net.forward
+    net.forward = lambda feat, action, **kw: 0 * forward(feat, action, **kw) + 3.0 * action[..., 0]
+    torch.manual_seed(0)
+    feat = torch.randn(200, method.wm.agent_feat_dim)
+    mean = torch.zeros(200, 2)
+    step = method.weighted_target(feat, mean) - mean
+    assert step[:, 0].mean() > 0.1 and step[:, 1].abs().mean() < step[:, 0].mean() / 2
+
+
+@pytest.mark.parametrize("score", ["q", "disc"])
+def test_weighted_objective_reads_the_critics_only_with_the_q_score(setup, score):
+    method, expert, replay = setup
+    method.cfg = replace(method.cfg, **{"agent.actor_objective": "weighted", "agent.weighted_score": score})
+
+    def critic_action_slope(agent, slope):
+        forward = agent.critic.forward
+        agent.critic.forward = lambda feat, action: forward(feat, action) + slope * action[..., 0]
+
+    actors = _actors_after_sloped_update(method, expert, replay, critic_action_slope)
+    assert torch.equal(actors[0], actors[1]) == (score == "disc")
+    assert "train/weighted_step" in copy.deepcopy(method).update(copy.deepcopy(expert), copy.deepcopy(replay))

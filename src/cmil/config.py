@@ -136,7 +136,7 @@ class AgentConfig:
     stop_grad_actor_input: bool = True
     """Query the actor on a stop-gradient copy of each imagined feature (authors' code, DreamerV2), so the
     actor's gradient reaches it through the dynamics only via its actions; False lets it flow through its input."""
-    actor_objective: Literal["lambda", "q", "q_real"] = "lambda"
+    actor_objective: Literal["lambda", "q", "q_real", "weighted"] = "lambda"
     """What the actor maximises on imagined steps. 'lambda' (paper eq. 12): lambda V^lambda + (1 - lambda) V0,
     with gradients through the learnt dynamics, reward and critics. 'q': min_i Q_i(s^t, pi(s^t)) with the
     imagined states detached, so the actor's RL gradient is the critics' action slope alone (DDPG / TD3+BC
@@ -144,7 +144,19 @@ class AgentConfig:
     21; round-16 recipe, four tuning seeds, 100 fresh placements): with penalty_norm false, disc_policy_pairs 'replay'
     and disc_noise_std 0 the online phase held the pretrained policy (0.40 vs 0.405) where 'lambda' eroded it (0.32).
     'q_real': the same slope at the real states only (imagination step 0, every posterior state of the batch), so
-    the actor never climbs the critics where the model imagined the state (docs/results.md, round 30)."""
+    the actor never climbs the critics where the model imagined the state (docs/results.md, round 30).
+    'weighted': no slope at all: at the real states, actions drawn around the actor's mean are scored by
+    `weighted_score` and the actor's mean regresses onto their softmax-weighted average (critic-weighted
+    regression, CRR / AWR style; no entropy bonus; docs/results.md, round 31)."""
+    weighted_score: Literal["q", "disc"] = "q"
+    """What scores the candidates of actor_objective 'weighted': 'q' = the critics' min Q; 'disc' = D's logit alone
+    (one step: no critics, no penalty). Round 31 measured, at the policy's own states of two `default` runs, the run's
+    D rating the scripted expert's action above the actor's at 0.74-0.76 of the states, the critics at 0.17-0.30."""
+    weighted_candidates: int = 16
+    """Candidate actions per state for actor_objective 'weighted'."""
+    weighted_sigma: float = 0.3
+    """Std of the candidates around the actor's mean (clipped to the action box); their softmax weights use each
+    state's scores standardised over its candidates (temperature 1)."""
     critic_action_grad: bool = True
     """Let the actor's RL gradient run through the critics' action input (paper eq. 12: the values are
     Q(s^t, a^t) of the actor's own reparameterised actions). False reads the critics with the actions detached,

@@ -182,6 +182,9 @@ def validate(cfg: Config, where: str = "") -> None:
         fail("agent.critic_action_grad", f"False needs agent.actor_objective 'lambda' (with "
                                          f"'{cfg.agent.actor_objective}' the critics' action slope is the actor's "
                                          f"whole RL gradient)")
+    if cfg.agent.actor_objective == "weighted" and (cfg.agent.weighted_candidates < 2 or cfg.agent.weighted_sigma <= 0):
+        fail("agent.weighted_candidates", "actor_objective 'weighted' needs at least 2 candidates and weighted_sigma "
+                                          f"> 0, got {cfg.agent.weighted_candidates} / {cfg.agent.weighted_sigma}")
     if cfg.wm.freeze_representation and (cfg.method != "cmil" or cfg.pretrain_updates + cfg.pretrain_bc_updates == 0):
         fail("wm.freeze_representation", "needs a pretrained representation (CMIL with pretrain_updates or "
                                          "pretrain_bc_updates > 0): it would freeze a random encoder")

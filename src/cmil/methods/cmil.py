@@ -324,13 +324,19 @@ class CMIL(Method):
             q_imag = self.critic(q_feats, q_acts)                                    # (2, H+1, N)
             q_min = q_imag.min(0).values                                             # V0(s^t) = min_i Q_i
             returns, eq12 = self.lambda_objective(reward, q_min)
-            # 'q': the critics' action slope only (no path through the dynamics); 'q_real': at the real states only
-            steps = slice(0, 1) if a.actor_objective == "q_real" else slice(None, -1)
-            actor_obj = eq12 if a.actor_objective == "lambda" else q_min[steps]
-            if a.return_norm:
-                self.stats["returns"].update(returns)
-                actor_obj = actor_obj / self.stats["returns"].scale
-            rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
+            if a.actor_objective == "weighted":  # regression onto value-weighted candidates at the real states
+                mean = self.actor(feats[0].detach()).mean
+                target = self.weighted_target(feats[0].detach(), mean.detach())
+                rl_loss = a.rl_weight * (mean - target).pow(2).sum(-1).mean()
+                m["train/weighted_step"] = (target - mean.detach()).abs().mean()
+            else:
+                # 'q': the critics' action slope only (no path through the dynamics); 'q_real': at the real states
+                steps = slice(0, 1) if a.actor_objective == "q_real" else slice(None, -1)
+                actor_obj = eq12 if a.actor_objective == "lambda" else q_min[steps]
+                if a.return_norm:
+                    self.stats["returns"].update(returns)
+                    actor_obj = actor_obj / self.stats["returns"].scale
+                rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
         reg_loss = a.beta * bc_loss
         if anchoring:  # agent.anchor_weight, on the policy's own states
             anchor_loss = (self.actor(feat[B:, :-1].detach()).mean - anchor_target).pow(2).sum(-1).mean()
@@ -461,6 +467,23 @@ class CMIL(Method):
                 state, d = self.wm.imagine_step(state, action)
                 dis.append(d)
         return torch.stack(feats), torch.stack(actions), torch.stack(dis), torch.stack(ents)
+
+    @torch.no_grad()
+    def weighted_target(self, feat: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """agent.actor_objective 'weighted': the softmax-weighted average (N, A) of candidate actions drawn around
+        the actor's `mean` at `feat` (N, F), each state's scores (agent.weighted_score) standardised over its
+        candidates."""
+        a = self.cfg.agent
+        noise = torch.randn((a.weighted_candidates, *mean.shape), device=mean.device)
+        cand = (mean + a.weighted_sigma * noise).clamp(-1, 1)                               # (K, N, A)
+        feat_k = feat.expand(a.weighted_candidates, *feat.shape)
+        if a.weighted_score == "disc":
+            score = self.imitation.logit(feat_k, cand)
+        else:
+            score = self.critic(feat_k, cand).min(0).values
+        score = score.reshape(cand.shape[:-1])                                            # (K, N)
+        weights = torch.softmax((score - score.mean(0)) / score.std(0).clamp_min(1e-8), 0)
+        return (weights[..., None] * cand).sum(0)
 
     def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
