@@ -23,7 +23,8 @@ interpolates (DAC / WGAN-GP style, `--grad-penalty`); their logit slopes are sco
 A regulariser whose D slopes towards the expert's action at the policy's states is a reward the online phase could
 climb. With `--candidates K` (round 31) the run's min Q, D logit and eq. 12 objective are also read by their values:
 K actions drawn around the actor's mean, the best one's and the softmax-weighted offset scored against e - a as
-above (the direction a critic-weighted regression actor would move), and how often each rates e above a. Writes a JSON (default benchmarks/results/diagnose/reward_direction.json).
+above (the direction a critic-weighted regression actor would move), and how often each rates e above a; Q and D
+also at the demos' own states (filtered with the expert's actions, e = the demo's action). Writes a JSON (default benchmarks/results/diagnose/reward_direction.json).
 """
 
 from __future__ import annotations
@@ -191,6 +192,20 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
         for name, score in scores.items():
             for sigma in sigmas:
                 row[f"values/{name}, sigma {sigma:g}"] = value_direction(score, mean, gap, lengths, candidates, sigma)
+        # The same at the demos' own states (filtered with the expert's actions), where the critics' real-data loss
+        # has seen the expert's action: is a preference for the policy's action there too, or only off the demos?
+        demos = load_episodes(Path(parts.cfg.demos), parts.cfg.image_size, gap.shape[1], limit=parts.cfg.num_demos)
+        with torch.no_grad():
+            demo_parts = [agent.episode_features(ep)[:2] for ep in demos]
+            demo_feat = torch.cat([f for f, _ in demo_parts])
+            demo_mean = agent.actor(demo_feat).mean
+            demo_gap = torch.cat([act for _, act in demo_parts]) - demo_mean
+        demo_lengths = [len(f) for f, _ in demo_parts]
+        demo_scores = {"Q": lambda act: agent.critic(demo_feat, act).min(0).values,
+                       "D": lambda act: agent.imitation.logit(demo_feat, act)}
+        for name, score in demo_scores.items():
+            row[f"demo states/values/{name}, sigma {sigmas[-1]:g}"] = value_direction(
+                score, demo_mean, demo_gap, demo_lengths, candidates, sigmas[-1])
     if fresh_steps:
         row |= fresh_discriminators(agent, parts.cfg, lengths, feat, mean, gap, fresh_steps, grad_penalty)
     parts.env.close()

@@ -760,3 +760,22 @@ def test_weighted_objective_reads_the_critics_only_with_the_q_score(setup, score
     actors = _actors_after_sloped_update(method, expert, replay, critic_action_slope)
     assert torch.equal(actors[0], actors[1]) == (score == "disc")
     assert "train/weighted_step" in copy.deepcopy(method).update(copy.deepcopy(expert), copy.deepcopy(replay))
+
+
+def test_explore_noise_widens_sampled_actions_only(setup):
+    method, _, _ = setup
+    obs = np.zeros((method.cfg.image_size, method.cfg.image_size, 3), np.uint8)
+
+    def actions(noise: float, deterministic: bool) -> np.ndarray:
+        method.cfg = replace(method.cfg, **{"agent.explore_noise": noise})
+        policy, out = method.policy(), []
+        for i in range(200):  # one action per seed: the same draw of the actor's own sample with and without noise
+            torch.manual_seed(i)
+            policy.reset()
+            out.append(policy.act(obs, deterministic))
+        return np.stack(out)
+
+    np.testing.assert_array_equal(actions(0.0, True), actions(0.5, True))      # evaluation acts with the mean
+    plain, noisy = actions(0.0, False), actions(0.5, False)
+    added = noisy - plain    # the noise, where the box's clip left it
+    assert 0.3 < added.std() < 0.6 and np.abs(noisy).max() <= 1.0

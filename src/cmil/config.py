@@ -89,6 +89,11 @@ class AgentConfig:
     """Weight of the ensemble-disagreement penalty in the reward (eq. 10); 0 for VMAIL."""
     beta: float = 10.0
     """Weight of the behaviour-cloning term in the actor loss; 0 for VMAIL."""
+    explore_noise: float = 0.0
+    """Std of Gaussian noise added to the actor's sampled action at every online env step (clipped to the action
+    box; evaluation acts with the mean, untouched). 0 = the actor's own sample (authors' code). Wider actions
+    give the teacher's labels, D's policy pairs and the critics' real-data loss states and actions away from the
+    policy's narrow ~0.12 std (docs/results.md, round 31)."""
     rl_weight: float = 1.0
     """Weight of the actor's RL objective (eq. 12 and the entropy bonus). 1 is the paper's; 0 is an ablation: the
     actor then learns from the BC term (and the anchor) alone, while the world model, critics and discriminator

@@ -156,7 +156,7 @@ class CMIL(Method):
     def policy(self, live: bool = False) -> LatentPolicy:
         """The acting policy: the EMA weights when agent.policy_ema is on (unless `live`), else the live ones."""
         acting = self._acting if live or self.policy_ema is None else self.policy_ema.module
-        return LatentPolicy(acting["wm"], acting["actor"], self.action_dim, self.device)
+        return LatentPolicy(acting["wm"], acting["actor"], self.action_dim, self.device, self.cfg.agent.explore_noise)
 
     def pretrain_steps(self) -> int:
         teacher = self._teacher.steps if self._teacher is not None else 0

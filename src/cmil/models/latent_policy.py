@@ -36,8 +36,9 @@ class CarriedState(nn.Module):
 class LatentPolicy:
     """Acts in the environment: filters the belief with the posterior, then queries the actor."""
 
-    def __init__(self, wm: WorldModel, actor: Actor, action_dim: int, device: torch.device):
+    def __init__(self, wm: WorldModel, actor: Actor, action_dim: int, device: torch.device, explore_noise: float = 0.0):
         self.wm, self.actor, self.action_dim, self.device = wm, actor, action_dim, device
+        self.explore_noise = explore_noise  # agent.explore_noise: extra std on sampled (not deterministic) actions
         self.reset()
 
     def reset(self) -> None:
@@ -53,6 +54,8 @@ class LatentPolicy:
         self.state, _ = self.wm.obs_step(self.state, self.prev_action, embed, is_first)
         dist = self.actor(self.wm.agent_feat(self.state))
         action = dist.mode() if deterministic else dist.rsample()
+        if self.explore_noise and not deterministic:
+            action = (action + self.explore_noise * torch.randn_like(action)).clamp(-1, 1)
         self.prev_action = action
         self.first = False
         return action[0].cpu().numpy()
