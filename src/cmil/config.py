@@ -92,8 +92,9 @@ class AgentConfig:
     explore_noise: float = 0.0
     """Std of Gaussian noise added to the actor's sampled action at every online env step (clipped to the action
     box; evaluation acts with the mean, untouched). 0 = the actor's own sample (authors' code). Wider actions
-    give the teacher's labels, D's policy pairs and the critics' real-data loss states and actions away from the
-    policy's narrow ~0.12 std (docs/results.md, round 31)."""
+    give the teacher's labels and the critics' real-data loss (and D, with disc_policy_pairs 'replay') states and
+    actions away from the policy's narrow ~0.12 std. Measured at 0.3 (`default`, tuning seeds, 100 fresh
+    placements): +0.005, and the critics still prefer the policy's own action (docs/results.md, round 31)."""
     rl_weight: float = 1.0
     """Weight of the actor's RL objective (eq. 12 and the entropy bonus). 1 is the paper's; 0 is an ablation: the
     actor then learns from the BC term (and the anchor) alone, while the world model, critics and discriminator
@@ -156,7 +157,9 @@ class AgentConfig:
     weighted_score: Literal["q", "disc"] = "q"
     """What scores the candidates of actor_objective 'weighted': 'q' = the critics' min Q; 'disc' = D's logit alone
     (one step: no critics, no penalty). Round 31 measured, at the policy's own states of two `default` runs, the run's
-    D rating the scripted expert's action above the actor's at 0.74-0.76 of the states, the critics at 0.17-0.30."""
+    D rating the scripted expert's action above the actor's at 0.74-0.76 of the states, the critics at 0.17-0.30;
+    'disc' at rl_weight 5 then ended -0.03 on those seeds' 100 fresh placements (the actor takes what D knows, the
+    gripper, and D retrained against it points along noise)."""
     weighted_candidates: int = 16
     """Candidate actions per state for actor_objective 'weighted'."""
     weighted_sigma: float = 0.3
