@@ -41,10 +41,11 @@ from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
+from cmil.methods.cmil import weighted_average
 from cmil.methods.teacher import LABEL_KEY
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci
-from diagnose_cmil import acting_states, train_fresh_disc
+from diagnose_cmil import acting_states, episodes_features, train_fresh_disc
 
 GAP_MIN = 0.05  # |expert - actor| below this in a dimension: no direction to agree with
 
@@ -119,6 +120,12 @@ def objective(agent, feat_states: dict, action: torch.Tensor, critic_action: boo
     return obj
 
 
+def signal_scores(agent, feat: torch.Tensor) -> dict:
+    """The run's critics' min Q and D's logit at the states `feat`, as functions of the action."""
+    return {"Q": lambda act: agent.critic(feat, act).min(0).values,
+            "D": lambda act: agent.imitation.logit(feat, act)}
+
+
 @torch.no_grad()
 def value_direction(score, mean: torch.Tensor, gap: torch.Tensor, lengths: list[int], candidates: int,
                     sigma: float) -> dict:
@@ -132,8 +139,7 @@ def value_direction(score, mean: torch.Tensor, gap: torch.Tensor, lengths: list[
     n = len(mean)
     scores = torch.stack([score(c).reshape(n) for c in cand])                           # (K, N)
     best = cand[scores.argmax(0), torch.arange(n)]
-    weights = torch.softmax((scores - scores.mean(0)) / scores.std(0).clamp(min=1e-8), 0)
-    weighted = (weights[..., None] * cand).sum(0)
+    weighted = weighted_average(cand, scores)
     prefers = (score(mean + gap).reshape(n) > score(mean).reshape(n)).float()
     ci = bootstrap_ci([float(p.mean()) for p in torch.split(prefers, lengths)])
     return {"best of candidates": direction(best - mean, gap, lengths),
@@ -184,43 +190,38 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     slope, = torch.autograd.grad(-agent.imitation.penalty(dis, update_stats=False).sum(), action)
     row["run/penalty"] = direction(slope, gap, lengths)
 
+    if candidates or fresh_steps:  # the run's demos, filtered with the expert's actions
+        cfg = parts.cfg
+        demos = load_episodes(Path(cfg.demos), cfg.image_size, gap.shape[1], limit=cfg.num_demos)
+        with torch.no_grad():
+            demo_feat, demo_act, _ = episodes_features(agent, demos)
+        demo_lengths = [len(ep["action"]) - 1 for ep in demos]   # episode_features' frames 0..T-1
     if candidates:
-        def q_min(act):
-            return agent.critic(feat, act).min(0).values
-        scores = {"Q": q_min, "D": lambda act: agent.imitation.logit(feat, act),
-                  "eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
+        scores = signal_scores(agent, feat) | {
+            "eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
         for name, score in scores.items():
             for sigma in sigmas:
                 row[f"values/{name}, sigma {sigma:g}"] = value_direction(score, mean, gap, lengths, candidates, sigma)
-        # The same at the demos' own states (filtered with the expert's actions), where the critics' real-data loss
-        # has seen the expert's action: is a preference for the policy's action there too, or only off the demos?
-        demos = load_episodes(Path(parts.cfg.demos), parts.cfg.image_size, gap.shape[1], limit=parts.cfg.num_demos)
+        # The same at the demos' own states, where the critics' real-data loss has seen the expert's action: is a
+        # preference for the policy's action there too, or only off the demos?
         with torch.no_grad():
-            demo_parts = [agent.episode_features(ep)[:2] for ep in demos]
-            demo_feat = torch.cat([f for f, _ in demo_parts])
             demo_mean = agent.actor(demo_feat).mean
-            demo_gap = torch.cat([act for _, act in demo_parts]) - demo_mean
-        demo_lengths = [len(f) for f, _ in demo_parts]
-        demo_scores = {"Q": lambda act: agent.critic(demo_feat, act).min(0).values,
-                       "D": lambda act: agent.imitation.logit(demo_feat, act)}
-        for name, score in demo_scores.items():
+        for name, score in signal_scores(agent, demo_feat).items():
             row[f"demo states/values/{name}, sigma {sigmas[-1]:g}"] = value_direction(
-                score, demo_mean, demo_gap, demo_lengths, candidates, sigmas[-1])
+                score, demo_mean, demo_act - demo_mean, demo_lengths, candidates, sigmas[-1])
     if fresh_steps:
-        row |= fresh_discriminators(agent, parts.cfg, lengths, feat, mean, gap, fresh_steps, grad_penalty)
+        row |= fresh_discriminators(agent, lengths, feat, mean, gap, torch.cat([demo_feat, demo_act], -1),
+                                    fresh_steps, grad_penalty)
     parts.env.close()
     return row
 
 
-def fresh_discriminators(agent, cfg, lengths: list[int], feat, mean, gap, fresh_steps: int, grad_penalty: float
-                         ) -> dict:
-    """Fresh D's on the run's frozen features: expert pairs of the run's demos vs the policy's pairs of the first
-    half of the rollouts (`lengths`: each rollout's states); their logit slopes scored on the other half."""
+def fresh_discriminators(agent, lengths: list[int], feat, mean, gap, exp_x: torch.Tensor, fresh_steps: int,
+                         grad_penalty: float) -> dict:
+    """Fresh D's on the run's frozen features: expert pairs `exp_x` (the run's demos: features and actions) vs the
+    policy's pairs of the first half of the rollouts (`lengths`: each rollout's states); their logit slopes scored on
+    the other half."""
     row = {}
-    demos = load_episodes(Path(cfg.demos), cfg.image_size, gap.shape[1], limit=cfg.num_demos)
-    with torch.no_grad():
-        exp_parts = [agent.episode_features(ep)[:2] for ep in demos]
-    exp_x = torch.cat([torch.cat([f, a], -1) for f, a in exp_parts])
     half = len(lengths) // 2
     cut = sum(lengths[:half])
     pol_x = torch.cat([feat[:cut], mean[:cut]], -1).detach()

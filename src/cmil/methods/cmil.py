@@ -48,6 +48,13 @@ _DIAGNOSED = ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/po
               "train/actor_grad_bc", "train/actor_grad_cos", "train/anchor_loss")
 
 
+def weighted_average(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The softmax-weighted average (N, A) of candidate actions (K, N, A) by their scores (K, N), each state's scores
+    standardised over its candidates (temperature 1): agent.actor_objective 'weighted''s regression target."""
+    weights = torch.softmax((scores - scores.mean(0)) / scores.std(0).clamp_min(1e-8), 0)
+    return (weights[..., None] * candidates).sum(0)
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) -> (B * L, ...)."""
     return x.flatten(0, 1)
@@ -481,9 +488,7 @@ class CMIL(Method):
             score = self.imitation.logit(feat_k, cand)
         else:
             score = self.critic(feat_k, cand).min(0).values
-        score = score.reshape(cand.shape[:-1])                                            # (K, N)
-        weights = torch.softmax((score - score.mean(0)) / score.std(0).clamp_min(1e-8), 0)
-        return (weights[..., None] * cand).sum(0)
+        return weighted_average(cand, score.reshape(cand.shape[:-1]))
 
     def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
