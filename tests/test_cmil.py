@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from cmil.config import replace
+from cmil.config_io import validate
 from cmil.data.replay import SequenceReplay, demo_pairs
+from cmil.errors import ConfigError
 from cmil.methods.bc import BC
 from cmil.methods.cmil import CMIL
 from cmil.presets import PRESETS, dry_run_config
@@ -547,6 +549,46 @@ def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setu
     assert parts[0] > 0 and parts[1] == pytest.approx(2 * parts[0], rel=1e-4)
     # Off (the authors' form): no anchor module, no anchor term.
     assert "anchor_actor" not in method.modules() and "train/anchor_loss" not in method.update(expert, replay)
+
+
+def test_anchor_filter_q_keeps_the_anchor_only_where_the_critics_rate_its_target_higher(setup):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2,
+                  **{"agent.anchor_weight": 1.0, "agent.policy_ema": 0.5, "agent.beta": 0.0, "agent.grad_clip": 1e9})
+    torch.manual_seed(0)
+    anchored = CMIL(cfg, 2, torch.device("cpu"))
+    anchored.pretrain(expert, lambda n: None)
+    # The filter itself: a critic rising with the first action dimension keeps the states whose target is higher there.
+    forward = anchored.critic.forward
+    anchored.critic.forward = lambda feat, action: 0 * forward(feat, action) + 3.0 * action[..., 0]
+    feat, mean = torch.randn(4, anchored.wm.agent_feat_dim), torch.zeros(4, 2)
+    target = torch.tensor([[0.5, 0.0], [-0.5, 0.0], [0.1, -0.9], [-0.1, 0.9]])
+    assert anchored._anchor_kept(feat, target, mean).tolist() == [1.0, 0.0, 1.0, 0.0]
+    anchored.critic.forward = forward
+
+    def update(filter_: str, critic) -> dict[str, float]:
+        twin, twin_replay, twin_expert = copy.deepcopy((anchored, replay, expert))
+        twin.cfg = replace(twin.cfg, **{"agent.anchor_filter": filter_})
+        fwd = twin.critic.forward
+        twin.critic.forward = lambda f, a: 0 * fwd(f, a) + critic(twin, f, a)
+        torch.manual_seed(1)
+        return twin.update(twin_expert, twin_replay)
+
+    def flat(agent, f, a):
+        return 0 * a.sum(-1)
+
+    def peaked_at_actor(agent, f, a):  # the anchor's target never rates higher than the live actor's mean
+        return -(a - agent.actor(f).mean.detach()).pow(2).sum(-1)
+
+    plain = update("none", flat)
+    assert "train/anchor_kept" not in plain and plain["train/actor_grad_bc"] > 0
+    # Critics that rate every action alike keep every state: the update is the unfiltered one.
+    constant = update("q", flat)
+    assert constant["train/anchor_kept"] == 1 and constant["train/actor_grad_bc"] == plain["train/actor_grad_bc"]
+    preferring_actor = update("q", peaked_at_actor)
+    assert preferring_actor["train/anchor_kept"] == 0 and preferring_actor["train/actor_grad_bc"] == 0
+    with pytest.raises(ConfigError, match="anchor_filter"):
+        validate(replace(method.cfg, **{"agent.anchor_filter": "q", "agent.anchor_weight": 0.0}))
 
 
 def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, point_episodes):

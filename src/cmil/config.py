@@ -247,6 +247,12 @@ class AgentConfig:
     run with `anchor_from`), a teacher labelling the policy's own states as in DAgger (a departure from the paper,
     off there and in the authors' code). With anchor_weight 0 there is no anchor and no teacher. Issue 9, round 24:
     docs/results.md."""
+    anchor_filter: Literal["none", "q"] = "none"
+    """Where the actor's anchor (anchor_weight) applies: 'none' = on every replay state; 'q' = only where the
+    critics' min Q rates the anchor's target action at least as high as the actor's mean action (a Q-filter, as
+    Nair et al. 2018 filter their demonstration BC term), so that where the critics prefer the policy's own action
+    the RL term moves it without the pull. The world model's anchor term (anchor_model_weight) is not filtered.
+    Logged: `train/anchor_kept`, the fraction of states kept. A departure from the paper (which has no anchor)."""
     anchor_model_weight: float = 0.0
     """Weight of the anchor's squared error (anchor_weight's, with its target) in the world model's loss on the
     replay's states, the actor frozen for that term: as bc_model_weight shapes the representation at the expert's

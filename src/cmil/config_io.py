@@ -191,6 +191,8 @@ def validate(cfg: Config, where: str = "") -> None:
     if cfg.wm.freeze_encoder and not cfg.encoder_from:
         fail("wm.freeze_encoder", "needs encoder_from (a trained `bc` run's encoder to keep): it would freeze a "
                                   "random encoder")
+    if cfg.agent.anchor_filter != "none" and not cfg.agent.anchor_weight:
+        fail("agent.anchor_filter", f"{cfg.agent.anchor_filter!r} needs agent.anchor_weight > 0 (it filters the anchor)")
     if cfg.anchor_from and (cfg.method != "cmil" or cfg.agent.anchor_target != "bc"):
         fail("anchor_from", "needs method cmil and agent.anchor_target 'bc' (it names the anchor's teacher), "
                             f"got method {cfg.method!r}, agent.anchor_target {cfg.agent.anchor_target!r}")

@@ -346,7 +346,13 @@ class CMIL(Method):
                 rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
         reg_loss = a.beta * bc_loss
         if anchoring:  # agent.anchor_weight, on the policy's own states
-            anchor_loss = (self.actor(feat[B:, :-1].detach()).mean - anchor_target).pow(2).sum(-1).mean()
+            anchor_mean = self.actor(feat[B:, :-1].detach()).mean
+            anchor_err = (anchor_mean - anchor_target).pow(2).sum(-1)
+            if a.anchor_filter == "q":  # only where the critics rate the target at least as high as the actor
+                kept = self._anchor_kept(feat[B:, :-1].detach(), anchor_target, anchor_mean.detach())
+                anchor_err = anchor_err * kept
+                m["train/anchor_kept"] = kept.mean()
+            anchor_loss = anchor_err.mean()
             reg_loss = reg_loss + a.anchor_weight * anchor_loss
             m["train/anchor_loss"] = anchor_loss.detach()
         m.update(self._actor_step(rl_loss, reg_loss))
@@ -401,6 +407,12 @@ class CMIL(Method):
         if LABEL_KEY in rep:
             return rep[LABEL_KEY][:, :-1]
         return self.teacher(rep["image"][:, :-1]) if self.teacher is not None else self.anchor(feat).mean
+
+    @torch.no_grad()
+    def _anchor_kept(self, feat: torch.Tensor, target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """agent.anchor_filter 'q': 1 where min_i Q_i(s, anchor target) >= min_i Q_i(s, actor's mean), else 0."""
+        q_target = self.critic(feat, target.clamp(-1, 1)).min(0).values
+        return (q_target >= self.critic(feat, mean).min(0).values).float()
 
     def label_episode(self, ep: dict) -> dict:
         """With a teacher, the episode with its action on every frame (cmil.methods.teacher.LABEL_KEY)."""
