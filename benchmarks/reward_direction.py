@@ -127,6 +127,16 @@ def signal_scores(agent, feat: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
+def preference(score, other: torch.Tensor, mean: torch.Tensor, lengths: list[int]) -> dict:
+    """How often `score(actions) -> (N,)` rates the action `other` above the actor's mean a (95% interval over
+    rollouts)."""
+    n = len(mean)
+    prefers = (score(other).reshape(n) > score(mean).reshape(n)).float()
+    ci = bootstrap_ci([float(p.mean()) for p in torch.split(prefers, lengths)])
+    return {"rate": round(float(prefers.mean()), 4), "ci95": [round(ci.low, 4), round(ci.high, 4)]}
+
+
+@torch.no_grad()
 def value_direction(score, mean: torch.Tensor, gap: torch.Tensor, lengths: list[int], candidates: int,
                     sigma: float) -> dict:
     """Which way a signal's *values* (not its slope) move the action: `candidates` actions drawn around the actor's
@@ -140,11 +150,10 @@ def value_direction(score, mean: torch.Tensor, gap: torch.Tensor, lengths: list[
     scores = torch.stack([score(c).reshape(n) for c in cand])                           # (K, N)
     best = cand[scores.argmax(0), torch.arange(n)]
     weighted = weighted_average(cand, scores)
-    prefers = (score(mean + gap).reshape(n) > score(mean).reshape(n)).float()
-    ci = bootstrap_ci([float(p.mean()) for p in torch.split(prefers, lengths)])
+    prefers = preference(score, mean + gap, mean, lengths)
     return {"best of candidates": direction(best - mean, gap, lengths),
             "weighted candidates": direction(weighted - mean, gap, lengths),
-            "prefers_expert": round(float(prefers.mean()), 4), "prefers_expert_ci95": [round(ci.low, 4), round(ci.high, 4)]}
+            "prefers_expert": prefers["rate"], "prefers_expert_ci95": prefers["ci95"]}
 
 
 def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty: float, candidates: int = 0,
@@ -199,6 +208,9 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
     if candidates:
         scores = signal_scores(agent, feat) | {
             "eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
+        if "teacher" in row:  # would agent.anchor_filter 'q' keep the anchor here? (the critics rate the teacher higher)
+            for name, score in signal_scores(agent, feat).items():
+                row["teacher"][f"{name} prefers it"] = preference(score, teacher, mean, lengths)
         for name, score in scores.items():
             for sigma in sigmas:
                 row[f"values/{name}, sigma {sigma:g}"] = value_direction(score, mean, gap, lengths, candidates, sigma)
@@ -260,6 +272,10 @@ def print_row(row: dict) -> None:
                 print_direction(f"    {name}", v[name])
         else:
             print_direction(f"  {key}", v)
+            for name, pref in v.items():
+                if name.endswith("prefers it"):
+                    print(f"    {name}: rates the teacher's action above the actor's at {pref['rate']:.2f} of the "
+                          f"states [{pref['ci95'][0]:.2f}, {pref['ci95'][1]:.2f}]")
 
 
 def print_direction(label: str, v: dict) -> None:

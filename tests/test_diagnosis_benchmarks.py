@@ -273,7 +273,7 @@ def test_reward_direction_scores_each_signal_against_the_experts_relabel(demos, 
     try:
         import torch
 
-        from reward_direction import direction
+        from reward_direction import direction, preference
     finally:
         sys.path.remove(str(BENCHMARKS))
     gap = torch.tensor([[0.5, -0.2], [0.01, 0.3]])
@@ -281,6 +281,10 @@ def test_reward_direction_scores_each_signal_against_the_experts_relabel(demos, 
     away = direction(-gap, gap, [1, 1])   # dimension 0 of state 2 (|gap| <= 0.05) has no direction to agree with
     assert away["cos"] == -1.0 and away["cos>0"] == 0.0 and away["towards_per_dim"] == [0.0, 0.0]
     assert away["cos_episodes_ci95"] == [-1.0, -1.0]   # over episodes of one state each
+    # How often a score rates another action above the actor's: here where the other is higher in dimension 0.
+    mean, other = torch.zeros(4, 2), torch.tensor([[0.5, 0.0], [-0.5, 0.0], [0.1, 0.9], [0.2, -0.9]])
+    pref = preference(lambda act: act[:, 0], other, mean, [2, 2])
+    assert pref["rate"] == 0.75 and pref["ci95"] == [0.5, 1.0]
 
     run = tmp_path / "run"
     assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",

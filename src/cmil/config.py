@@ -159,7 +159,8 @@ class AgentConfig:
     (one step: no critics, no penalty). Round 31 measured, at the policy's own states of two `default` runs, the run's
     D rating the scripted expert's action above the actor's at 0.74-0.76 of the states, the critics at 0.17-0.30;
     'disc' at rl_weight 5 then ended -0.03 on those seeds' 100 fresh placements (the actor takes what D knows, the
-    gripper, and D retrained against it points along noise)."""
+    gripper, and D retrained against it points along noise). Round 32: 'q' with alpha 0 (where the critics point at
+    the expert) at rl_weight 5 +0.015 [-0.03, +0.06], and with the task's own reward (agent.reward 'env') -0.015."""
     weighted_candidates: int = 16
     """Candidate actions per state for actor_objective 'weighted'."""
     weighted_sigma: float = 0.3
@@ -252,7 +253,10 @@ class AgentConfig:
     critics' min Q rates the anchor's target action at least as high as the actor's mean action (a Q-filter, as
     Nair et al. 2018 filter their demonstration BC term), so that where the critics prefer the policy's own action
     the RL term moves it without the pull. The world model's anchor term (anchor_model_weight) is not filtered.
-    Logged: `train/anchor_kept`, the fraction of states kept. A departure from the paper (which has no anchor)."""
+    Logged: `train/anchor_kept`, the fraction of states kept. A departure from the paper (which has no anchor).
+    Round 32 (alpha 0, actor_objective 'weighted' at rl_weight 5, tuning seeds): the critics kept the anchor at only
+    5-46% of the replay's states and the policy collapsed (100 fresh placements 0.01 / 0.17 against 0.44 / 0.51
+    unfiltered): in those runs the critics rated the actor's own action higher at most states (docs/results.md)."""
     anchor_model_weight: float = 0.0
     """Weight of the anchor's squared error (anchor_weight's, with its target) in the world model's loss on the
     replay's states, the actor frozen for that term: as bc_model_weight shapes the representation at the expert's
