@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -89,6 +90,11 @@ def test_eval_command_is_read_only_and_works_from_any_directory(tmp_path, monkey
     assert {p: t for p, t in after.items() if p in before} == before  # nothing rewritten
     new = sorted(p.relative_to(run).as_posix() for p in set(after) - set(before))
     assert new == ["eval", "eval/eval_2ep_seed20000.json", "eval/videos", "eval/videos/eval_2ep_seed20000_ep0.mp4"]
+    # The saved result keeps each episode, placement by placement, consistent with the rate.
+    saved = json.loads((run / "eval" / "eval_2ep_seed20000.json").read_text())
+    assert [ep["seed"] for ep in saved["episodes"]] == [20000, 20001]
+    assert np.mean([ep["success"] for ep in saved["episodes"]]) == saved["eval/success_rate"]
+    assert np.mean([ep["return"] for ep in saved["episodes"]]) == pytest.approx(saved["eval/return"])
     assert list(elsewhere.iterdir()) == []
     # Neither the demos nor the replay are needed.
     import shutil

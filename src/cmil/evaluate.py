@@ -44,16 +44,20 @@ def run_episode(env: gym.Env, act, reset, seed: int | None = None,
 
 
 def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, seed: int = 10_000,
-             video_dir: Path | None = None, video_episodes: int = 0, video_name: str = "eval") -> dict[str, float]:
+             video_dir: Path | None = None, video_episodes: int = 0, video_name: str = "eval",
+             per_episode: list[dict] | None = None) -> dict[str, float]:
     """Evaluate `policy` for `episodes` episodes seeded seed, seed+1, ... (the same placements every
     evaluation, so curves compare like with like). Success = the task's flag held at any step; a task
-    without a success signal (`reports_success`) gets no `eval/success_rate`."""
+    without a success signal (`reports_success`) gets no `eval/success_rate`. `per_episode`, when given, receives
+    one {'seed', 'success', 'return', 'length'} per episode (so two policies compare placement by placement)."""
     from cmil.envs import reports_success
 
     results = []
     for i in range(episodes):
         r = run_episode(env, lambda o: policy.act(o, deterministic), policy.reset, seed=seed + i)
         results.append((r.success, r.ret, r.length, r.info.get("tasks_completed")))
+        if per_episode is not None:
+            per_episode.append({"seed": seed + i, "success": bool(r.success), "return": float(r.ret), "length": r.length})
         if video_dir is not None and i < video_episodes:
             save_video(video_dir / f"{video_name}_ep{i}.mp4", r.frames)
     succ, rets, lens, tasks = zip(*results, strict=True)

@@ -430,21 +430,24 @@ def eval_result_path(run_dir: Path, episodes: int, seed: int, deterministic: boo
 def evaluate_run(run_dir: Path, episodes: int = 20, seed: int = 20_000, deterministic: bool = True,
                  video_episodes: int = 2) -> dict[str, float]:
     """`cmil eval`: the saved run's policy (latest checkpoint) over `episodes` seeded episodes; the
-    metrics and videos go to RUN/eval/ (the only place it writes)."""
+    metrics (with each episode's seed, success, return and length under 'episodes') and videos go to RUN/eval/ (the
+    only place it writes)."""
     from cmil.evaluate import evaluate
     from cmil.runs import write_json
 
     run_dir = Path(run_dir).resolve()
     parts = open_policy(run_dir)
     result = eval_result_path(run_dir, episodes, seed, deterministic)
+    per_episode: list[dict] = []
     try:
         metrics = evaluate(parts.env, parts.policy, episodes, deterministic=deterministic, seed=seed,
-                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=result.stem)
+                           video_dir=run_dir / "eval" / "videos", video_episodes=video_episodes, video_name=result.stem,
+                           per_episode=per_episode)
     finally:
         parts.env.close()
     if parts.expert_success is not None and "eval/success_rate" in metrics:
         metrics["eval/expert_success_rate"] = parts.expert_success
-    write_json(result, {**metrics, "checkpoint": parts.checkpoint.name})
+    write_json(result, {**metrics, "checkpoint": parts.checkpoint.name, "episodes": per_episode})
     return metrics
 
 
