@@ -10,8 +10,9 @@ the final success over the run's own evaluation placements, its evaluations, the
 and the final policy on `--fresh` placements from `--fresh-seed` on (what `cmil eval RUN --episodes N --seed S`
 wrote; `--evaluate` runs it where it is missing). The recipes differ by seed far more than by recipe (docs/
 results.md, rounds 15-19), so what decides is each seed's difference from the `--against` source on the fresh
-placements, with a percentile-bootstrap CI of its mean over seeds. Prints a table and writes a JSON with every
-number and the commit each run recorded.
+placements, with a percentile-bootstrap CI of its mean over seeds. Where `cmil eval` saved each episode, it also
+says placement by placement how often a source and `--against` end alike (both succeed or both fail) and how often
+only one succeeds. Prints a table and writes a JSON with every number and the commit each run recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmil.launch import eval_result_path
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci, final_over_best_if_constant
 
@@ -91,6 +93,9 @@ def read_run(spec: str, seed: int, fresh: int, fresh_seed: int, evaluate: bool, 
     if evaluate:
         fresh_score(run_dir, fresh, fresh_seed)
     record = run_record(run_dir, (fresh, fresh_seed))  # its commit: RUN.commit beside it, as compare_methods writes
+    scored = eval_result_path(run_dir, fresh, fresh_seed)
+    if scored.exists() and "episodes" in (saved := json.loads(scored.read_text())):  # `cmil eval` since 6650145
+        record["fresh_episodes"] = [bool(ep["success"]) for ep in saved["episodes"]]
     if metrics:
         record["last_third"] = last_third(run_dir, metrics)
     return record
@@ -135,6 +140,22 @@ def compare(runs: dict[str, list[dict]], against: str, seeds: list[int]) -> dict
             if per_seed in entry and per_seed in base:
                 diffs = [a - b for a, b in zip(entry[per_seed], base[per_seed], strict=True)]
                 entry[f"paired_{key}_vs_{against}"] = {"per_seed": diffs, **interval(diffs)}
+        if all("fresh_episodes" in r for r in runs[name] + runs[against]):
+            entry[f"placements_vs_{against}"] = placement_overlap(
+                [r["fresh_episodes"] for r in runs[name]], [r["fresh_episodes"] for r in runs[against]])
+    return out
+
+
+def placement_overlap(these: list[list[bool]], others: list[list[bool]]) -> dict:
+    """Placement by placement on the same fresh placements, seed by seed: how often both policies succeed, both fail,
+    or only one does, averaged over seeds. Two recipes that differ only in luck agree on most placements when the
+    placements themselves decide success; 'same_outcome' is both + neither."""
+    a, b = np.array(these, bool), np.array(others, bool)
+    if a.shape != b.shape:
+        raise SystemExit(f"fresh placements differ in number: {a.shape} against {b.shape}")
+    parts = {"both": a & b, "neither": ~a & ~b, "only_this": a & ~b, "only_against": ~a & b}
+    out = {k: float(v.mean()) for k, v in parts.items()}
+    out["same_outcome"] = out["both"] + out["neither"]
     return out
 
 
@@ -146,8 +167,9 @@ def interval(values: list[float]) -> dict:
 def table(result: dict) -> str:
     against = result["against"]
     lines = [f"seeds {result['seeds']}; paired differences against {against}",
-             "| source | final per seed | final [95% CI] | fresh per seed | fresh [95% CI] | paired fresh | pretrained |",
-             "|---|---|---|---|---|---|---|"]
+             "| source | final per seed | final [95% CI] | fresh per seed | fresh [95% CI] | paired fresh | pretrained "
+             "| fresh placements: same outcome (only this / only against) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in result["sources_summary"].items():
         fresh = e.get("fresh")
         paired = e.get(f"paired_fresh_vs_{against}")
@@ -155,7 +177,9 @@ def table(result: dict) -> str:
             f"| {name}", " / ".join(f"{v:.2f}" for v in e["per_seed_final"]), fmt(e["final"]),
             " / ".join(f"{v:.2f}" for v in e.get("per_seed_fresh", [])) or "-", fmt(fresh) if fresh else "-",
             (fmt(paired, signed=True) if paired else "-"),
-            f"{e['pretrained']:.2f}" if "pretrained" in e else "-"]) + " |")
+            f"{e['pretrained']:.2f}" if "pretrained" in e else "-",
+            (f"{o['same_outcome']:.2f} ({o['only_this']:.2f} / {o['only_against']:.2f})"
+             if (o := e.get(f"placements_vs_{against}")) else "-")]) + " |")
     return "\n".join(lines)
 
 

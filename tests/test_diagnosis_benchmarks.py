@@ -356,8 +356,9 @@ def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     assert "run_reward_head" in row["scores"]
 
 
-def _fake_run(run_dir: Path, seed: int, evals: list[float], fresh: float) -> None:
-    """A finished `cmil train` run directory as compare_methods reads it, with a fresh-placement score."""
+def _fake_run(run_dir: Path, seed: int, evals: list[float], fresh: float, episodes: list[bool] | None = None) -> None:
+    """A finished `cmil train` run directory as compare_methods reads it, with a fresh-placement score (and, given
+    `episodes`, each fresh episode's success, as `cmil eval` saves them)."""
     from cmil.launch import eval_result_path
 
     (run_dir / "eval").mkdir(parents=True)
@@ -366,7 +367,11 @@ def _fake_run(run_dir: Path, seed: int, evals: list[float], fresh: float) -> Non
     (run_dir / "metrics.jsonl").write_text("".join(
         json.dumps({"env_step": 1000 * i, "eval/success_rate": s, "train/x": float(i)}) + "\n" for i, s in enumerate(evals)))
     (run_dir / "config.yaml").write_text("eval_episodes: 20\neval_every: 1000\n")
-    eval_result_path(run_dir, 100, 30_000).write_text(json.dumps({"eval/success_rate": fresh}))
+    saved = {"eval/success_rate": fresh}
+    if episodes is not None:
+        saved["episodes"] = [{"seed": 30_000 + i, "success": ok, "return": 0.0, "length": 100}
+                             for i, ok in enumerate(episodes)]
+    eval_result_path(run_dir, 100, 30_000).write_text(json.dumps(saved))
     (run_dir.parent / f"{run_dir.name}.commit").write_text("abc1234\n")
 
 
@@ -391,6 +396,14 @@ def test_paired_runs_pairs_each_seed_with_the_baseline(tmp_path):
     assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
     assert new["paired_final_vs_old"]["per_seed"] == pytest.approx([0.1, -0.1])
     assert new["pretrained"] == pytest.approx(0.3)
+    assert "placements_vs_old" not in new   # the summary has no per-episode record
+    # Two run directories with each fresh episode saved: placement by placement, seed by seed.
+    _fake_run(tmp_path / "a_s0", 0, [0.5], 0.5, [True, True, False, False])
+    _fake_run(tmp_path / "b_s0", 0, [0.5], 0.5, [True, False, True, False])
+    _run("paired_runs.py", "--source", f"a={tmp_path}/a_s{{seed}}", "--source", f"b={tmp_path}/b_s{{seed}}",
+         "--seeds", "0", "--fresh", "100", "--json", str(out))
+    overlap = json.loads(out.read_text())["sources_summary"]["b"]["placements_vs_a"]
+    assert overlap == {"both": 0.25, "neither": 0.25, "only_this": 0.25, "only_against": 0.25, "same_outcome": 0.5}
     # A summary scored on other placements is not paired on them.
     _run("paired_runs.py", "--source", f"old={summary}:cmil", "--source", f"new={tmp_path}/new_s{{seed}}",
          "--seeds", "0", "1", "--fresh", "50", "--json", str(out))
