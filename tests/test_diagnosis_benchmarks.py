@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cmil.data.collect import collect_demos
@@ -408,3 +409,27 @@ def test_paired_runs_pairs_each_seed_with_the_baseline(tmp_path):
     _run("paired_runs.py", "--source", f"old={summary}:cmil", "--source", f"new={tmp_path}/new_s{{seed}}",
          "--seeds", "0", "1", "--fresh", "50", "--json", str(out))
     assert "paired_fresh_vs_old" not in json.loads(out.read_text())["sources_summary"]["new"]
+
+
+def test_placement_coverage_relates_who_solves_a_placement_to_its_distance_from_the_demos():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from placement_coverage import coverage
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # Four placements whose object lies 0, 0.1, 0.2 and 0.3 from the one demo's; the nearer, the more runs solve it.
+    state = np.zeros((4, 39))
+    state[:, 4] = [0.0, 0.1, 0.2, 0.3]
+    state[:, 36] = [0.1, 0.0, 0.1, 0.0]   # the goal's distance has nothing to do with it
+    demo = np.zeros((1, 39))
+    outcomes = {"a": np.array([True, True, False, False]), "b": np.array([True, False, False, False])}
+    out = coverage(outcomes, state, demo)
+    assert out["runs"] == {"a": 0.5, "b": 0.25}
+    assert out["pairs"] == [{"runs": ["a", "b"], "same_outcome": 0.75, "if_independent": 0.5}]
+    assert out["solved_by_all"] == 0.25 and out["solved_by_none"] == 0.5
+    near = out["object_to_nearest_demo"]
+    assert near["corr_with_solved_fraction"] < -0.9
+    assert near["mean_where_none_solve"] == pytest.approx(0.25) and near["mean_where_all_solve"] == 0.0
+    assert out["goal_to_nearest_demo"]["corr_with_solved_fraction"] == pytest.approx(0.3015, abs=1e-4)
+    assert out["goal_y_corr_with_solved_fraction"] is None   # no spread in y
+    assert [p["solved_fraction"] for p in out["placements"]] == [1.0, 0.5, 0.0, 0.0]
