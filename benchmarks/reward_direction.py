@@ -206,10 +206,10 @@ def measure(run: Path, episodes: int, seed: int, fresh_steps: int, grad_penalty:
             demo_feat, demo_act, _ = episodes_features(agent, demos)
         demo_lengths = [len(ep["action"]) - 1 for ep in demos]   # episode_features' frames 0..T-1
     if candidates:
-        scores = signal_scores(agent, feat) | {
-            "eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
+        signals = signal_scores(agent, feat)
+        scores = signals | {"eq12_objective": lambda act: objective(agent, states, act)[0]}   # from the first action's state
         if "teacher" in row:  # would agent.anchor_filter 'q' keep the anchor here? (the critics rate the teacher higher)
-            for name, score in signal_scores(agent, feat).items():
+            for name, score in signals.items():
                 row["teacher"][f"{name} prefers it"] = preference(score, teacher, mean, lengths)
         for name, score in scores.items():
             for sigma in sigmas:

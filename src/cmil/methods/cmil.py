@@ -346,10 +346,11 @@ class CMIL(Method):
                 rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
         reg_loss = a.beta * bc_loss
         if anchoring:  # agent.anchor_weight, on the policy's own states
-            anchor_mean = self.actor(feat[B:, :-1].detach()).mean
+            anchor_feat = feat[B:, :-1].detach()
+            anchor_mean = self.actor(anchor_feat).mean
             anchor_err = (anchor_mean - anchor_target).pow(2).sum(-1)
             if a.anchor_filter == "q":  # only where the critics rate the target at least as high as the actor
-                kept = self._anchor_kept(feat[B:, :-1].detach(), anchor_target, anchor_mean.detach())
+                kept = self._anchor_kept(anchor_feat, anchor_target, anchor_mean.detach())
                 anchor_err = anchor_err * kept
                 m["train/anchor_kept"] = kept.mean()
             anchor_loss = anchor_err.mean()
