@@ -116,3 +116,38 @@ def test_network_sizes_are_config_fields():
         validate(replace(Config(), **{"wm.encoder_depth": -1}))
     dry = dry_run_preset(replace(PRESETS["default"], **{"wm.encoder_depth": 32}))
     assert dry.wm.encoder_depth == 8 and dry_run_preset(PRESETS["default"]).wm.encoder_depth == 0
+
+
+def test_bc_keypoint_encoder_reads_positions():
+    """bc.encoder 'keypoints': the spatial softmax returns the coordinates of each map's peak, and pixel BC's
+    policy (and so CMIL's teacher) gets the keypoint encoder with bc.keypoints maps; 'both' reads the conv
+    features and the keypoints side by side."""
+    import torch
+
+    from cmil.methods.bc import BC
+    from cmil.models.networks import ConvEncoder, KeypointEncoder, SpatialSoftmax
+
+    maps = torch.full((2, 3, 5, 7), -1e4)
+    peaks = [(0, 0), (4, 6), (2, 3)]                           # (row, col) of each map's peak
+    for k, (r, c) in enumerate(peaks):
+        maps[:, k, r, c] = 0.0
+    coords = SpatialSoftmax(5, 7)(maps).view(2, 3, 2)
+    expected = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])  # (x, y) in [-1, 1]
+    torch.testing.assert_close(coords, expected.expand(2, 3, 2))
+
+    cfg = replace(Config(method="bc"), **{"bc.cnn_depth": 4, "bc.units": 8, "bc.encoder": "keypoints",
+                                          "bc.keypoints": 5})
+    net = BC(cfg, 4, torch.device("cpu")).net
+    assert isinstance(net.encoder, KeypointEncoder) and net.encoder.out_dim == 10
+    image = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    out = net(image)
+    assert out.shape == (2, 3, 4) and out.abs().max() <= 1
+    out.sum().backward()
+    assert net.encoder.keypoints.log_temperature.grad is not None
+    conv = BC(Config(method="bc"), 4, torch.device("cpu")).net
+    assert isinstance(conv.encoder, ConvEncoder) and conv.keypoint_encoder is None
+    both = BC(replace(cfg, **{"bc.encoder": "both"}), 4, torch.device("cpu")).net
+    assert isinstance(both.encoder, ConvEncoder) and isinstance(both.keypoint_encoder, KeypointEncoder)
+    assert both.head[0].in_features == both.encoder.out_dim + 10 and both(image).shape == (2, 3, 4)
+    with pytest.raises(ConfigError, match=r"^bc.keypoints "):
+        validate(replace(Config(), **{"bc.keypoints": 0}))

@@ -433,3 +433,28 @@ def test_placement_coverage_relates_who_solves_a_placement_to_its_distance_from_
     assert out["goal_to_nearest_demo"]["corr_with_solved_fraction"] == pytest.approx(0.3015, abs=1e-4)
     assert out["goal_y_corr_with_solved_fraction"] is None   # no spread in y
     assert [p["solved_fraction"] for p in out["placements"]] == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_policy_ensemble_acts_with_the_members_mean_action():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from policy_ensemble import MeanPolicy
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    class Fixed:
+        def __init__(self, action):
+            self.action, self.resets = np.array(action), 0
+
+        def reset(self):
+            self.resets += 1
+
+        def act(self, obs, deterministic=True):
+            assert obs.shape == (2, 2) and deterministic
+            return self.action
+
+    members = [Fixed([0.2, 1.0]), Fixed([0.6, 1.0]), Fixed([-0.2, 1.9])]
+    policy = MeanPolicy(members)
+    np.testing.assert_allclose(policy.act(np.zeros((2, 2))), [0.2, 1.0])   # the mean, clipped to the action box
+    policy.reset()
+    assert [m.resets for m in members] == [1, 1, 1]

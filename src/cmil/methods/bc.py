@@ -14,20 +14,29 @@ from torch import nn
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay, demo_pairs
 from cmil.methods.base import Method, StatelessPolicy, register
-from cmil.models.networks import ConvEncoder, mlp, preprocess_image, random_shift
+from cmil.models.networks import ConvEncoder, KeypointEncoder, mlp, preprocess_image, random_shift
 
 
 class PixelPolicy(nn.Module):
     """image uint8 (..., H, W, 3) -> action in [-1, 1]."""
 
-    def __init__(self, action_dim: int, image_size: int = 64, depth: int = 32, layers: int = 2, units: int = 256):
+    def __init__(self, action_dim: int, image_size: int = 64, depth: int = 32, layers: int = 2, units: int = 256,
+                 encoder: str = "conv", keypoints: int = 32):
         super().__init__()
-        self.encoder = ConvEncoder(depth, image_size)
-        self.head = mlp(self.encoder.out_dim, action_dim, layers, units)
+        # BCConfig.encoder: `encoder` is DreamerV2's conv encoder ('conv', 'both') or the spatial-softmax one
+        # ('keypoints'); 'both' adds the keypoints beside the conv features.
+        self.encoder = (KeypointEncoder(depth, image_size, keypoints) if encoder == "keypoints"
+                        else ConvEncoder(depth, image_size))
+        self.keypoint_encoder = KeypointEncoder(depth, image_size, keypoints) if encoder == "both" else None
+        extra = self.keypoint_encoder.out_dim if self.keypoint_encoder is not None else 0
+        self.head = mlp(self.encoder.out_dim + extra, action_dim, layers, units)
 
     def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = preprocess_image(random_shift(image) if augment else image)
-        return torch.tanh(self.head(self.encoder(x)))
+        feat = self.encoder(x)
+        if self.keypoint_encoder is not None:
+            feat = torch.cat([feat, self.keypoint_encoder(x)], -1)
+        return torch.tanh(self.head(feat))
 
 
 @register("bc")
@@ -37,7 +46,8 @@ class BC(Method):
 
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
-        self.net = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units).to(device)
+        self.net = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units,
+                               encoder=cfg.bc.encoder, keypoints=cfg.bc.keypoints).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc.lr, fused=True)
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
         self.rng = np.random.default_rng(cfg.seed)

@@ -84,6 +84,43 @@ class ConvEncoder(nn.Module):
         return out.to(x.dtype).reshape(*lead, self.out_dim)
 
 
+class SpatialSoftmax(nn.Module):
+    """Feature maps (N, K, H, W) -> the expected image coordinates (N, 2K) in [-1, 1] of each map's softmax
+    over its pixels (Levine et al. 2016's keypoints), with a learnt temperature. A head on coordinates reads
+    where something is directly, so it can carry what the demos taught about one position to nearby ones."""
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)  # (HW, 2)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        n, k = maps.shape[:2]
+        weights = torch.softmax(maps.reshape(n, k, -1) / self.log_temperature.exp(), -1)
+        return (weights @ self.grid).reshape(n, 2 * k)
+
+
+class KeypointEncoder(nn.Module):
+    """Pixel BC's encoder option `bc.encoder='keypoints'`: two stride-2 convs (kernel 4) and one stride-1 conv
+    (kernel 3) keep a 12x12 map of a 64x64 image, a 1x1 conv makes `keypoints` maps and `SpatialSoftmax`
+    their coordinates: (..., 3, 64, 64) preprocessed -> (..., 2 * keypoints)."""
+
+    def __init__(self, depth: int = 32, image_size: int = 64, keypoints: int = 32, act: type[nn.Module] = nn.ELU):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, depth, 4, stride=2), act(), nn.Conv2d(depth, 2 * depth, 4, stride=2),
+                                 act(), nn.Conv2d(2 * depth, 4 * depth, 3), act(), nn.Conv2d(4 * depth, keypoints, 1))
+        size = ((image_size - 4) // 2 + 1 - 4) // 2 + 1 - 2
+        self.keypoints = SpatialSoftmax(size, size)
+        self.out_dim = 2 * keypoints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-3]
+        with autocast_region(x):
+            maps = self.net(x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last))
+        return self.keypoints(maps.float()).to(x.dtype).reshape(*lead, self.out_dim)
+
+
 def shift_indices(n: int, h: int, w: int, pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row (n, h) and column (n, w) indices of `n` random shifts in [-pad, pad], clamped to the image: indexing
     with them equals padding by replication and cropping back (without building the padded images)."""
