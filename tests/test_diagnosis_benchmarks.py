@@ -425,6 +425,7 @@ def test_placement_coverage_relates_who_solves_a_placement_to_its_distance_from_
     outcomes = {"a": np.array([True, True, False, False]), "b": np.array([True, False, False, False])}
     out = coverage(outcomes, state, demo)
     assert out["runs"] == {"a": 0.5, "b": 0.25}
+    assert out["runs_near_far"] == {"a": {"near": 1.0, "far": 0.0}, "b": {"near": 0.5, "far": 0.0}}
     assert out["pairs"] == [{"runs": ["a", "b"], "same_outcome": 0.75, "if_independent": 0.5}]
     assert out["solved_by_all"] == 0.25 and out["solved_by_none"] == 0.5
     near = out["object_to_nearest_demo"]
