@@ -367,9 +367,9 @@ class BCConfig:
     """Units of each of the two hidden layers of the MLP head."""
     encoder: Literal["conv", "keypoints", "both"] = "conv"
     """Pixel BC's image encoder: 'conv' (DreamerV2's four stride-2 convs, flattened), 'keypoints' (a 12x12
-    conv map read out as the coordinates of `bc.keypoints` spatial-softmax maps; issue 9 round 33, a test of
-    whether reading positions carries the demos to placements they do not cover) or 'both' (the two side by
-    side). Also CMIL's teacher's."""
+    conv map read out as the coordinates of `bc.keypoints` spatial-softmax maps; on mw-push no better on average
+    than 'conv' and far more variable across seeds: docs/results.md, round 33) or 'both' (the two side by side).
+    Also CMIL's teacher's."""
     keypoints: int = 32
     """Spatial-softmax maps of bc.encoder 'keypoints'."""
 
