@@ -194,3 +194,7 @@ def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_pat
     assert main([*common, "--run-dir", str(tmp_path / "b"), "--anchor-from", str(cmil), "--agent.anchor-weight", "1",
                  "--agent.anchor-target", "bc"]) != 0
     assert "needs a `bc` run" in capsys.readouterr().err
+    # A teacher of another encoder than the BC run's (bc.encoder) does not fit, and the error names the field.
+    assert main([*common, "--run-dir", str(tmp_path / "c"), "--anchor-from", str(bc), "--agent.anchor-weight", "1",
+                 "--agent.anchor-target", "bc", "--bc.encoder", "keypoints"]) != 0
+    assert "bc.encoder" in capsys.readouterr().err

@@ -406,11 +406,12 @@ class Config:
     encoder_from: str | None = None
     """A `bc` run directory whose pixel encoder (its latest checkpoint's) initialises the world model's image
     encoder of a new CMIL/VMAIL run, which then trains on as usual; the two encoders must have the same depth
-    (wm.encoder_depth, or wm.cnn_depth when that is 0, equal to the run's bc.cnn_depth). None = a random
-    encoder (authors)."""
+    (wm.encoder_depth, or wm.cnn_depth when that is 0, equal to the run's bc.cnn_depth) and the run's bc.encoder
+    must be 'conv' or 'both'. None = a random encoder (authors)."""
     anchor_from: str | None = None
     """A `bc` run directory whose pixel policy (its latest checkpoint's) is the anchor's teacher (agent.anchor_target
-    'bc') instead of one trained inside the run; needs a `bc` run with this run's bc.cnn_depth and bc.units."""
+    'bc') instead of one trained inside the run; needs a `bc` run with this run's bc.cnn_depth, bc.units, bc.encoder
+    and bc.keypoints."""
     device: str = "cpu"
     """Torch device: cpu | cuda | auto."""
     threads: int = 0

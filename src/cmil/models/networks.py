@@ -86,8 +86,8 @@ class ConvEncoder(nn.Module):
 
 class SpatialSoftmax(nn.Module):
     """Feature maps (N, K, H, W) -> the expected image coordinates (N, 2K) in [-1, 1] of each map's softmax
-    over its pixels (Levine et al. 2016's keypoints), with a learnt temperature. A head on coordinates reads
-    where something is directly, so it can carry what the demos taught about one position to nearby ones."""
+    over its pixels (Levine et al. 2016's keypoints), with a learnt temperature: a head on them reads where
+    things are rather than which pixels are lit."""
 
     def __init__(self, height: int, width: int):
         super().__init__()
