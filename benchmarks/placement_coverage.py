@@ -73,11 +73,12 @@ def coverage(outcomes: dict[str, np.ndarray], fresh: np.ndarray, demos: np.ndarr
            "solved_by_all": float((solved == 1).mean()), "solved_by_none": float((solved == 0).mean())}
     # Each run's success on the placements whose object starts nearer / farther than the median from the demos':
     # a policy that carries the demos further shows it on the far half.
-    object_distance = nearest_distance(fresh[:, OBJECT], demos[:, OBJECT])
-    far = object_distance > np.median(object_distance)
+    distance = {name: nearest_distance(fresh[:, cols], demos[:, cols]) for name, cols in (("object", OBJECT),
+                                                                                          ("goal", GOAL))}
+    far = distance["object"] > np.median(distance["object"])
     out["runs_near_far"] = {n: {"near": float(o[~far].mean()), "far": float(o[far].mean())} for n, o in outcomes.items()}
     for name, cols in (("object", OBJECT), ("goal", GOAL)):
-        dist = nearest_distance(fresh[:, cols], demos[:, cols])
+        dist = distance[name]
         out[f"{name}_to_nearest_demo"] = {
             "corr_with_solved_fraction": correlation(dist, solved),
             "mean_where_none_solve": float(dist[solved == 0].mean()) if (solved == 0).any() else None,

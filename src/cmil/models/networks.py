@@ -78,10 +78,14 @@ class ConvEncoder(nn.Module):
         self.out_dim = chans[-1] * size * size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        with autocast_region(x):
-            out = self.net(x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last))
-        return out.to(x.dtype).reshape(*lead, self.out_dim)
+        return run_convs(self.net, x).to(x.dtype).reshape(*x.shape[:-3], self.out_dim)
+
+
+def run_convs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`net` on preprocessed images (..., 3, H, W) with the leading dims flattened, channels-last (faster for
+    convolutions on the CPU), as an autocast region; returns its output for the flat batch."""
+    with autocast_region(x):
+        return net(x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last))
 
 
 class SpatialSoftmax(nn.Module):
@@ -115,10 +119,8 @@ class KeypointEncoder(nn.Module):
         self.out_dim = 2 * keypoints
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-3]
-        with autocast_region(x):
-            maps = self.net(x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last))
-        return self.keypoints(maps.float()).to(x.dtype).reshape(*lead, self.out_dim)
+        maps = run_convs(self.net, x).float()
+        return self.keypoints(maps).to(x.dtype).reshape(*x.shape[:-3], self.out_dim)
 
 
 def shift_indices(n: int, h: int, w: int, pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
