@@ -686,6 +686,36 @@ def test_anchor_model_weight_fits_the_representation_to_the_teacher_at_the_polic
     assert np.mean(errors[100.0][-5:]) < 0.5 * np.mean(errors[0.0][-5:])
 
 
+def test_teacher_embed_weight_distils_the_teachers_embedding_into_the_representation(setup):
+    method, expert, replay = setup
+    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
+                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
+    with pytest.raises(ConfigError, match="teacher_embed_weight"):
+        CMIL(replace(cfg, **{"agent.teacher_embed_weight": 1.0, "agent.anchor_weight": 0.0}), 2, torch.device("cpu"))
+    # The embedding is what the teacher's action is a linear readout of.
+    torch.manual_seed(0)
+    teacher = CMIL(cfg, 2, torch.device("cpu")).teacher
+    images = torch.as_tensor(np.stack([expert.episodes[0]["image"][:3]]))
+    head = teacher.head[-1]
+    torch.testing.assert_close(teacher(images), torch.tanh(head(teacher.embed(images))), rtol=0, atol=1e-6)
+    assert teacher.embed(images).shape == (1, 3, cfg.bc.units)
+    # One update from the same state and seed: the term reaches the representation, never the teacher.
+    runs = {}
+    for weight in (0.0, 10.0):
+        torch.manual_seed(0)
+        runs[weight] = run = CMIL(replace(cfg, **{"agent.teacher_embed_weight": weight}), 2, torch.device("cpu"))
+        assert ("teacher_embed_head" in run.modules()) == bool(weight)
+        run.pretrain(copy.deepcopy(expert), lambda n: None)
+        frozen_teacher = copy.deepcopy(run.teacher.state_dict())
+        torch.manual_seed(1)
+        metrics = run.update(copy.deepcopy(expert), copy.deepcopy(replay))
+        assert ("model/teacher_embed_loss" in metrics) == bool(weight)
+        for key, value in run.teacher.state_dict().items():
+            torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
+    encoder = {k: v for k, v in runs[0.0].wm.state_dict().items() if k.startswith("encoder")}
+    assert encoder and not all(torch.equal(v, runs[10.0].wm.state_dict()[k]) for k, v in encoder.items())
+
+
 def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator(setup):
     method, expert, _ = setup
     base = replace(method.cfg, pretrain_updates=1, pretrain_bc_updates=2, **{"bc.steps": 30, "agent.anchor_weight": 1.0})

@@ -264,6 +264,13 @@ class AgentConfig:
     Online updates only; with anchor_weight 0 there is no anchor, and with wm.freeze_representation (the `long`
     preset) nothing for it to shape: it then does nothing. 0 = off (authors' code; the
     paper has no anchor). Issue 9, round 25: docs/results.md."""
+    teacher_embed_weight: float = 0.0
+    """Weight of a distillation term in the world model's loss: a linear head on the agent's features of every
+    frame of the batch (expert and replay windows, pretraining included) predicts the pixel BC teacher's embedding
+    of that frame (its head's last hidden layer, centred per unit and scaled by its overall RMS, so the term reads
+    as the unexplained fraction). Meant to make the latent state hold what the teacher reads of the image (round 33:
+    the anchor transfers the teacher's actions near the demos but not its reach). Needs anchor_target 'bc'
+    (the teacher). 0 = off (authors' code; the paper has no teacher). Issue 9, round 34: docs/results.md."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit

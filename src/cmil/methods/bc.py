@@ -31,12 +31,19 @@ class PixelPolicy(nn.Module):
         extra = self.keypoint_encoder.out_dim if self.keypoint_encoder is not None else 0
         self.head = mlp(self.encoder.out_dim + extra, action_dim, layers, units)
 
-    def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
+    def _encode(self, image: torch.Tensor, augment: bool) -> torch.Tensor:
         x = preprocess_image(random_shift(image) if augment else image)
         feat = self.encoder(x)
         if self.keypoint_encoder is not None:
             feat = torch.cat([feat, self.keypoint_encoder(x)], -1)
-        return torch.tanh(self.head(feat))
+        return feat
+
+    def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        return torch.tanh(self.head(self._encode(image, augment)))
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The head's last hidden layer (..., units): what the policy's action is a linear readout of."""
+        return self.head[:-1](self._encode(image, False))
 
 
 @register("bc")

@@ -99,10 +99,16 @@ class CMIL(Method):
         self.replay_keys = (LABEL_KEY,) if self._teacher is not None else ()
         self.anchor = (copy.deepcopy(self.actor).requires_grad_(False)
                        if a.anchor_weight and a.anchor_target == "pretrained" else None)
+        if a.teacher_embed_weight and self._teacher is None:
+            raise ConfigError("agent.teacher_embed_weight distils the pixel BC teacher's embedding, and this run has "
+                              "no teacher: set agent.anchor_weight > 0 and agent.anchor_target bc")
+        # agent.teacher_embed_weight: the agent's features predict the teacher's embedding of their frame.
+        self.teacher_embed_head = nn.Linear(feat, cfg.bc.units).to(device) if a.teacher_embed_weight else None
         self.wm.graph_safe = graphed
         self.wm_opt = self.wm.make_optimizer(capturable=graphed)
-        if self.embed_bc is not None:
-            self.wm_opt.add_param_group({"params": list(self.embed_bc.parameters())})
+        for head in (self.embed_bc, self.teacher_embed_head):  # trained with the world model
+            if head is not None:
+                self.wm_opt.add_param_group({"params": list(head.parameters())})
         self.actor_opt = decoupled_adam(self.actor.parameters(), a.actor_lr, ADAM_EPS, a.weight_decay, graphed)
         self.critic_opt = decoupled_adam(self.critic.q.parameters(), a.critic_lr, ADAM_EPS, a.weight_decay, graphed)
         if cfg.compile:  # one graph for the whole horizon (WorldModel.imagine_step keeps the head a tensor)
@@ -143,6 +149,8 @@ class CMIL(Method):
                 "discriminator": self.imitation.disc, "stats": self.stats, "carried_state": self.carry}
         if self.embed_bc is not None:
             mods["embed_bc"] = self.embed_bc
+        if self.teacher_embed_head is not None:
+            mods["teacher_embed_head"] = self.teacher_embed_head
         if self.policy_ema is not None:
             mods["policy_ema"] = self.policy_ema
         if self.anchor is not None:
@@ -285,6 +293,10 @@ class CMIL(Method):
             embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
             m["model/embed_bc_loss"] = embed_bc.detach()
+        if self.teacher_embed_head is not None:  # agent.teacher_embed_weight, on every frame of the batch
+            distil = self._teacher_embed_loss(batch["image"], self.wm.agent_feat(post))
+            wm_loss = wm_loss + a.teacher_embed_weight * distil
+            m["model/teacher_embed_loss"] = distil.detach()
         anchoring = a.anchor_weight and not self._pretraining
         if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
             rep_feat = self.wm.agent_feat(post)[B:, :-1]
@@ -408,6 +420,15 @@ class CMIL(Method):
         if LABEL_KEY in rep:
             return rep[LABEL_KEY][:, :-1]
         return self.teacher(rep["image"][:, :-1]) if self.teacher is not None else self.anchor(feat).mean
+
+    def _teacher_embed_loss(self, image: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """agent.teacher_embed_weight's term: the squared error of the head's prediction from `feat` (..., F) of the
+        teacher's embedding of `image` (..., H, W, 3), centred per unit and over the RMS of the whole target."""
+        with torch.no_grad():
+            target = self.teacher.embed(image).float()
+            target = target - target.flatten(0, -2).mean(0)
+            target = target / target.pow(2).mean().sqrt().clamp_min(1e-6)
+        return (self.teacher_embed_head(feat) - target).pow(2).mean()
 
     @torch.no_grad()
     def _anchor_kept(self, feat: torch.Tensor, target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
