@@ -270,7 +270,8 @@ class AgentConfig:
     of that frame (its head's last hidden layer, centred per unit and scaled by its overall RMS, so the term reads
     as the unexplained fraction). Meant to make the latent state hold what the teacher reads of the image (round 33:
     the anchor transfers the teacher's actions near the demos but not its reach). Needs anchor_target 'bc'
-    (the teacher). 0 = off (authors' code; the paper has no teacher). Issue 9, round 34: docs/results.md."""
+    (the teacher). 0 = off (authors' code; the paper has no teacher). Issue 9, round 34 (at 10): the far placements
+    rise to the teacher's level, the benchmark's 100 fresh placements do not (0.56 against 0.57): docs/results.md."""
     self_imitation: float = 0.0
     """Self-imitation (a departure from the paper, off there and in the authors' code): the fraction of the online
     episodes (seed episodes included) that the run's own discriminator ranks most expert-like, by its mean logit
@@ -374,8 +375,9 @@ class BCConfig:
     """Units of each of the two hidden layers of the MLP head."""
     encoder: Literal["conv", "keypoints", "both"] = "conv"
     """Pixel BC's image encoder: 'conv' (DreamerV2's four stride-2 convs, flattened), 'keypoints' (a 12x12
-    conv map read out as the coordinates of `bc.keypoints` spatial-softmax maps; on mw-push no better on average
-    than 'conv' and far more variable across seeds: docs/results.md, round 33) or 'both' (the two side by side).
+    conv map read out as the coordinates of `bc.keypoints` spatial-softmax maps; on mw-push at 3,000 steps far more
+    variable across seeds than 'conv', at 6,000 better on the tuning seeds and not on the benchmark's (0.53 against
+    0.55): docs/results.md, rounds 33-34) or 'both' (the two side by side).
     Also CMIL's teacher's."""
     keypoints: int = 32
     """Spatial-softmax maps of bc.encoder 'keypoints'."""
