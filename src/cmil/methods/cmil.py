@@ -272,10 +272,11 @@ class CMIL(Method):
         carried = self.carry.get() if cfg.wm.carry_state else None
         wm_loss, post, m = self.wm.loss(batch, carried)
         embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
+        live_feat = self.wm.agent_feat(post)  # (2B, L, F), with the world model's graph: what its own terms shape
         # The states BC acts on: the expert's, and with agent.self_imitation every window, the replay's weighted by
         # their 'self_demo' flag (1 = a selected episode's window, a demonstration too).
         bc_rows = slice(None) if a.self_imitation else slice(None, B)
-        bc_feat, bc_act = self.wm.agent_feat(post)[bc_rows, :-1], act_taken[bc_rows]
+        bc_feat, bc_act = live_feat[bc_rows, :-1], act_taken[bc_rows]
         bc_weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]]) if a.self_imitation else None
         if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
             bc_feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
@@ -294,12 +295,12 @@ class CMIL(Method):
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
             m["model/embed_bc_loss"] = embed_bc.detach()
         if self.teacher_embed_head is not None:  # agent.teacher_embed_weight, on every frame of the batch
-            distil = self._teacher_embed_loss(batch["image"], self.wm.agent_feat(post))
+            distil = self._teacher_embed_loss(batch["image"], live_feat)
             wm_loss = wm_loss + a.teacher_embed_weight * distil
             m["model/teacher_embed_loss"] = distil.detach()
         anchoring = a.anchor_weight and not self._pretraining
         if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
-            rep_feat = self.wm.agent_feat(post)[B:, :-1]
+            rep_feat = live_feat[B:, :-1]
             anchor_target = self._anchor_target(rep, rep_feat.detach())
         if anchoring and a.anchor_model_weight:  # the anchor's error shapes the representation there too
             with frozen(self.actor):
