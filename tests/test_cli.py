@@ -198,3 +198,17 @@ def test_anchor_from_a_bc_run_makes_its_policy_the_frozen_anchor_teacher(tmp_pat
     assert main([*common, "--run-dir", str(tmp_path / "c"), "--anchor-from", str(bc), "--agent.anchor-weight", "1",
                  "--agent.anchor-target", "bc", "--bc.encoder", "keypoints"]) != 0
     assert "bc.encoder" in capsys.readouterr().err
+
+
+def test_anchor_from_a_bc_ensemble_run_needs_the_same_bc_members(tmp_path, capsys):
+    bc = _train(tmp_path, "bc", "--video-episodes", "0", "--bc.members", "2")
+    common = ["train", "--method", "cmil", "--task", "point", "--dry-run", "--video-episodes", "0", "--anchor-from",
+              str(bc), "--agent.anchor-weight", "1", "--agent.anchor-target", "bc"]
+    assert main([*common, "--run-dir", str(tmp_path / "a"), "--bc.members", "2"]) == 0
+    assert "anchor's teacher policy loaded from" in capsys.readouterr().out
+    assert main([*common, "--run-dir", str(tmp_path / "b")]) != 0
+    assert "bc.members" in capsys.readouterr().err
+    # An ensemble has no single encoder to start the world model's from.
+    assert main(["train", "--method", "cmil", "--task", "point", "--dry-run", "--run-dir", str(tmp_path / "c"),
+                 "--encoder-from", str(bc)]) != 0
+    assert "bc.members" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from cmil.config import replace
 from cmil.config_io import validate
 from cmil.data.replay import SequenceReplay, demo_pairs
 from cmil.errors import ConfigError
-from cmil.methods.bc import BC
+from cmil.methods.bc import BC, PixelPolicy, PolicyEnsemble
 from cmil.methods.cmil import CMIL
 from cmil.presets import PRESETS, dry_run_config
 
@@ -749,6 +749,33 @@ def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator
         for key, value in taught.modules()[name].state_dict().items():
             torch.testing.assert_close(value, other[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
 
+
+
+def test_bc_members_train_an_ensemble_that_acts_with_its_mean_action_and_teaches_as_one(setup):
+    method, expert, _ = setup
+    cfg = replace(method.cfg, method="bc", **{"bc.steps": 30, "bc.members": 3})
+    torch.manual_seed(0)
+    bc = BC(cfg, 2, torch.device("cpu"))
+    members = bc.net.members
+    assert len(members) == 3 and isinstance(members[0], PixelPolicy)
+    images, actions = (torch.as_tensor(x) for x in demo_pairs(expert))
+    first = [p.detach().clone() for p in members[0].parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, members[1].parameters(), strict=True))  # their own initialisations
+    errors = [(m(images) - actions).pow(2).sum(-1).mean() for m in members]
+    metrics = bc.pretrain(copy.deepcopy(expert), lambda n: None)
+    assert 0 < metrics["train/bc_loss"] < float(sum(errors)) / 3  # the members' mean loss
+    after = [(m(images) - actions).pow(2).sum(-1).mean() for m in members]
+    assert all(a < b for a, b in zip(after, errors, strict=True)), (after, errors)  # every member learnt to clone the demos
+    # One policy: the mean of the members' actions.
+    with torch.no_grad():
+        torch.testing.assert_close(bc.net(images), torch.stack([m(images) for m in members]).mean(0))
+    # One member is the plain network (its checkpoint keys, read by encoder_from and anchor_from, are unchanged).
+    assert isinstance(BC(replace(cfg, **{"bc.members": 1}), 2, torch.device("cpu")).net, PixelPolicy)
+    # CMIL's teacher is the same ensemble; the embedding distillation needs a single policy.
+    taught = replace(method.cfg, **{"bc.members": 3, "agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
+    assert isinstance(CMIL(taught, 2, torch.device("cpu")).teacher, PolicyEnsemble)
+    with pytest.raises(ConfigError, match="bc.members"):
+        CMIL(replace(taught, **{"agent.teacher_embed_weight": 1.0}), 2, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("norm", [False, True])

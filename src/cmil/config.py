@@ -381,6 +381,9 @@ class BCConfig:
     Also CMIL's teacher's."""
     keypoints: int = 32
     """Spatial-softmax maps of bc.encoder 'keypoints'."""
+    members: int = 1
+    """Pixel policies trained side by side from different initialisations and batches, acting with their mean
+    action (an ensemble; each member costs one more BC training). Also CMIL's teacher's."""
 
 
 @dataclass(frozen=True)

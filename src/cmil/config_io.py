@@ -103,7 +103,7 @@ def resume_conflicts(saved: Config, requested: Config) -> list[str]:
 AT_LEAST_ONE = {
     "num_demos", "train_every", "train_updates", "batch_size", "seq_len", "eval_every", "eval_episodes",
     "final_eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints", "bc.steps", "bc.batch",
-    "bc.cnn_depth", "bc.units", "bc.keypoints",
+    "bc.cnn_depth", "bc.units", "bc.keypoints", "bc.members",
     "wm.deter", "wm.hidden", "wm.stoch", "wm.ensemble", "wm.cnn_depth",
     "agent.disc_layers", "agent.disc_units", "agent.actor_layers", "agent.actor_units", "agent.actor_heads",
     "agent.critic_layers",

@@ -342,7 +342,7 @@ def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
     wm = getattr(method, "wm", None)
     _load_from_bc_run("encoder_from", bc_run, None if wm is None else wm.encoder, "encoder.",
-                      "a method with a world model", "encoder does not fit the world model's (it needs the run's "
+                      "a method with a world model (and one BC policy, not a bc.members ensemble)", "encoder does not fit the world model's (it needs the run's "
                       "bc.encoder 'conv' or 'both', and wm.encoder_depth set to the run's bc.cnn_depth",
                       "world model's encoder initialised from", quiet)
 
@@ -351,7 +351,7 @@ def load_bc_teacher(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel policy as the anchor's frozen teacher (Config.anchor_from)."""
     _load_from_bc_run("anchor_from", bc_run, getattr(method, "teacher", None), "",
                       "a CMIL run with agent.anchor_weight > 0", "policy does not fit (set bc.cnn_depth / bc.units / "
-                      "bc.encoder / bc.keypoints to the run's", "anchor's teacher policy loaded from", quiet)
+                      "bc.encoder / bc.keypoints / bc.members to the run's", "anchor's teacher policy loaded from", quiet)
 
 
 # --- the commands' shared steps ---------------------------------------------------------------------

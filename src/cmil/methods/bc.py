@@ -2,7 +2,9 @@
 
 Pairs are (image[t], action[t+1]) of every demo step (the stored `action[t+1]` is the action taken
 at frame t). The policy outputs tanh(mean); the loss is the mean squared error to the expert's
-action. Images get random-shift augmentation, which matters with only ~10 demos.
+action. Images get random-shift augmentation, which matters with only ~10 demos. With `bc.members` > 1
+several independently initialised policies train side by side, each on its own batches, and act with their
+mean action (their errors away from the demos are partly independent: docs/results.md, rounds 33 and 35).
 """
 
 from __future__ import annotations
@@ -46,6 +48,26 @@ class PixelPolicy(nn.Module):
         return self.head[:-1](self._encode(image, False))
 
 
+class PolicyEnsemble(nn.Module):
+    """Independently initialised pixel policies acting as one: image -> the mean of their actions (bc.members)."""
+
+    def __init__(self, members: list[PixelPolicy]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        return torch.stack([member(image, augment) for member in self.members]).mean(0)
+
+
+def pixel_policy(cfg: Config, action_dim: int) -> PixelPolicy | PolicyEnsemble:
+    """The `bc` method's network for cfg.bc: one pixel policy, or an ensemble of bc.members of them."""
+    def member() -> PixelPolicy:
+        return PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units, encoder=cfg.bc.encoder,
+                           keypoints=cfg.bc.keypoints)
+    # One member keeps the plain network (and its checkpoint keys, which encoder_from reads).
+    return member() if cfg.bc.members == 1 else PolicyEnsemble([member() for _ in range(cfg.bc.members)])
+
+
 @register("bc")
 class BC(Method):
     online = False
@@ -53,11 +75,13 @@ class BC(Method):
 
     def __init__(self, cfg: Config, action_dim: int, device: torch.device):
         super().__init__(cfg, action_dim, device)
-        self.net = PixelPolicy(action_dim, cfg.image_size, cfg.bc.cnn_depth, units=cfg.bc.units,
-                               encoder=cfg.bc.encoder, keypoints=cfg.bc.keypoints).to(device)
+        self.net = pixel_policy(cfg, action_dim).to(device)
+        # One Adam for every member: its moments are per parameter, so the members still train independently.
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.bc.lr, fused=True)
         self._pairs: tuple[np.ndarray, np.ndarray] | None = None
-        self.rng = np.random.default_rng(cfg.seed)
+        # Each member draws its own batches; the first member's stream is the single policy's.
+        self.rngs = [np.random.default_rng(cfg.seed)] + [np.random.default_rng([cfg.seed, k])
+                                                         for k in range(1, cfg.bc.members)]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"policy": self.net}
@@ -74,17 +98,21 @@ class BC(Method):
     def pretrain(self, expert: SequenceReplay, progress) -> dict[str, float]:
         images, actions = demo_pairs(expert)
         metrics: dict[str, float] = {}
+        members = self.net.members if isinstance(self.net, PolicyEnsemble) else [self.net]
         self.net.train()
         while self.updates < self.cfg.bc.steps:
-            idx = self.rng.integers(0, len(images), self.cfg.bc.batch)
-            image = torch.as_tensor(images[idx], device=self.device)
-            target = torch.as_tensor(actions[idx], device=self.device)
-            loss = (self.net(image, augment=self.cfg.bc.augment) - target).pow(2).sum(-1).mean()
+            losses = []
+            for member, rng in zip(members, self.rngs, strict=True):
+                idx = rng.integers(0, len(images), self.cfg.bc.batch)
+                image = torch.as_tensor(images[idx], device=self.device)
+                target = torch.as_tensor(actions[idx], device=self.device)
+                losses.append((member(image, augment=self.cfg.bc.augment) - target).pow(2).sum(-1).mean())
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()  # members' gradients stay apart
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             self.updates += 1
-            metrics = {"train/bc_loss": loss.item()}
+            metrics = {"train/bc_loss": loss.item() / len(losses)}  # the members' mean
             progress(1)
         self.net.eval()
         return metrics

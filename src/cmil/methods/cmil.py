@@ -23,7 +23,7 @@ from cmil.cuda_graph import GraphedStep
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
-from cmil.methods.bc import PixelPolicy
+from cmil.methods.bc import PixelPolicy, PolicyEnsemble
 from cmil.methods.imitation_reward import ImitationReward
 from cmil.methods.self_imitation import EpisodeSelection
 from cmil.methods.teacher import LABEL_KEY, PixelTeacher
@@ -102,6 +102,9 @@ class CMIL(Method):
         if a.teacher_embed_weight and self._teacher is None:
             raise ConfigError("agent.teacher_embed_weight distils the pixel BC teacher's embedding, and this run has "
                               "no teacher: set agent.anchor_weight > 0 and agent.anchor_target bc")
+        if a.teacher_embed_weight and cfg.bc.members > 1:
+            raise ConfigError("agent.teacher_embed_weight distils one pixel BC policy's embedding, and bc.members "
+                              f"{cfg.bc.members} makes the teacher an ensemble: set bc.members 1")
         # agent.teacher_embed_weight: the agent's features predict the teacher's embedding of their frame.
         self.teacher_embed_head = nn.Linear(feat, cfg.bc.units).to(device) if a.teacher_embed_weight else None
         self.wm.graph_safe = graphed
@@ -140,7 +143,7 @@ class CMIL(Method):
                 part.cfg = cfg.agent
 
     @property
-    def teacher(self) -> PixelPolicy | None:
+    def teacher(self) -> PixelPolicy | PolicyEnsemble | None:
         """The anchor's pixel BC teacher network (agent.anchor_target 'bc'), or None."""
         return self._teacher.net if self._teacher is not None else None
 

@@ -13,7 +13,7 @@ import torch
 
 from cmil.config import Config
 from cmil.data.replay import SequenceReplay
-from cmil.methods.bc import BC, PixelPolicy
+from cmil.methods.bc import BC, PixelPolicy, PolicyEnsemble
 
 LABEL_KEY = "teacher_action"  # the teacher's action on each frame, kept beside the episode in the online replay
 
@@ -31,7 +31,7 @@ class PixelTeacher:
         with self._rng():
             bc = BC(cfg, action_dim, device)
         self._bc: BC | None = None if trained else bc   # dropped once trained: its optimiser is not needed again
-        self.net: PixelPolicy = bc.net.requires_grad_(False).eval()
+        self.net: PixelPolicy | PolicyEnsemble = bc.net.requires_grad_(False).eval()  # bc.members > 1: an ensemble
 
     @property
     def steps(self) -> int:
