@@ -459,3 +459,27 @@ def test_policy_ensemble_acts_with_the_members_mean_action():
     np.testing.assert_allclose(policy.act(np.zeros((2, 2))), [0.2, 1.0])   # the mean, clipped to the action box
     policy.reset()
     assert [m.resets for m in members] == [1, 1, 1]
+
+
+def test_policy_ensemble_takes_a_bc_members_run_apart():
+    import torch
+
+    from cmil.config import Config, replace
+    from cmil.methods.bc import BC
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from policy_ensemble import member_policies
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    cfg = replace(Config(), method="bc", **{"bc.members": 2, "bc.cnn_depth": 4, "bc.units": 8})
+    bc = BC(cfg, 2, torch.device("cpu"))
+    obs = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    members = member_policies(bc)
+    with torch.no_grad():
+        acts = [torch.as_tensor(p.act(obs)) for p in members]
+        for act, net in zip(acts, bc.net.members, strict=True):   # each member alone
+            torch.testing.assert_close(act, net(torch.as_tensor(obs)[None])[0])
+        torch.testing.assert_close(torch.stack(acts).mean(0), bc.net(torch.as_tensor(obs)[None])[0])
+    with pytest.raises(SystemExit, match="bc.members"):
+        member_policies(BC(replace(cfg, **{"bc.members": 1}), 2, torch.device("cpu")))
