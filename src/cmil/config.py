@@ -383,7 +383,9 @@ class BCConfig:
     """Spatial-softmax maps of bc.encoder 'keypoints'."""
     members: int = 1
     """Pixel policies trained side by side from different initialisations and batches, acting with their mean
-    action (an ensemble; each member costs one more BC training). Also CMIL's teacher's."""
+    action (an ensemble; each member costs one more BC training). Also CMIL's teacher's. On mw-push 3 members
+    narrow the spread over seeds but do not lift the benchmark's seeds, nor CMIL with them as teacher
+    (docs/results.md, round 35)."""
 
 
 @dataclass(frozen=True)
