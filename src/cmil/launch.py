@@ -342,8 +342,9 @@ def load_bc_encoder(method: Method, bc_run: Path, quiet: bool) -> None:
     """Load a BC run's pixel encoder into the world model's image encoder (Config.encoder_from)."""
     wm = getattr(method, "wm", None)
     _load_from_bc_run("encoder_from", bc_run, None if wm is None else wm.encoder, "encoder.",
-                      "a method with a world model (and one BC policy, not a bc.members ensemble)", "encoder does not fit the world model's (it needs the run's "
-                      "bc.encoder 'conv' or 'both', and wm.encoder_depth set to the run's bc.cnn_depth",
+                      "a method with a world model (and one BC policy, not a bc.members ensemble)",
+                      "encoder does not fit the world model's (it needs the run's bc.encoder 'conv' or 'both', and "
+                      "wm.encoder_depth set to the run's bc.cnn_depth",
                       "world model's encoder initialised from", quiet)
 
 
