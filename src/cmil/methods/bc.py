@@ -107,7 +107,7 @@ class BC(Method):
                 image = torch.as_tensor(images[idx], device=self.device)
                 target = torch.as_tensor(actions[idx], device=self.device)
                 losses.append((member(image, augment=self.cfg.bc.augment) - target).pow(2).sum(-1).mean())
-            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()  # members' gradients stay apart
+            loss = torch.stack(losses).sum()  # a sum: each member's gradient is its own loss's
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
