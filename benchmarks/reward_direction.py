@@ -41,7 +41,7 @@ from cmil.data.episodes import EpisodeRecorder, load_episodes
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
-from cmil.methods.cmil import weighted_average
+from cmil.methods.cmil_objectives import weighted_average
 from cmil.methods.teacher import LABEL_KEY
 from cmil.runs import source_commit
 from cmil.stats import bootstrap_ci

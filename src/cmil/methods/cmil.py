@@ -1,16 +1,18 @@
 """CMIL (Kolev et al. 2024, section 5) and VMAIL (the same without conservatism).
 
-One `update` = world model step, discriminator step (eq. 8), imagination from every posterior state,
-actor step (eq. 12 + beta * BC - entropy), critic step (eqs. 13-15), target copy every N updates.
-VMAIL is this class with alpha = beta = 0, no real-data critic loss and no BC pretraining
-(`presets.METHOD_OVERRIDES`). Notation: a "feature" is concat(stoch, deter) of an RSSM state; the
-stored `action[:, t + 1]` is the action taken at frame t.
+One `update` (`_train_step`, phase by phase) = world model step (eq. 1, with the terms that shape its
+representation), the BC term, imagination from every posterior state and the actor step (eqs. 10-12 + beta * BC
+- entropy, plus the teacher's anchor), discriminator step (eq. 8), critic step (eqs. 13-15); then the target copy
+every N updates and the acting EMA. The losses themselves are in `cmil.methods.cmil_objectives`. VMAIL is this class
+with alpha = beta = 0, no real-data critic loss and no BC pretraining (`presets.METHOD_OVERRIDES`). Notation: a
+"feature" is concat(stoch, deter) of an RSSM state; the stored `action[:, t + 1]` is the action taken at frame t.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,16 +26,11 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import ConfigError
 from cmil.methods.base import Method, register
 from cmil.methods.bc import PixelPolicy, PolicyEnsemble
+from cmil.methods.cmil_objectives import CMILObjectives
 from cmil.methods.imitation_reward import ImitationReward
 from cmil.methods.self_imitation import EpisodeSelection
 from cmil.methods.teacher import LABEL_KEY, PixelTeacher
-from cmil.models.actor_critic import (
-    Actor,
-    TruncNormal,
-    TwinQ,
-    frozen,
-    lambda_returns,
-)
+from cmil.models.actor_critic import Actor, TwinQ, frozen
 from cmil.models.latent_policy import CarriedState, LatentPolicy
 from cmil.models.networks import mlp
 from cmil.models.normalize import ReturnScale
@@ -48,20 +45,36 @@ _DIAGNOSED = ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/po
               "train/actor_grad_bc", "train/actor_grad_cos", "train/anchor_loss")
 
 
-def weighted_average(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """The softmax-weighted average (N, A) of candidate actions (K, N, A) by their scores (K, N), each state's scores
-    standardised over its candidates (temperature 1): agent.actor_objective 'weighted''s regression target."""
-    weights = torch.softmax((scores - scores.mean(0)) / scores.std(0).clamp_min(1e-8), 0)
-    return (weights[..., None] * candidates).sum(0)
-
-
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(B, L, ...) -> (B * L, ...)."""
     return x.flatten(0, 1)
 
 
+class _Real(NamedTuple):
+    """What the world-model phase hands the agent's phases about the real windows (expert rows first, then replay)."""
+    post: dict[str, torch.Tensor]      # posterior states (2B, L, ...), detached
+    feat: torch.Tensor                 # their agent features (2B, L, F), detached
+    disc_feat: torch.Tensor            # what D and the reward read on those frames (agent.disc_states)
+    bc_feat: torch.Tensor              # the states the BC term acts on, with the world model's graph
+    bc_act: torch.Tensor               # the expert's actions there
+    bc_weight: torch.Tensor | None     # each BC window's weight (agent.self_imitation)
+    anchor_target: torch.Tensor | None  # the anchor's target on the replay's frames 0..L-2 (online only)
+
+
+class _Imagined(NamedTuple):
+    """The imagination phase's rollout (eq. 11 notation, s^0 real) and what eq. 10 and the critics make of it."""
+    feats: torch.Tensor         # (H+1, N, F)
+    actions: torch.Tensor       # (H+1, N, A)
+    disagreement: torch.Tensor  # (H, N), eq. 9
+    entropy: torch.Tensor       # (H+1, N)
+    reward: torch.Tensor        # (H, N), eq. 10
+    q: torch.Tensor             # both critics (2, H+1, N)
+    q_min: torch.Tensor         # V0 = min_i Q_i (H+1, N)
+    returns: torch.Tensor       # V^lambda (H, N), eq. 11
+
+
 @register("cmil", "vmail")
-class CMIL(Method):
+class CMIL(CMILObjectives, Method):
     # Running diagnostics and the self-imitation selection: a resumed run's metrics equal an uninterrupted one's.
     checkpointed_attrs = ("_diag", "_self_demos")
 
@@ -256,84 +269,131 @@ class CMIL(Method):
         after anything replaces tensors a graph reads, e.g. loading optimiser states into a running method."""
         self._graphs.clear()
 
+    # --- one update, phase by phase -------------------------------------------------------
     def _train_step(self, exp: dict[str, torch.Tensor], rep: dict[str, torch.Tensor], agent: bool
                     ) -> dict[str, torch.Tensor]:
         """The update's losses and optimiser steps on an expert and a replay batch {'image', 'action',
-        'is_first'}; returns tensor metrics. It reads nothing back to the host, so that it can be replayed
-        as a CUDA graph: what depends on a count or on Python state (target copies, the EMA) is in `update`."""
-        cfg, a = self.cfg, self.cfg.agent
-        B = cfg.batch_size
+        'is_first'}, in order: world model (eq. 1), BC term, imagination and actor (eqs. 10-12), discriminator
+        (eq. 8), critics (eqs. 13-15); returns tensor metrics. It reads nothing back to the host, so that it can be
+        replayed as a CUDA graph: what depends on a count or on Python state (target copies, the EMA) is in `update`."""
+        a, B = self.cfg.agent, self.cfg.batch_size
         batch = {k: torch.cat([exp[k], rep[k]]) for k in self.batch_keys}
         act_taken = batch["action"][:, 1:]                          # action taken at frames 0..L-2
-        exp_act = act_taken[:B]
         if a.bc_action_noise:  # the filter sees noisy expert actions; every loss keeps the clean ones
             noisy = exp["action"] + a.bc_action_noise * torch.randn_like(exp["action"])
             batch["action"] = torch.cat([noisy.clamp(-1, 1), rep["action"]])
+        real, m = self._model_step(exp, rep, batch, act_taken)
 
-        # World model (eq. 1) on expert and replay sequences together; optionally the BC loss shapes
-        # the representation too (the actor is frozen for that term: its own BC step comes below).
+        # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
+        actor_bc_feat = real.bc_feat.detach()
+        if a.bc_feat_noise:  # nearby states, the same expert action (agent.bc_feat_noise)
+            scale = actor_bc_feat.flatten(0, -2).std(0)
+            actor_bc_feat = actor_bc_feat + a.bc_feat_noise * scale * torch.randn_like(actor_bc_feat)
+        bc_loss = self.bc_loss(actor_bc_feat, real.bc_act, weight=real.bc_weight)
+        if not agent:
+            clipped_step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
+            m["train/bc_loss"] = bc_loss.detach()
+            return m
+
+        starts = slice(B, None) if a.imag_from == "replay" else slice(None)   # the windows imagined from
+        imag, rl_loss = self._rl_objective(real.post, starts, m)             # eqs. 10-12
+        reg_loss = a.beta * bc_loss
+        if real.anchor_target is not None:  # agent.anchor_weight, on the policy's own states
+            reg_loss = reg_loss + a.anchor_weight * self._anchor_loss(real.feat[B:, :-1], real.anchor_target, m)
+        m.update(self._actor_step(rl_loss, reg_loss))
+        feats, actions = imag.feats.detach(), imag.actions.detach()
+        m.update(self._disc_step(real.disc_feat, act_taken, feats, actions))  # eq. 8
+
+        # Critics (eqs. 13-15) against target-network TD(lambda) targets.
+        critic_loss, cm = self.critic_loss(real.feat[starts], act_taken[starts], batch["is_first"][starts], feats,
+                                           actions, imag.reward.detach(), real.disc_feat[starts],
+                                           q_imag=imag.q[:, :-1])
+        clipped_step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
+
+        with torch.no_grad():  # the actor's std on expert states
+            actor_std = self.actor(real.feat[:B, :-1]).std.mean()
+        m.update(cm)
+        if a.self_imitation:
+            m["train/self_demo_windows"] = rep["self_demo"].sum()
+        m.update({
+            "train/actor_loss": rl_loss + a.beta * bc_loss, "train/bc_loss": bc_loss,
+            "train/critic_loss": critic_loss,
+            "train/imag_reward": imag.reward.mean(), "train/imag_return": imag.returns.mean(),
+            "train/entropy": imag.entropy.mean(), "train/q_mean": imag.q_min.mean(), "train/actor_std": actor_std,
+            "model/imag_disagreement": imag.disagreement.mean(),
+        })
+        return m
+
+    def _model_step(self, exp: dict[str, torch.Tensor], rep: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                    act_taken: torch.Tensor) -> tuple[_Real, dict[str, torch.Tensor]]:
+        """World model step (eq. 1) on expert and replay windows together, with the optional terms that shape its
+        representation: the BC loss (agent.bc_model_weight), the embedding's BC head, the teacher's embedding, and
+        the anchor's error at the policy's own states (the actor is frozen for these: its own step comes later)."""
+        cfg, a, B = self.cfg, self.cfg.agent, self.cfg.batch_size
         carried = self.carry.get() if cfg.wm.carry_state else None
         wm_loss, post, m = self.wm.loss(batch, carried)
         embed, prior_feat = post.pop("embed"), post.pop("prior_feat")
         live_feat = self.wm.agent_feat(post)  # (2B, L, F), with the world model's graph: what its own terms shape
-        # The states BC acts on: the expert's, and with agent.self_imitation every window, the replay's weighted by
-        # their 'self_demo' flag (1 = a selected episode's window, a demonstration too).
-        bc_rows = slice(None) if a.self_imitation else slice(None, B)
-        bc_feat, bc_act = live_feat[bc_rows, :-1], act_taken[bc_rows]
-        bc_weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]]) if a.self_imitation else None
-        if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
-            bc_feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
-        if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
-            bc_post = self.wm.observe_acting(
-                embed[:B], batch["is_first"][:B], lambda f: self.actor(f).mean, batch["action"][:B, 0],
-                None if carried is None else {k: v[:B] for k, v in carried.items()})
-            bc_feat = self.wm.agent_feat(bc_post)[:, :-1]
+        bc_feat, bc_act, bc_weight = self._bc_states(exp, rep, batch, act_taken, embed, live_feat, carried)
         if a.bc_model_weight:
             with frozen(self.actor):
                 bc_model = self.bc_loss(bc_feat, bc_act, shaping=True, weight=bc_weight)
             wm_loss = wm_loss + a.bc_model_weight * bc_model
             m["model/bc_loss"] = bc_model.detach()
         if self.embed_bc is not None:
-            embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - exp_act).pow(2).sum(-1).mean()
+            embed_bc = (torch.tanh(self.embed_bc(embed[:B, :-1])) - act_taken[:B]).pow(2).sum(-1).mean()
             wm_loss = wm_loss + a.bc_embed_weight * embed_bc
             m["model/embed_bc_loss"] = embed_bc.detach()
         if self.teacher_embed_head is not None:  # agent.teacher_embed_weight, on every frame of the batch
             distil = self._teacher_embed_loss(batch["image"], live_feat)
             wm_loss = wm_loss + a.teacher_embed_weight * distil
             m["model/teacher_embed_loss"] = distil.detach()
-        anchoring = a.anchor_weight and not self._pretraining
-        if anchoring:  # agent.anchor_weight's target on the policy's own states (replay frames 0..L-2)
+        anchor_target = None
+        if a.anchor_weight and not self._pretraining:  # agent.anchor_weight's target on the replay's frames 0..L-2
             rep_feat = live_feat[B:, :-1]
             anchor_target = self._anchor_target(rep, rep_feat.detach())
-        if anchoring and a.anchor_model_weight:  # the anchor's error shapes the representation there too
-            with frozen(self.actor):
-                anchor_model = (self.actor(rep_feat).mean - anchor_target).pow(2).sum(-1)
-            wm_loss = wm_loss + a.anchor_model_weight * anchor_model.mean()
-            m["model/anchor_loss"] = anchor_model.mean().detach()
+            if a.anchor_model_weight:  # the anchor's error shapes the representation there too
+                with frozen(self.actor):
+                    anchor_model = (self.actor(rep_feat).mean - anchor_target).pow(2).sum(-1)
+                wm_loss = wm_loss + a.anchor_model_weight * anchor_model.mean()
+                m["model/anchor_loss"] = anchor_model.mean().detach()
         m["model/grad_norm"] = clipped_step(self.wm_opt, wm_loss, self._wm_trained_parameters(), cfg.wm.grad_clip)
         post = {k: v.detach() for k, v in post.items()}
         self.carry.set({k: post[k][:, -1] for k in STATE_KEYS})
         feat = self.wm.agent_feat(post)                             # (2B, L, F)
         disc_feat = self._disc_states(feat, prior_feat, batch["is_first"])   # what D reads on real frames
-        exp_feat = feat[:B, :-1]
         if self.imitation.head is not None:  # agent.reward 'env': r(s_t, a_t) -> the reward that followed
             m["train/reward_head_loss"] = self.imitation.fit_task_reward(
                 feat[:, :-1], act_taken, batch["reward"][:, 1:], (~batch["is_first"][:, 1:]).float()).detach()
+        return _Real(post, feat, disc_feat, bc_feat, bc_act, bc_weight, anchor_target), m
 
-        # Behaviour cloning term on expert states (agent.bc_loss: NLL or MSE of the mean).
-        actor_bc_feat = bc_feat.detach()
-        if a.bc_feat_noise:  # nearby states, the same expert action (agent.bc_feat_noise)
-            scale = actor_bc_feat.flatten(0, -2).std(0)
-            actor_bc_feat = actor_bc_feat + a.bc_feat_noise * scale * torch.randn_like(actor_bc_feat)
-        bc_loss = self.bc_loss(actor_bc_feat, bc_act, weight=bc_weight)
-        if not agent:
-            clipped_step(self.actor_opt, bc_loss, self.actor.parameters(), a.grad_clip)
-            m["train/bc_loss"] = bc_loss.detach()
-            return m
+    def _bc_states(self, exp: dict[str, torch.Tensor], rep: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                   act_taken: torch.Tensor, embed: torch.Tensor, live_feat: torch.Tensor, carried: dict | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The states the BC term acts on (with the world model's graph), their expert actions and each window's
+        weight: the expert windows' posterior states, or with agent.self_imitation every window, the replay's
+        weighted by their 'self_demo' flag (1 = a selected episode's window, a demonstration too).
+        agent.bc_frame_shift and agent.bc_filter 'policy' read the expert's frames another way."""
+        a, B = self.cfg.agent, self.cfg.batch_size
+        rows = slice(None) if a.self_imitation else slice(None, B)
+        feat, action = live_feat[rows, :-1], act_taken[rows]
+        weight = torch.cat([torch.ones_like(rep["self_demo"]), rep["self_demo"]]) if a.self_imitation else None
+        if a.bc_frame_shift:  # the same frames, each with its own shift, read one by one
+            feat = self.wm.frame_feat(exp["image"][:, :-1], shift=True)
+        if a.bc_filter == "policy":  # the states the actor itself would be in on the expert's images
+            bc_post = self.wm.observe_acting(
+                embed[:B], batch["is_first"][:B], lambda f: self.actor(f).mean, batch["action"][:B, 0],
+                None if carried is None else {k: v[:B] for k, v in carried.items()})
+            feat = self.wm.agent_feat(bc_post)[:, :-1]
+        return feat, action, weight
 
-        # Imagination from every posterior state (eq. 11 notation: s^0 real, s^1..s^H imagined).
-        real = slice(B, None) if a.imag_from == "replay" else slice(None)   # the sequences imagined from
-        start = {k: _flat(v[real]) for k, v in post.items()}
+    def _rl_objective(self, post: dict[str, torch.Tensor], starts: slice, m: dict[str, torch.Tensor]
+                      ) -> tuple[_Imagined, torch.Tensor]:
+        """Imagination from the real posterior states of the `starts` windows (eq. 11 notation: s^0 real,
+        s^1..s^H imagined), eq. 10's reward on it, and the actor's RL loss: eq. 12 (agent.actor_objective
+        'lambda'), the critics' action slope ('q', 'q_real'), or regression onto value-weighted candidates."""
+        a = self.cfg.agent
+        start = {k: _flat(v[starts]) for k, v in post.items()}
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
             start = {k: v[idx] for k, v in start.items()}
@@ -360,50 +420,35 @@ class CMIL(Method):
                     self.stats["returns"].update(returns)
                     actor_obj = actor_obj / self.stats["returns"].scale
                 rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
-        reg_loss = a.beta * bc_loss
-        if anchoring:  # agent.anchor_weight, on the policy's own states
-            anchor_feat = feat[B:, :-1].detach()
-            anchor_mean = self.actor(anchor_feat).mean
-            anchor_err = (anchor_mean - anchor_target).pow(2).sum(-1)
-            if a.anchor_filter == "q":  # only where the critics rate the target at least as high as the actor
-                kept = self._anchor_kept(anchor_feat, anchor_target, anchor_mean.detach())
-                anchor_err = anchor_err * kept
-                m["train/anchor_kept"] = kept.mean()
-            anchor_loss = anchor_err.mean()
-            reg_loss = reg_loss + a.anchor_weight * anchor_loss
-            m["train/anchor_loss"] = anchor_loss.detach()
-        m.update(self._actor_step(rl_loss, reg_loss))
+        return _Imagined(feats, actions, disagreement, entropy, reward, q_imag, q_min, returns), rl_loss
 
-        # Discriminator (eq. 8): expert posterior pairs vs imagined pairs, noise on both inputs.
-        feats, actions = feats.detach(), actions.detach()
+    def _anchor_loss(self, feat: torch.Tensor, target: torch.Tensor, m: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The anchor term: the actor's mean action at the policy's own states `feat` (detached) against the
+        anchor's target, kept only where the critics agree with agent.anchor_filter 'q'."""
+        mean = self.actor(feat).mean
+        err = (mean - target).pow(2).sum(-1)
+        if self.cfg.agent.anchor_filter == "q":  # only where the critics rate the target at least as high as the actor
+            kept = self._anchor_kept(feat, target, mean.detach())
+            err = err * kept
+            m["train/anchor_kept"] = kept.mean()
+        loss = err.mean()
+        m["train/anchor_loss"] = loss.detach()
+        return loss
+
+    def _disc_step(self, disc_feat: torch.Tensor, act_taken: torch.Tensor, feats: torch.Tensor,
+                   actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's step (eq. 8): expert posterior pairs against the policy's, imagined (feats, actions: (H+1, N, ...),
+        detached) or with agent.disc_policy_pairs 'replay' its real frames read as the expert's are."""
+        a, B = self.cfg.agent, self.cfg.batch_size
         # With disc_states 'prior' both sides are the prior's: no imagination step 0 (a real posterior state)
         # and no window-first expert frame (no prediction for it).
         s0 = 1 if a.disc_states == "prior" else 0
-        if a.disc_policy_pairs == "replay":  # the policy's real frames, as the expert's are read
+        if a.disc_policy_pairs == "replay":
             pol_feat, pol_act = disc_feat[B:, s0:-1], act_taken[B:, s0:]
         else:
             pol_feat, pol_act = feats[s0:-1], actions[s0:-1]
-        m.update(self.imitation.train_disc((_flat(disc_feat[:B, s0:-1]), _flat(exp_act[:, s0:])),
-                                           (_flat(pol_feat), _flat(pol_act))))
-
-        # Critics (eqs. 13-15) against target-network TD(lambda) targets.
-        critic_loss, cm = self.critic_loss(feat[real], act_taken[real], batch["is_first"][real], feats, actions,
-                                           reward.detach(), disc_feat[real], q_imag=q_imag[:, :-1])
-        clipped_step(self.critic_opt, critic_loss, self.critic.q.parameters(), a.grad_clip)
-
-        with torch.no_grad():  # the actor's std on expert states
-            actor_std = self.actor(exp_feat).std.mean()
-        m.update(cm)
-        if a.self_imitation:
-            m["train/self_demo_windows"] = rep["self_demo"].sum()
-        m.update({
-            "train/actor_loss": rl_loss + a.beta * bc_loss, "train/bc_loss": bc_loss,
-            "train/critic_loss": critic_loss,
-            "train/imag_reward": reward.mean(), "train/imag_return": returns.mean(),
-            "train/entropy": entropy.mean(), "train/q_mean": q_min.mean(), "train/actor_std": actor_std,
-            "model/imag_disagreement": disagreement.mean(),
-        })
-        return m
+        return self.imitation.train_disc((_flat(disc_feat[:B, s0:-1]), _flat(act_taken[:B, s0:])),
+                                         (_flat(pol_feat), _flat(pol_act)))
 
     def _wm_trained_parameters(self) -> list[nn.Parameter]:
         """What the world-model step trains: all of its optimiser's parameters, less the encoder's with
@@ -416,64 +461,11 @@ class CMIL(Method):
         frozen_ids = {id(p) for p in frozen_params}
         return [p for p in params if id(p) not in frozen_ids]
 
-    @torch.no_grad()
-    def _anchor_target(self, rep: dict[str, torch.Tensor], feat: torch.Tensor) -> torch.Tensor:
-        """The anchor's frozen target on the replay windows' states (frames 0..L-2): the pixel BC teacher's action
-        on their frames (agent.anchor_target 'bc'; labelled as the episode entered the replay, or answered now for
-        a replay filled without `label_episode`), or the pretrained actor's mean action on their features."""
-        if LABEL_KEY in rep:
-            return rep[LABEL_KEY][:, :-1]
-        return self.teacher(rep["image"][:, :-1]) if self.teacher is not None else self.anchor(feat).mean
-
-    def _teacher_embed_loss(self, image: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
-        """agent.teacher_embed_weight's term: the squared error of the head's prediction from `feat` (..., F) of the
-        teacher's embedding of `image` (..., H, W, 3), centred per unit and over the RMS of the whole target."""
-        with torch.no_grad():
-            target = self.teacher.embed(image).float()
-            target = target - target.flatten(0, -2).mean(0)
-            target = target / target.pow(2).mean().sqrt().clamp_min(1e-6)
-        return (self.teacher_embed_head(feat) - target).pow(2).mean()
-
-    @torch.no_grad()
-    def _anchor_kept(self, feat: torch.Tensor, target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """agent.anchor_filter 'q': 1 where min_i Q_i(s, anchor target) >= min_i Q_i(s, actor's mean), else 0."""
-        q_target = self.critic(feat, target.clamp(-1, 1)).min(0).values
-        return (q_target >= self.critic(feat, mean).min(0).values).float()
 
     def label_episode(self, ep: dict) -> dict:
         """With a teacher, the episode with its action on every frame (cmil.methods.teacher.LABEL_KEY)."""
         return self._teacher.label_episode(ep) if self._teacher is not None else ep
 
-    def _disc_states(self, feat: torch.Tensor, prior_feat: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
-        """The features D and the reward read on real frames (agent.disc_states): the posterior ones, or the
-        model's one-step prior prediction of each frame, except where the frame has no predecessor in the
-        window (its first frame and episode starts), which keep the posterior."""
-        if self.cfg.agent.disc_states == "posterior":
-            return feat
-        predicted = ~is_first.bool()
-        predicted[:, 0] = False
-        return torch.where(predicted[..., None], prior_feat, feat)
-
-    def bc_loss(self, feat: torch.Tensor, action: torch.Tensor, shaping: bool = False,
-                weight: torch.Tensor | None = None) -> torch.Tensor:
-        """The BC term on expert states (N, L, F): -log pi(a^E | s^E), or the squared error of pi's mean action
-        (plus, with agent.bc_fit_std, the NLL of the std around the detached mean; not when `shaping` the
-        world model, which should learn only what predicts the action). `weight` (N,): each window's weight in
-        the mean (agent.self_imitation; 0 = not a demonstration)."""
-        a = self.cfg.agent
-
-        def mean(x: torch.Tensor) -> torch.Tensor:   # over windows (dim -2) and frames, weighted by window
-            return x.mean() if weight is None else (x * weight[:, None]).mean() / weight.mean()
-
-        dist, head_means = self.actor.with_head_means(feat)
-        target = action.clamp(-1 + 1e-4, 1 - 1e-4)
-        if a.bc_loss == "nll":
-            return -mean(dist.log_prob(target))
-        # Every head fits the expert's action on its own (agent.actor_heads; one head: the actor's mean).
-        loss = mean((head_means - action).pow(2).sum(-1))
-        if a.bc_fit_std and not shaping:
-            loss = loss - mean(TruncNormal(dist.mean.detach(), dist.std).log_prob(target))
-        return loss
 
     def _actor_step(self, rl_loss: torch.Tensor, reg_loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Step on rl_loss + reg_loss (beta * BC, plus the anchor term when agent.anchor_weight); logs the norms
@@ -493,86 +485,6 @@ class CMIL(Method):
         self.actor_opt.step()
         return {"train/actor_grad_norm": norm, "train/actor_grad_rl": rl.norm(), "train/actor_grad_bc": bc.norm(),
                 "train/actor_grad_cos": cos}
-
-    def imagine(self, start: dict[str, torch.Tensor], horizon: int):
-        """Roll the policy through the learnt prior for `horizon` steps.
-
-        Returns features (H+1, N, F), actions (H+1, N, A) (a^t ~ pi(s^t), reparameterised),
-        disagreement (H, N) of each transition (s^t, a^t) -> s^{t+1} (eq. 9), and entropies (H+1, N)."""
-        state = start
-        feats, actions, dis, ents = [], [], [], []
-        for t in range(horizon + 1):
-            f = self.wm.agent_feat(state)
-            dist = self.actor(f.detach() if self.cfg.agent.stop_grad_actor_input else f)
-            action = dist.rsample()
-            feats.append(f)
-            actions.append(action)
-            ents.append(dist.entropy())
-            if t < horizon:
-                state, d = self.wm.imagine_step(state, action)
-                dis.append(d)
-        return torch.stack(feats), torch.stack(actions), torch.stack(dis), torch.stack(ents)
-
-    @torch.no_grad()
-    def weighted_target(self, feat: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """agent.actor_objective 'weighted': the softmax-weighted average (N, A) of candidate actions drawn around
-        the actor's `mean` at `feat` (N, F), each state's scores (agent.weighted_score) standardised over its
-        candidates."""
-        a = self.cfg.agent
-        noise = torch.randn((a.weighted_candidates, *mean.shape), device=mean.device)
-        cand = (mean + a.weighted_sigma * noise).clamp(-1, 1)                               # (K, N, A)
-        feat_k = feat.expand(a.weighted_candidates, *feat.shape)
-        if a.weighted_score == "disc":
-            score = self.imitation.logit(feat_k, cand)
-        else:
-            score = self.critic(feat_k, cand).min(0).values
-        return weighted_average(cand, score.reshape(cand.shape[:-1]))
-
-    def lambda_objective(self, reward: torch.Tensor, q_min: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The lambda-returns V^lambda of imagined rewards (H, N) bootstrapped by the critics' min Q (H+1, N)
-        (eq. 11), and eq. 12's per-step objective lambda * V^lambda + (1 - lambda) * V0."""
-        a = self.cfg.agent
-        returns = lambda_returns(reward, q_min, a.gamma, a.lam)
-        return returns, a.lam * returns + (1 - a.lam) * q_min[:-1]
-
-    def _target_values(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        q = self.critic.target_values(feat, action)
-        if self.cfg.agent.critic_target == "random":
-            return q[int(np.random.randint(2))]
-        return q.min(0).values
-
-    def critic_loss(self, feat, act_taken, is_first, imag_feat, imag_act, reward, disc_feat=None, q_imag=None):
-        """Eq. 13 on imagined steps + eq. 14 on real transitions, summed (eq. 15).
-
-        feat/act_taken/is_first: the real sequences (2B, L, ...); imag_feat/imag_act: (H+1, N, ...);
-        disc_feat: what the reward reads on the real frames (`_disc_states`; default `feat`); q_imag: both
-        critics on imag_feat[:-1], imag_act[:-1] if already computed (its graph may reach the actor: step the
-        critics with a backward restricted to their parameters)."""
-        a = self.cfg.agent
-        with torch.no_grad():
-            # Targets recomputed with the target critics; the last imagined state bootstraps.
-            v0 = self._target_values(imag_feat, imag_act)                         # (H+1, N)
-            target = lambda_returns(reward, v0, a.gamma, a.lam)                   # (H, N)
-        q = self.critic(imag_feat[:-1], imag_act[:-1]) if q_imag is None else q_imag  # (2, H, N)
-        model_loss = (q - target).pow(2).mean(-1).mean(-1).sum()                  # eq. 13, both critics
-        metrics = {"train/critic_model_loss": model_loss.detach()}
-        loss = model_loss
-        if a.real_critic_loss:  # imagination then started from every real state, in (b, t) order
-            # Eq. 14: Q(s_j, a_j) -> r(s_j, a_j) + gamma * ((1 - lam) V0(s_{j+1}) + lam V^lambda(s_{j+1})),
-            # with s_{j+1} the real next posterior and V^lambda from its imagined continuation.
-            n_b, n_l = feat.shape[:2]
-            with torch.no_grad():
-                r_real = self.imitation.reward((feat if disc_feat is None else disc_feat)[:, :-1], act_taken,
-                                               None)  # no penalty on real transitions
-                v0_next = v0[0].reshape(n_b, n_l)[:, 1:]
-                vlam_next = target[0].reshape(n_b, n_l)[:, 1:]
-                y = r_real + a.gamma * ((1 - a.lam) * v0_next + a.lam * vlam_next)
-                valid = (~is_first[:, 1:]).float()                                # no target across episodes
-            q_real = self.critic(feat[:, :-1], act_taken)                         # (2, B, L-1)
-            data_loss = ((q_real - y).pow(2) * valid).sum((-1, -2)).div(valid.sum().clamp_min(1)).sum()
-            loss = loss + data_loss
-            metrics["train/critic_data_loss"] = data_loss.detach()
-        return loss, metrics
 
     def diagnostics(self, expert: SequenceReplay, replay: SequenceReplay) -> dict[str, float]:
         """Averages since the last evaluation, incl. the paper's Fig. 3 quantities."""
