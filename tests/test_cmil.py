@@ -8,31 +8,7 @@ import pytest
 import torch
 
 from cmil.config import replace
-from cmil.config_io import validate
-from cmil.data.replay import SequenceReplay, demo_pairs
-from cmil.errors import ConfigError
-from cmil.methods.bc import BC, PixelPolicy, PolicyEnsemble
 from cmil.methods.cmil import CMIL
-from cmil.presets import PRESETS, dry_run_config
-
-
-@pytest.fixture
-def setup(point_episodes):
-    # The paper's forms (the CPU preset's rescalings off); tests of those options switch them on.
-    cfg = replace(dry_run_config(PRESETS["default"]), task="point", **{
-        "agent.target_update_every": 2, "agent.disc_input_norm": False, "agent.penalty_norm": False,
-        "agent.return_norm": False, "agent.bc_loss": "nll", "agent.bc_model_weight": 0.0,
-        "agent.bc_action_noise": 0.0, "agent.bc_fit_std": False, "wm.posterior": "filter",
-        "wm.agent_feat": "sample", "wm.augment": False, "cover_edges": False, "agent.policy_ema": 0.0,
-        "agent.anchor_weight": 0.0, "agent.anchor_target": "pretrained"})
-    torch.manual_seed(0)
-    method = CMIL(cfg, 2, torch.device("cpu"))
-    expert = SequenceReplay(cfg.seq_len, seed=0)
-    replay = SequenceReplay(cfg.seq_len, seed=1)
-    for ep in point_episodes:
-        expert.add_episode(ep)
-        replay.add_episode(ep)
-    return method, expert, replay
 
 
 def _fixed_discriminator(method, prob: float):
@@ -41,8 +17,8 @@ def _fixed_discriminator(method, prob: float):
 
 
 @pytest.mark.parametrize("prob", [0.1, 0.5, 0.9])
-def test_reward_formula_on_known_discriminator_values(setup, prob):
-    method, _, _ = setup
+def test_reward_formula_on_known_discriminator_values(cmil_on_point, prob):
+    method, _, _ = cmil_on_point
     _fixed_discriminator(method, prob)
     feat, action = torch.zeros(3, method.wm.feat_dim), torch.zeros(3, 2)
     dis = torch.tensor([0.0, 0.1, 0.2])
@@ -54,8 +30,8 @@ def test_reward_formula_on_known_discriminator_values(setup, prob):
     torch.testing.assert_close(method.imitation.reward(feat, action, dis), prob - alpha * dis)
 
 
-def test_no_disagreement_penalty_on_real_data(setup):
-    method, expert, replay = setup
+def test_no_disagreement_penalty_on_real_data(cmil_on_point):
+    method, expert, replay = cmil_on_point
     _fixed_discriminator(method, 0.7)
     feat, action = torch.zeros(4, method.wm.feat_dim), torch.zeros(4, 2)
     torch.testing.assert_close(method.imitation.reward(feat, action, None), torch.logit(torch.tensor(0.7)).expand(4))
@@ -74,8 +50,8 @@ def test_no_disagreement_penalty_on_real_data(setup):
     assert losses[0] == pytest.approx(losses[1])
 
 
-def test_target_critics_copied_every_n_updates(setup):
-    method, expert, replay = setup
+def test_target_critics_copied_every_n_updates(cmil_on_point):
+    method, expert, replay = cmil_on_point
     feat, act = torch.randn(5, method.wm.feat_dim), torch.rand(5, 2)
     method.update(expert, replay)  # update 1: critics trained, targets not yet copied
     assert not torch.allclose(method.critic(feat, act), method.critic.target_values(feat, act))
@@ -83,8 +59,8 @@ def test_target_critics_copied_every_n_updates(setup):
     torch.testing.assert_close(method.critic(feat, act), method.critic.target_values(feat, act))
 
 
-def test_bc_term_gradient_reaches_the_actor(setup):
-    method, expert, replay = setup
+def test_bc_term_gradient_reaches_the_actor(cmil_on_point):
+    method, expert, replay = cmil_on_point
     before = copy.deepcopy(method.actor.state_dict())
     metrics = method.update(expert, expert, agent=False)  # world model + BC only
     assert "train/bc_loss" in metrics
@@ -102,8 +78,8 @@ def test_bc_term_gradient_reaches_the_actor(setup):
     assert not torch.allclose(results[0], results[1])
 
 
-def test_update_reports_the_papers_diagnostics(setup):
-    method, expert, replay = setup
+def test_update_reports_the_papers_diagnostics(cmil_on_point):
+    method, expert, replay = cmil_on_point
     metrics = method.update(expert, replay)
     for key in ("disc/expert_acc", "disc/policy_acc", "disc/expert_prob", "disc/policy_prob",
                 "model/imag_disagreement", "train/actor_loss", "train/critic_loss", "train/bc_loss",
@@ -113,8 +89,8 @@ def test_update_reports_the_papers_diagnostics(setup):
     assert diag["bound/distribution_match"] == pytest.approx(diag["disc/expert_prob"] - diag["disc/policy_prob"])
 
 
-def test_actor_gradient_split_into_rl_and_bc_parts(setup):
-    method, expert, replay = setup
+def test_actor_gradient_split_into_rl_and_bc_parts(cmil_on_point):
+    method, expert, replay = cmil_on_point
     m = method.update(expert, replay)
     for key in ("train/actor_grad_rl", "train/actor_grad_bc", "train/actor_grad_cos"):
         assert key in m
@@ -125,9 +101,9 @@ def test_actor_gradient_split_into_rl_and_bc_parts(setup):
     assert m["train/actor_grad_rl"] == pytest.approx(m["train/actor_grad_norm"], rel=1e-4)
 
 
-def test_rl_weight_zero_leaves_the_actor_to_its_regularisers(setup):
+def test_rl_weight_zero_leaves_the_actor_to_its_regularisers(cmil_on_point):
     # agent.rl_weight 0 (the no-RL ablation): the actor's step is the BC term's alone, yet D and the critics train.
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.rl_weight": 0.0, "agent.grad_clip": 1e9})
     disc, critic = copy.deepcopy(method.imitation.disc.state_dict()), copy.deepcopy(method.critic.q.state_dict())
     m = method.update(expert, replay)
@@ -138,8 +114,8 @@ def test_rl_weight_zero_leaves_the_actor_to_its_regularisers(setup):
 
 
 @pytest.mark.parametrize("stop_grad", [True, False])
-def test_stop_gradient_on_the_actors_imagined_input(setup, stop_grad):
-    method, _, _ = setup
+def test_stop_gradient_on_the_actors_imagined_input(cmil_on_point, stop_grad):
+    method, _, _ = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.stop_grad_actor_input": stop_grad})
     start = {k: v.requires_grad_(True) for k, v in method.wm.initial(3).items()}
     start = {k: torch.randn_like(v).requires_grad_(True) for k, v in start.items()}
@@ -149,10 +125,10 @@ def test_stop_gradient_on_the_actors_imagined_input(setup, stop_grad):
     assert (grad is None or torch.all(grad == 0)) == stop_grad
 
 
-def _bc_phase_step(setup, field: str, values: tuple, parts) -> list[tuple[torch.Tensor, ...]]:
+def _bc_phase_step(cmil_on_point, field: str, values: tuple, parts) -> list[tuple[torch.Tensor, ...]]:
     """One BC-phase update from the same state and seed per value of `field`: the flat parameters of each of
     `parts(method)` afterwards, and the update's metrics."""
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     out = []
     for value in values:
         m = copy.deepcopy(method)
@@ -163,8 +139,8 @@ def _bc_phase_step(setup, field: str, values: tuple, parts) -> list[tuple[torch.
     return out
 
 
-def test_bc_loss_can_shape_the_world_model(setup):
-    (enc0, actor0, m0), (enc1, actor1, m1) = _bc_phase_step(setup, "agent.bc_model_weight", (0.0, 1.0),
+def test_bc_loss_can_shape_the_world_model(cmil_on_point):
+    (enc0, actor0, m0), (enc1, actor1, m1) = _bc_phase_step(cmil_on_point, "agent.bc_model_weight", (0.0, 1.0),
                                                             lambda m: (m.wm.encoder, m.actor))
     assert "model/bc_loss" not in m0 and "model/bc_loss" in m1
     assert not torch.allclose(enc0, enc1)  # the encoder got the BC gradient
@@ -172,10 +148,10 @@ def test_bc_loss_can_shape_the_world_model(setup):
 
 
 @pytest.mark.parametrize("freeze", [False, True])
-def test_frozen_representation_trains_only_in_pretraining(setup, freeze):
+def test_frozen_representation_trains_only_in_pretraining(cmil_on_point, freeze):
     # wm.freeze_representation: the encoder and the posterior layers learn in pretraining and stay as they are
     # online, while the rest of the world model (here the decoder) keeps learning.
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"wm.freeze_representation": freeze})
     flat = lambda params: torch.cat([p.detach().flatten() for p in params])  # noqa: E731
     before = flat(method.wm.representation_parameters())
@@ -187,10 +163,10 @@ def test_frozen_representation_trains_only_in_pretraining(setup, freeze):
     assert not torch.equal(decoder, flat(method.wm.decoder.parameters()))
 
 
-def test_frozen_encoder_never_trains_and_the_rest_of_the_model_does(setup):
+def test_frozen_encoder_never_trains_and_the_rest_of_the_model_does(cmil_on_point):
     # wm.freeze_encoder: the (BC-given) encoder keeps its weights through pretraining and online updates; the
     # posterior layers above it still learn (they turn its embedding into the latent the actor reads).
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"wm.freeze_encoder": True})
     flat = lambda params: torch.cat([p.detach().flatten() for p in params])  # noqa: E731
     encoder, posterior = flat(method.wm.encoder.parameters()), flat(method.wm.post_out.parameters())
@@ -202,8 +178,8 @@ def test_frozen_encoder_never_trains_and_the_rest_of_the_model_does(setup):
 
 
 @pytest.mark.parametrize("carry", [True, False])
-def test_recurrent_state_carried_between_batches(setup, carry, monkeypatch):
-    method, expert, replay = setup
+def test_recurrent_state_carried_between_batches(cmil_on_point, carry, monkeypatch):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"wm.carry_state": carry})
     seen = []
     loss = method.wm.loss
@@ -219,8 +195,8 @@ def test_recurrent_state_carried_between_batches(setup, carry, monkeypatch):
         assert seen[0] is None and seen[1] is None
 
 
-def test_normalised_penalty_and_discriminator_input(setup):
-    method, expert, replay = setup
+def test_normalised_penalty_and_discriminator_input(cmil_on_point):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.penalty_norm": True, "agent.disc_input_norm": True,
                                         "agent.return_norm": True})
     m = method.update(expert, replay)
@@ -243,8 +219,8 @@ def test_normalised_penalty_and_discriminator_input(setup):
     assert int(stats["disagreement"].count) == count + 1
 
 
-def test_lambda_objective_is_eq12(setup):
-    method, _, _ = setup
+def test_lambda_objective_is_eq12(cmil_on_point):
+    method, _, _ = cmil_on_point
     a = method.cfg.agent
     reward, q_min = torch.randn(3, 5), torch.randn(4, 5)
     returns, obj = method.lambda_objective(reward, q_min)
@@ -257,8 +233,8 @@ def test_lambda_objective_is_eq12(setup):
     torch.testing.assert_close(obj, a.lam * expected + (1 - a.lam) * q_min[:-1])
 
 
-def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monkeypatch):
-    method, expert, replay = setup
+def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(cmil_on_point, monkeypatch):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.bc_action_noise": 0.5})
     seen = {}
     loss = method.wm.loss
@@ -279,8 +255,8 @@ def test_bc_action_noise_reaches_only_the_filter_of_expert_sequences(setup, monk
     torch.testing.assert_close(bc_targets[-1], clean_exp[:, 1:])       # BC regresses the clean actions
 
 
-def test_mse_bc_fits_the_std_only_with_bc_fit_std(setup):
-    method, expert, _ = setup
+def test_mse_bc_fits_the_std_only_with_bc_fit_std(cmil_on_point):
+    method, expert, _ = cmil_on_point
     feat = torch.randn(6, method.wm.agent_feat_dim)
     action = torch.rand(6, 2) * 2 - 1
     for fit_std in (False, True):
@@ -296,10 +272,10 @@ def test_mse_bc_fits_the_std_only_with_bc_fit_std(setup):
         assert method.actor.net[-1].weight.grad[2:].abs().sum() == 0
 
 
-def test_mse_bc_fits_every_actor_head_on_its_own(setup):
+def test_mse_bc_fits_every_actor_head_on_its_own(cmil_on_point):
     """agent.actor_heads: the MSE term is the mean of each head's squared error (not the error of their
     average), so that every head is a BC policy; the policy is their average and a full update runs."""
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     cfg = replace(method.cfg, **{"agent.bc_loss": "mse", "agent.bc_fit_std": False, "agent.actor_heads": 3})
     torch.manual_seed(0)
     method = CMIL(cfg, 2, torch.device("cpu"))
@@ -315,8 +291,8 @@ def test_mse_bc_fits_every_actor_head_on_its_own(setup):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
-def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(setup):
-    method, expert, replay = setup
+def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(cmil_on_point):
+    method, expert, replay = cmil_on_point
     cfg = replace(method.cfg, **{"agent.bc_filter": "policy", "agent.bc_model_weight": 1.0, "agent.bc_embed_weight": 1.0,
                                  "wm.posterior": "image", "wm.agent_feat": "stoch"})
     torch.manual_seed(0)
@@ -330,8 +306,8 @@ def test_policy_filtered_bc_and_the_embedding_head_train_the_world_model(setup):
     assert m.actor.net[0].in_features == cfg.wm.stoch
 
 
-def test_prior_disc_states_feed_the_discriminator_one_step_predictions(setup, monkeypatch):
-    method, expert, replay = setup
+def test_prior_disc_states_feed_the_discriminator_one_step_predictions(cmil_on_point, monkeypatch):
+    method, expert, replay = cmil_on_point
     cfg = replace(method.cfg, **{"agent.disc_states": "prior", "wm.posterior": "image", "wm.agent_feat": "stoch"})
     torch.manual_seed(0)
     m = CMIL(cfg, 2, torch.device("cpu"))
@@ -358,10 +334,10 @@ def test_prior_disc_states_feed_the_discriminator_one_step_predictions(setup, mo
     assert policy_in.shape[0] == (cfg.agent.horizon - 1) * 2 * B * L
 
 
-def test_shared_critic_forward_gives_the_updates_of_separate_forwards(setup, monkeypatch):
+def test_shared_critic_forward_gives_the_updates_of_separate_forwards(cmil_on_point, monkeypatch):
     # The twin critics run once on the imagined steps, for the actor's objective and for the critic loss;
     # the old code ran them again on detached inputs. Both must give the same parameters after updates.
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     shared, separate = copy.deepcopy(method), copy.deepcopy(method)
     critic_loss = separate.critic_loss
     monkeypatch.setattr(separate, "critic_loss", lambda *args, q_imag=None, **kw: critic_loss(*args, **kw))
@@ -391,10 +367,10 @@ def _actors_after_sloped_update(method, expert, replay, add_slope) -> list[torch
 
 
 @pytest.mark.parametrize("objective", ["lambda", "q", "q_real"])
-def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective):
+def test_q_actor_objective_takes_no_gradient_through_the_reward(cmil_on_point, objective):
     # 'q': the actor follows the critics' action slope alone; the reward (through the dynamics) moves it only
     # under eq. 12's lambda-return objective.
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
 
     def reward_slope(agent, slope):  # D kept in the graph (x 0) so that it still has a loss to step
@@ -406,10 +382,10 @@ def test_q_actor_objective_takes_no_gradient_through_the_reward(setup, objective
 
 
 @pytest.mark.parametrize("objective", ["q", "q_real"])
-def test_q_real_reads_the_critics_at_the_real_states_only(setup, objective):
+def test_q_real_reads_the_critics_at_the_real_states_only(cmil_on_point, objective):
     # 'q_real': the critics' action slope at imagination step 0 (the batch's posterior states) moves the actor; a slope
     # at the imagined steps 1..H does not (under 'q' both do).
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.actor_objective": objective})
 
     def slope_at(steps):
@@ -430,10 +406,10 @@ def test_q_real_reads_the_critics_at_the_real_states_only(setup, objective):
 
 
 @pytest.mark.parametrize("through_action", [True, False])
-def test_critic_action_grad_false_hides_the_critics_action_slope_from_the_actor(setup, through_action):
+def test_critic_action_grad_false_hides_the_critics_action_slope_from_the_actor(cmil_on_point, through_action):
     # With agent.critic_action_grad False the critics are read as state values on the imagined steps: a slope
     # of Q in the action alone must leave the actor's update as it is (and change it when True).
-    method, expert, replay = setup
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.critic_action_grad": through_action})
 
     def critic_action_slope(agent, slope):
@@ -444,8 +420,8 @@ def test_critic_action_grad_false_hides_the_critics_action_slope_from_the_actor(
     assert torch.equal(actors[0], actors[1]) != through_action
 
 
-def test_imagination_from_the_replay_batch_only(setup, monkeypatch):
-    method, expert, replay = setup
+def test_imagination_from_the_replay_batch_only(cmil_on_point, monkeypatch):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.imag_from": "replay"})
     starts, real = [], []
     imagine, critic_loss = method.imagine, method.critic_loss
@@ -457,8 +433,8 @@ def test_imagination_from_the_replay_batch_only(setup, monkeypatch):
     assert "train/critic_data_loss" in metrics
 
 
-def test_policy_ema_acts_with_averaged_weights_and_is_checkpointed(setup):
-    method, expert, replay = setup
+def test_policy_ema_acts_with_averaged_weights_and_is_checkpointed(cmil_on_point):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.policy_ema": 0.5})
     torch.manual_seed(0)
     ema = CMIL(method.cfg, 2, torch.device("cpu"))
@@ -479,10 +455,10 @@ def test_policy_ema_acts_with_averaged_weights_and_is_checkpointed(setup):
     assert method.policy().actor is method.actor and "policy_ema" not in method.modules()
 
 
-def test_frame_shifted_bc_reads_each_expert_frame_alone(setup, monkeypatch):
+def test_frame_shifted_bc_reads_each_expert_frame_alone(cmil_on_point, monkeypatch):
     # bc_frame_shift: both BC terms act on frame_feat of the expert frames (each shifted on its own).
-    _, expert, replay = setup
-    cfg = replace(setup[0].cfg, **{"wm.posterior": "image", "wm.agent_feat": "stoch", "agent.bc_frame_shift": True,
+    _, expert, replay = cmil_on_point
+    cfg = replace(cmil_on_point[0].cfg, **{"wm.posterior": "image", "wm.agent_feat": "stoch", "agent.bc_frame_shift": True,
                                    "agent.bc_model_weight": 1.0})
     torch.manual_seed(0)
     method = CMIL(cfg, 2, torch.device("cpu"))
@@ -499,16 +475,16 @@ def test_frame_shifted_bc_reads_each_expert_frame_alone(setup, monkeypatch):
     assert "model/bc_loss" in metrics and "train/bc_loss" in metrics
 
 
-def test_feature_noise_reaches_only_the_actors_bc_step(setup):
-    (wm0, actor0, _), (wm1, actor1, _) = _bc_phase_step(setup, "agent.bc_feat_noise", (0.0, 1.0),
+def test_feature_noise_reaches_only_the_actors_bc_step(cmil_on_point):
+    (wm0, actor0, _), (wm1, actor1, _) = _bc_phase_step(cmil_on_point, "agent.bc_feat_noise", (0.0, 1.0),
                                                         lambda m: (m.wm, m.actor))
     torch.testing.assert_close(wm0, wm1)  # the world model's step is untouched
     assert not torch.allclose(actor0, actor1)  # the actor learnt from perturbed states
 
 
 @pytest.mark.parametrize("norm", [False, True])
-def test_state_only_discriminator_ignores_the_action(setup, norm):
-    method, expert, replay = setup
+def test_state_only_discriminator_ignores_the_action(cmil_on_point, norm):
+    method, expert, replay = cmil_on_point
     cfg = replace(method.cfg, **{"agent.disc_action": False, "agent.disc_input_norm": norm})
     torch.manual_seed(0)
     state_only = CMIL(cfg, 2, torch.device("cpu"))
@@ -522,265 +498,9 @@ def test_state_only_discriminator_ignores_the_action(setup, norm):
     assert not torch.allclose(method.imitation.logit(feat, a1), method.imitation.logit(feat, a2))
 
 
-def test_anchor_pulls_the_online_actor_towards_the_pretrained_acting_policy(setup):
-    method, expert, replay = setup
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2,
-                  **{"agent.anchor_weight": 1.0, "agent.policy_ema": 0.5, "agent.beta": 0.0, "agent.grad_clip": 1e9})
-    torch.manual_seed(0)
-    anchored = CMIL(cfg, 2, torch.device("cpu"))
-    assert "anchor_actor" in anchored.modules()
-    anchored.pretrain(expert, lambda n: None)
-    # The anchor is the acting (averaged) actor of the end of pretraining, not the live one.
-    for key, value in anchored.anchor.state_dict().items():
-        torch.testing.assert_close(value, anchored.policy_ema.module["actor"].state_dict()[key])
-    assert not all(torch.equal(v, anchored.actor.state_dict()[k]) for k, v in anchored.anchor.state_dict().items())
-    frozen_copy = copy.deepcopy(anchored.anchor.state_dict())
-    # With beta = 0 the regularising part of the gradient is the anchor's alone, linear in its weight.
-    parts = []
-    for weight in (1.0, 2.0):
-        twin, twin_replay, twin_expert = copy.deepcopy((anchored, replay, expert))
-        twin.cfg = replace(twin.cfg, **{"agent.anchor_weight": weight})
-        torch.manual_seed(1)
-        m = twin.update(twin_expert, twin_replay)
-        assert m["train/anchor_loss"] > 0
-        parts.append(m["train/actor_grad_bc"])
-        for key, value in twin.anchor.state_dict().items():  # the anchor itself never trains
-            torch.testing.assert_close(value, frozen_copy[key], rtol=0, atol=0)
-    assert parts[0] > 0 and parts[1] == pytest.approx(2 * parts[0], rel=1e-4)
-    # Off (the authors' form): no anchor module, no anchor term.
-    assert "anchor_actor" not in method.modules() and "train/anchor_loss" not in method.update(expert, replay)
-
-
-def test_anchor_filter_q_keeps_the_anchor_only_where_the_critics_rate_its_target_higher(setup):
-    method, expert, replay = setup
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2,
-                  **{"agent.anchor_weight": 1.0, "agent.policy_ema": 0.5, "agent.beta": 0.0, "agent.grad_clip": 1e9})
-    torch.manual_seed(0)
-    anchored = CMIL(cfg, 2, torch.device("cpu"))
-    anchored.pretrain(expert, lambda n: None)
-    # The filter itself: a critic rising with the first action dimension keeps the states whose target is higher there.
-    forward = anchored.critic.forward
-    anchored.critic.forward = lambda feat, action: 0 * forward(feat, action) + 3.0 * action[..., 0]
-    feat, mean = torch.randn(4, anchored.wm.agent_feat_dim), torch.zeros(4, 2)
-    target = torch.tensor([[0.5, 0.0], [-0.5, 0.0], [0.1, -0.9], [-0.1, 0.9]])
-    assert anchored._anchor_kept(feat, target, mean).tolist() == [1.0, 0.0, 1.0, 0.0]
-    anchored.critic.forward = forward
-
-    def update(filter_: str, critic) -> dict[str, float]:
-        twin, twin_replay, twin_expert = copy.deepcopy((anchored, replay, expert))
-        twin.cfg = replace(twin.cfg, **{"agent.anchor_filter": filter_})
-        fwd = twin.critic.forward
-        twin.critic.forward = lambda f, a: 0 * fwd(f, a) + critic(twin, f, a)
-        torch.manual_seed(1)
-        return twin.update(twin_expert, twin_replay)
-
-    def flat(agent, f, a):
-        return 0 * a.sum(-1)
-
-    def peaked_at_actor(agent, f, a):  # the anchor's target never rates higher than the live actor's mean
-        return -(a - agent.actor(f).mean.detach()).pow(2).sum(-1)
-
-    plain = update("none", flat)
-    assert "train/anchor_kept" not in plain and plain["train/actor_grad_bc"] > 0
-    # Critics that rate every action alike keep every state: the update is the unfiltered one.
-    constant = update("q", flat)
-    assert constant["train/anchor_kept"] == 1 and constant["train/actor_grad_bc"] == plain["train/actor_grad_bc"]
-    preferring_actor = update("q", peaked_at_actor)
-    assert preferring_actor["train/anchor_kept"] == 0 and preferring_actor["train/actor_grad_bc"] == 0
-    with pytest.raises(ConfigError, match="anchor_filter"):
-        validate(replace(method.cfg, **{"agent.anchor_filter": "q", "agent.anchor_weight": 0.0}))
-
-
-def test_a_bc_teacher_is_the_anchors_target_on_the_replays_own_frames(setup, point_episodes):
-    method, expert, replay = setup
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
-                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc", "agent.beta": 0.0})
-    torch.manual_seed(0)
-    taught = CMIL(cfg, 2, torch.device("cpu"))
-    assert "anchor_teacher" in taught.modules() and taught.anchor is None
-    taught.pretrain(expert, lambda n: None)
-    seen, target = [], torch.tensor([0.3, -0.2])
-
-    def teacher(image):  # records what the teacher is shown and answers a fixed action
-        seen.append(image.clone())
-        return target.expand(*image.shape[:-3], 2)
-
-    # Its target and a pretrained anchor answering the same action give the same update.
-    twin = copy.deepcopy(taught)
-    twin._teacher, twin.anchor = None, lambda feat: type("Dist", (), {"mean": target.expand(*feat.shape[:-1], 2)})
-    frozen_teacher = copy.deepcopy(taught.teacher.state_dict())
-    taught.teacher.forward = teacher
-    results = []
-    for m in (taught, twin):
-        torch.manual_seed(1)
-        results.append(m.update(expert, copy.deepcopy(replay)))
-    assert results[0]["train/anchor_loss"] == pytest.approx(results[1]["train/anchor_loss"], rel=1e-6)
-    for key, value in twin.actor.state_dict().items():
-        torch.testing.assert_close(taught.actor.state_dict()[key], value, rtol=0, atol=1e-4)  # float rounding
-    # It reads the replay windows' frames (uint8, all but the last of each window), and never trains.
-    (image,) = seen
-    B, L = cfg.batch_size, cfg.seq_len
-    assert image.dtype == torch.uint8 and image.shape[:2] == (B, L - 1)
-    stored = np.concatenate([ep["image"] for ep in point_episodes])
-    assert all((stored == frame.numpy()).all(axis=(1, 2, 3)).any() for frame in image.flatten(0, 1))
-    for key, value in taught.teacher.state_dict().items():
-        torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
-
-
-def test_the_teachers_labels_are_computed_once_as_episodes_enter_the_replay(setup, point_episodes):
-    method, expert, replay = setup
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
-                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
-    torch.manual_seed(0)
-    taught = CMIL(cfg, 2, torch.device("cpu"))
-    taught.pretrain(expert, lambda n: None)
-    assert taught.replay_keys == ("teacher_action",)
-    labelled = SequenceReplay(cfg.seq_len, seed=1, extra_keys=taught.replay_keys)
-    for ep in point_episodes:
-        stored = taught.label_episode(ep)
-        assert "teacher_action" not in ep  # the episode as played (its file) stays as it was
-        with torch.no_grad():
-            torch.testing.assert_close(torch.as_tensor(stored["teacher_action"]),
-                                       taught.teacher(torch.as_tensor(ep["image"])), rtol=0, atol=1e-6)
-        labelled.add_episode(stored)
-    with pytest.raises(ValueError, match="lacks the labels"):
-        labelled.add_episode(point_episodes[0])
-    # The update reads the stored labels (the teacher answers nothing then) and equals the one that asks it.
-    twin = copy.deepcopy(taught)
-    calls = []
-    forward = taught.teacher.forward
-    taught.teacher.forward = lambda image: calls.append(image) or forward(image)
-    results = []
-    for run, rep in ((taught, labelled), (twin, replay)):
-        torch.manual_seed(1)
-        results.append(run.update(copy.deepcopy(expert), copy.deepcopy(rep)))
-    assert not calls
-    assert results[0]["train/anchor_loss"] == pytest.approx(results[1]["train/anchor_loss"], rel=1e-5)
-    for key, value in twin.actor.state_dict().items():
-        torch.testing.assert_close(taught.actor.state_dict()[key], value, rtol=0, atol=1e-5)
-
-
-def test_anchor_model_weight_fits_the_representation_to_the_teacher_at_the_policys_states(setup):
-    method, expert, replay = setup
-    # The actor never steps (its lr set to 0), so only the world model can bring its answer on the replay's states to the
-    # teacher's: with agent.anchor_model_weight it does; without, the anchor's error stays where it was.
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
-                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc", "agent.beta": 0.0, "wm.lr": 1e-3})
-    target = torch.tensor([0.6, -0.5])
-    errors = {}
-    for weight in (0.0, 100.0):
-        torch.manual_seed(0)
-        run = CMIL(replace(cfg, **{"agent.anchor_model_weight": weight}), 2, torch.device("cpu"))
-        run.pretrain(copy.deepcopy(expert), lambda n: None)
-        run.teacher.forward = lambda image: target.expand(*image.shape[:-3], 2)
-        for group in run.actor_opt.param_groups:
-            group["lr"] = 0.0
-        actor = copy.deepcopy(run.actor.state_dict())
-        torch.manual_seed(1)
-        metrics = [run.update(expert, replay) for _ in range(40)]
-        assert ("model/anchor_loss" in metrics[0]) == bool(weight)
-        errors[weight] = [m["train/anchor_loss"] for m in metrics]
-        for key, value in run.actor.state_dict().items():
-            torch.testing.assert_close(value, actor[key], rtol=0, atol=0)
-    assert np.mean(errors[100.0][-5:]) < 0.5 * np.mean(errors[100.0][:5])
-    assert np.mean(errors[100.0][-5:]) < 0.5 * np.mean(errors[0.0][-5:])
-
-
-def test_teacher_embed_weight_distils_the_teachers_embedding_into_the_representation(setup):
-    method, expert, replay = setup
-    cfg = replace(method.cfg, pretrain_updates=0, pretrain_bc_updates=2, anchor_from="runs/a_bc_run",
-                  **{"agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
-    with pytest.raises(ConfigError, match="teacher_embed_weight"):
-        CMIL(replace(cfg, **{"agent.teacher_embed_weight": 1.0, "agent.anchor_weight": 0.0}), 2, torch.device("cpu"))
-    # The embedding is what the teacher's action is a linear readout of.
-    torch.manual_seed(0)
-    teacher = CMIL(cfg, 2, torch.device("cpu")).teacher
-    images = torch.as_tensor(np.stack([expert.episodes[0]["image"][:3]]))
-    head = teacher.head[-1]
-    torch.testing.assert_close(teacher(images), torch.tanh(head(teacher.embed(images))), rtol=0, atol=1e-6)
-    assert teacher.embed(images).shape == (1, 3, cfg.bc.units)
-    # One update from the same state and seed: the term reaches the representation, never the teacher.
-    runs = {}
-    for weight in (0.0, 10.0):
-        torch.manual_seed(0)
-        runs[weight] = run = CMIL(replace(cfg, **{"agent.teacher_embed_weight": weight}), 2, torch.device("cpu"))
-        assert ("teacher_embed_head" in run.modules()) == bool(weight)
-        run.pretrain(copy.deepcopy(expert), lambda n: None)
-        frozen_teacher = copy.deepcopy(run.teacher.state_dict())
-        torch.manual_seed(1)
-        metrics = run.update(copy.deepcopy(expert), copy.deepcopy(replay))
-        assert ("model/teacher_embed_loss" in metrics) == bool(weight)
-        for key, value in run.teacher.state_dict().items():
-            torch.testing.assert_close(value, frozen_teacher[key], rtol=0, atol=0)
-    encoder = {k: v for k, v in runs[0.0].wm.state_dict().items() if k.startswith("encoder")}
-    assert encoder and not all(torch.equal(v, runs[10.0].wm.state_dict()[k]) for k, v in encoder.items())
-
-
-def test_the_anchors_bc_teacher_trains_first_in_pretraining_on_its_own_generator(setup):
-    method, expert, _ = setup
-    base = replace(method.cfg, pretrain_updates=1, pretrain_bc_updates=2, **{"bc.steps": 30, "agent.anchor_weight": 1.0})
-    runs = {}
-    for target in ("pretrained", "bc"):
-        torch.manual_seed(0)
-        runs[target] = CMIL(replace(base, **{"agent.anchor_target": target}), 2, torch.device("cpu"))
-    taught = runs["bc"]
-    assert taught.pretrain_steps() == 30 + 3 and runs["pretrained"].pretrain_steps() == 3
-    images, actions = (torch.as_tensor(x) for x in demo_pairs(expert))
-    before = (taught.teacher(images) - actions).pow(2).sum(-1).mean()
-    steps = []
-    torch.manual_seed(1)
-    metrics = taught.pretrain(copy.deepcopy(expert), steps.append)
-    torch.manual_seed(1)
-    runs["pretrained"].pretrain(copy.deepcopy(expert), lambda n: None)
-    assert sum(steps) == 33 and "pretrain/teacher_bc_loss" in metrics
-    # It learnt to clone the demos, is frozen from then on, and the rest of the run drew what it would without it:
-    # the pretrained world model and actor are those of the run anchored to its pretrained actor (to float
-    # rounding: other draws would differ from the first update on).
-    assert (taught.teacher(images) - actions).pow(2).sum(-1).mean() < before
-    assert not any(p.requires_grad for p in taught.teacher.parameters())
-    # It is the `bc` method's policy for the run's seed, draw for draw (the BC baseline of the same seed).
-    torch.manual_seed(base.seed)
-    baseline = BC(replace(base, method="bc"), 2, torch.device("cpu"))
-    baseline.pretrain(copy.deepcopy(expert), lambda n: None)
-    for key, value in baseline.net.state_dict().items():
-        assert torch.equal(value, taught.teacher.state_dict()[key]), key
-    for name in ("world_model", "actor"):
-        other = runs["pretrained"].modules()[name].state_dict()
-        for key, value in taught.modules()[name].state_dict().items():
-            torch.testing.assert_close(value, other[key], rtol=0, atol=1e-6, msg=f"{name}: {key}")
-
-
-
-def test_bc_members_train_an_ensemble_that_acts_with_its_mean_action_and_teaches_as_one(setup):
-    method, expert, _ = setup
-    cfg = replace(method.cfg, method="bc", **{"bc.steps": 30, "bc.members": 3})
-    torch.manual_seed(0)
-    bc = BC(cfg, 2, torch.device("cpu"))
-    members = bc.net.members
-    assert len(members) == 3 and isinstance(members[0], PixelPolicy)
-    images, actions = (torch.as_tensor(x) for x in demo_pairs(expert))
-    first = [p.detach().clone() for p in members[0].parameters()]
-    assert not all(torch.equal(a, b) for a, b in zip(first, members[1].parameters(), strict=True))  # their own initialisations
-    errors = [(m(images) - actions).pow(2).sum(-1).mean() for m in members]
-    metrics = bc.pretrain(copy.deepcopy(expert), lambda n: None)
-    assert 0 < metrics["train/bc_loss"] < float(sum(errors)) / 3  # the members' mean loss
-    after = [(m(images) - actions).pow(2).sum(-1).mean() for m in members]
-    assert all(a < b for a, b in zip(after, errors, strict=True)), (after, errors)  # every member learnt to clone the demos
-    # One policy: the mean of the members' actions.
-    with torch.no_grad():
-        torch.testing.assert_close(bc.net(images), torch.stack([m(images) for m in members]).mean(0))
-    # One member is the plain network (its checkpoint keys, read by encoder_from and anchor_from, are unchanged).
-    assert isinstance(BC(replace(cfg, **{"bc.members": 1}), 2, torch.device("cpu")).net, PixelPolicy)
-    # CMIL's teacher is the same ensemble; the embedding distillation needs a single policy.
-    taught = replace(method.cfg, **{"bc.members": 3, "agent.anchor_weight": 1.0, "agent.anchor_target": "bc"})
-    assert isinstance(CMIL(taught, 2, torch.device("cpu")).teacher, PolicyEnsemble)
-    with pytest.raises(ConfigError, match="bc.members"):
-        CMIL(replace(taught, **{"agent.teacher_embed_weight": 1.0}), 2, torch.device("cpu"))
-
-
 @pytest.mark.parametrize("norm", [False, True])
-def test_disc_gradient_penalty_changes_only_the_discriminators_step(setup, norm):
-    method, expert, replay = setup
+def test_disc_gradient_penalty_changes_only_the_discriminators_step(cmil_on_point, norm):
+    method, expert, replay = cmil_on_point
     after = {}
     for weight in (0.0, 10.0):
         cfg = replace(method.cfg, **{"agent.disc_grad_penalty": weight, "agent.disc_input_norm": norm})
@@ -798,8 +518,8 @@ def test_disc_gradient_penalty_changes_only_the_discriminators_step(setup, norm)
 
 
 @pytest.mark.parametrize("pairs", ["imagined", "replay"])
-def test_discriminator_policy_side_is_imagined_or_the_replays_real_pairs(setup, pairs):
-    method, expert, _ = setup
+def test_discriminator_policy_side_is_imagined_or_the_replays_real_pairs(cmil_on_point, pairs):
+    method, expert, _ = cmil_on_point
     # Features of the frame alone (the `default` preset's forms): no sampled recurrent state tells equal rows apart.
     cfg = replace(method.cfg, **{"agent.disc_policy_pairs": pairs, "wm.posterior": "image", "wm.agent_feat": "stoch"})
     torch.manual_seed(0)
@@ -810,8 +530,8 @@ def test_discriminator_policy_side_is_imagined_or_the_replays_real_pairs(setup, 
     assert same == (pairs == "replay")
 
 
-def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(setup, point_episodes):
-    method, expert, replay = setup
+def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(cmil_on_point, point_episodes):
+    method, expert, replay = cmil_on_point
     cfg = replace(method.cfg, **{"agent.reward": "env"})
     torch.manual_seed(0)
     measured = CMIL(cfg, 2, torch.device("cpu"))
@@ -831,10 +551,10 @@ def test_env_reward_measurement_learns_the_tasks_reward_and_replaces_ds(setup, p
 
 
 @pytest.mark.parametrize("score", ["q", "disc"])
-def test_weighted_objective_moves_towards_the_candidates_its_score_rates_higher(setup, score):
+def test_weighted_objective_moves_towards_the_candidates_its_score_rates_higher(cmil_on_point, score):
     # 'weighted': a score that rises with the first action dimension must shift the regression target up in that
     # dimension and leave the other about where the actor's mean is.
-    method, _, _ = setup
+    method, _, _ = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.actor_objective": "weighted", "agent.weighted_score": score,
                                         "agent.weighted_candidates": 64})
     net = method.critic if score == "q" else method.imitation.disc
@@ -848,8 +568,8 @@ def test_weighted_objective_moves_towards_the_candidates_its_score_rates_higher(
 
 
 @pytest.mark.parametrize("score", ["q", "disc"])
-def test_weighted_objective_reads_the_critics_only_with_the_q_score(setup, score):
-    method, expert, replay = setup
+def test_weighted_objective_reads_the_critics_only_with_the_q_score(cmil_on_point, score):
+    method, expert, replay = cmil_on_point
     method.cfg = replace(method.cfg, **{"agent.actor_objective": "weighted", "agent.weighted_score": score})
 
     def critic_action_slope(agent, slope):
@@ -861,8 +581,8 @@ def test_weighted_objective_reads_the_critics_only_with_the_q_score(setup, score
     assert "train/weighted_step" in copy.deepcopy(method).update(copy.deepcopy(expert), copy.deepcopy(replay))
 
 
-def test_explore_noise_widens_sampled_actions_only(setup):
-    method, _, _ = setup
+def test_explore_noise_widens_sampled_actions_only(cmil_on_point):
+    method, _, _ = cmil_on_point
     obs = np.zeros((method.cfg.image_size, method.cfg.image_size, 3), np.uint8)
 
     def actions(noise: float, deterministic: bool) -> np.ndarray:
