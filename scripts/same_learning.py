@@ -75,7 +75,9 @@ def main() -> int:
     parser.add_argument("--demos", default="demos/mw-push", help="demos of mw-push (`cmil demos collect`)")
     parser.add_argument("--env-steps", type=int, default=300)
     args = parser.parse_args()
-    if not (ROOT / args.demos).exists() and not Path(args.demos).exists():
+    demos = Path(args.demos)
+    demos = (demos if demos.is_absolute() or demos.exists() else ROOT / demos).resolve()  # the runs start in ROOT
+    if not demos.exists():
         parser.error(f"no demos at {args.demos}: cmil demos collect --task mw-push --episodes 10 --seed 1000000 "
                      f"--out {args.demos}")
     with tempfile.TemporaryDirectory(prefix="same_learning_") as tmp:
@@ -84,8 +86,8 @@ def main() -> int:
         try:
             differ = 0
             for name in args.cases:
-                old = dry_run(base / "src", CASES[name], Path(tmp) / f"{name}_base", args.demos, args.env_steps)
-                new = dry_run(ROOT / "src", CASES[name], Path(tmp) / f"{name}_new", args.demos, args.env_steps)
+                old = dry_run(base / "src", CASES[name], Path(tmp) / f"{name}_base", str(demos), args.env_steps)
+                new = dry_run(ROOT / "src", CASES[name], Path(tmp) / f"{name}_new", str(demos), args.env_steps)
                 same = isinstance(old, dict) and old == new
                 differ += not same
                 shown = new["model"][:16] if isinstance(new, dict) else new
