@@ -244,6 +244,26 @@ def test_anchor_probe_scores_the_anchors_target_and_final_policy_on_the_same_pla
         _run("anchor_probe.py", str(plain), "--episodes", "1")
 
 
+def test_teacher_on_decoded_frames_compares_the_teachers_labels_on_real_and_decoded_frames(demos, tmp_path):
+    from cmil.cli import main
+
+    common = ["train", "--method", "cmil", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "40",
+              "--video-episodes", "0", "--demos", str(demos), "--agent.anchor-weight", "10"]
+    taught, plain = tmp_path / "taught", tmp_path / "plain"
+    assert main([*common, "--agent.anchor-target", "bc", "--run-dir", str(taught)]) == 0
+    assert main([*common, "--agent.anchor-target", "pretrained", "--run-dir", str(plain)]) == 0
+    _run("teacher_on_decoded_frames.py", str(taught), "--episodes", "2", "--out", str(tmp_path / "t.json"))
+    (row,) = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert row["online_episodes"] >= 2
+    for group in ("demos", "first_online"):
+        cells = row[group]
+        assert 0 < cells["pixel_error"] < 255  # an untrained decoder does not reproduce the frames
+        assert cells["label_noise"] > 0 and cells["student_gap"] > 0
+        assert set(cells["imagined_label_noise"]) == set(cells["imagined_student_gap"]) == {"1", "3", "5", "10"}
+    with pytest.raises(AssertionError, match="no teacher"):
+        _run("teacher_on_decoded_frames.py", str(plain), "--out", str(tmp_path / "u.json"))
+
+
 def test_compare_methods_scores_final_policies_on_fresh_placements(demos, tmp_path):
     from cmil.cli import main
 

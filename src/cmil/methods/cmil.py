@@ -296,10 +296,13 @@ class CMIL(CMILObjectives, Method):
             return m
 
         starts = slice(B, None) if a.imag_from == "replay" else slice(None)   # the windows imagined from
-        imag, rl_loss = self._rl_objective(real.post, starts, m)             # eqs. 10-12
+        imag, rl_loss, rl_metrics = self._rl_objective(real.post, starts)     # eqs. 10-12
+        m.update(rl_metrics)
         reg_loss = a.beta * bc_loss
         if real.anchor_target is not None:  # agent.anchor_weight, on the policy's own states
-            reg_loss = reg_loss + a.anchor_weight * self._anchor_loss(real.feat[B:, :-1], real.anchor_target, m)
+            anchor_loss, anchor_metrics = self._anchor_loss(real.feat[B:, :-1], real.anchor_target)
+            reg_loss = reg_loss + a.anchor_weight * anchor_loss
+            m.update(anchor_metrics)
         m.update(self._actor_step(rl_loss, reg_loss))
         feats, actions = imag.feats.detach(), imag.actions.detach()
         m.update(self._disc_step(real.disc_feat, act_taken, feats, actions))  # eq. 8
@@ -387,12 +390,14 @@ class CMIL(CMILObjectives, Method):
             feat = self.wm.agent_feat(bc_post)[:, :-1]
         return feat, action, weight
 
-    def _rl_objective(self, post: dict[str, torch.Tensor], starts: slice, m: dict[str, torch.Tensor]
-                      ) -> tuple[_Imagined, torch.Tensor]:
+    def _rl_objective(self, post: dict[str, torch.Tensor], starts: slice
+                      ) -> tuple[_Imagined, torch.Tensor, dict[str, torch.Tensor]]:
         """Imagination from the real posterior states of the `starts` windows (eq. 11 notation: s^0 real,
         s^1..s^H imagined), eq. 10's reward on it, and the actor's RL loss: eq. 12 (agent.actor_objective
-        'lambda'), the critics' action slope ('q', 'q_real'), or regression onto value-weighted candidates."""
+        'lambda'), the critics' action slope ('q', 'q_real'), or regression onto value-weighted candidates (its
+        step size is the one metric it returns)."""
         a = self.cfg.agent
+        m: dict[str, torch.Tensor] = {}
         start = {k: _flat(v[starts]) for k, v in post.items()}
         if a.imag_starts and a.imag_starts < len(start["deter"]):
             idx = torch.randperm(len(start["deter"]), device=self.device)[: a.imag_starts]
@@ -420,11 +425,13 @@ class CMIL(CMILObjectives, Method):
                     self.stats["returns"].update(returns)
                     actor_obj = actor_obj / self.stats["returns"].scale
                 rl_loss = a.rl_weight * (-actor_obj.mean() - a.entropy * entropy[steps].mean())
-        return _Imagined(feats, actions, disagreement, entropy, reward, q_imag, q_min, returns), rl_loss
+        return _Imagined(feats, actions, disagreement, entropy, reward, q_imag, q_min, returns), rl_loss, m
 
-    def _anchor_loss(self, feat: torch.Tensor, target: torch.Tensor, m: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The anchor term: the actor's mean action at the policy's own states `feat` (detached) against the
-        anchor's target, kept only where the critics agree with agent.anchor_filter 'q'."""
+    def _anchor_loss(self, feat: torch.Tensor, target: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The anchor term and its metrics: the actor's mean action at the policy's own states `feat` (detached)
+        against the anchor's target, kept only where the critics agree with agent.anchor_filter 'q'."""
+        m: dict[str, torch.Tensor] = {}
         mean = self.actor(feat).mean
         err = (mean - target).pow(2).sum(-1)
         if self.cfg.agent.anchor_filter == "q":  # only where the critics rate the target at least as high as the actor
@@ -433,7 +440,7 @@ class CMIL(CMILObjectives, Method):
             m["train/anchor_kept"] = kept.mean()
         loss = err.mean()
         m["train/anchor_loss"] = loss.detach()
-        return loss
+        return loss, m
 
     def _disc_step(self, disc_feat: torch.Tensor, act_taken: torch.Tensor, feats: torch.Tensor,
                    actions: torch.Tensor) -> dict[str, torch.Tensor]:
