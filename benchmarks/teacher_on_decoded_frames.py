@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from cmil.data.episodes import load_episodes
-from cmil.launch import open_policy
+from cmil.launch import load_demos, open_policy
 from cmil.models.world_model import image_to_uint8
 from cmil.runs import source_commit
 
@@ -86,7 +86,7 @@ def measure(run: Path, episodes: int) -> dict:
         raise SystemExit(f"{run}: no teacher (agent.anchor_target is not 'bc')")
     torch.manual_seed(0)
     online = load_episodes(run / "episodes")
-    groups = {"demos": load_episodes(Path(cfg.demos))[: cfg.num_demos], "first_online": online[:episodes]}
+    groups = {"demos": load_demos(cfg, agent.action_dim), "first_online": online[:episodes]}
     if len(online) > episodes:
         groups["last_online"] = online[-episodes:]
     return {"run": str(run), "checkpoint": str(parts.checkpoint), "online_episodes": len(online),
