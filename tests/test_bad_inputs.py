@@ -1,6 +1,7 @@
 """Every bad input to every subcommand: exit status 2, one line `error: ...` naming the problem on
 stderr (nothing else), and the file system exactly as it was, so that the corrected command just works."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -60,6 +61,8 @@ CASES = [
     ("demos-corrupt", [*TRAIN, "--demos", "{bad_demos}", "--num-demos", "1"], "cannot read"),
     ("demos-wrong-action-dim", [*TRAIN, "--demos", "{wide_demos}"], "action dimension is 3, expected 2"),
     ("demos-wrong-image-size", [*TRAIN, "--image-size", "48"], "image size is 64x64, expected 48x48"),
+    ("demos-other-env-kwargs", [*TRAIN, "--demos", "{other_env_demos}"],
+     'collected with env kwargs {"placement_scale": 0.5}, this run uses {}'),
     ("run-dir-a-file", [*TRAIN, "--run-dir", "{file}"], "is not a directory"),
     ("run-dir-not-a-run", [*TRAIN, "--run-dir", "{stuff}"], "is not a run (no config.yaml)"),
     ("run-dir-broken-config", [*TRAIN, "--run-dir", "{broken_run}"], "config.yaml: cannot read"),
@@ -130,7 +133,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     """A folder with demos, a finished run and the damaged inputs the cases point at."""
     base = tmp_path_factory.mktemp("world")
     paths = {name: base / name for name in ("demos", "run", "stuff", "bad_demos", "wide_demos", "broken_run",
-                                            "odd_run", "nockpt_run", "fit")}
+                                            "odd_run", "nockpt_run", "fit", "other_env_demos")}
     collect_demos("point", 2, paths["demos"], seed=0, quiet=True)
     fmt = {"base": str(base), **{k: str(v) for k, v in paths.items()}}
     assert main([arg.format(**fmt) for arg in RESUME]) == 0
@@ -141,6 +144,9 @@ def world(tmp_path_factory) -> dict[str, str]:
     (paths["bad_demos"] / "x.npz").write_bytes(b"not a zip file")
     for ep in load_episodes(paths["demos"]):
         save_episode(paths["wide_demos"], {**ep, "action": np.pad(ep["action"], ((0, 0), (0, 1)))})
+    shutil.copytree(paths["demos"], paths["other_env_demos"])
+    stats = paths["other_env_demos"] / "expert_stats.json"
+    stats.write_text(json.dumps({**json.loads(stats.read_text()), "env_kwargs": {"placement_scale": 0.5}}))
     paths["broken_run"].mkdir()
     (paths["broken_run"] / "config.yaml").write_text("task: [unclosed\n")
     paths["odd_run"].mkdir()

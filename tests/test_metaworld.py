@@ -238,3 +238,26 @@ def test_expert_benchmark_writes_its_results(tmp_path):
     (row,) = json.loads(out.read_text())["tasks"]
     assert row["task"] == "push" and row["episodes"] == 3 and row["episode_length"] == 100
     assert row["successes"] == 3 and len(row["first_success"]) == 3 and row["steps_to_success_max"] <= 100
+
+
+def test_placement_scale_narrows_placements_about_the_centre():
+    # Push: object x in [-0.1, 0.1], y in [0.6, 0.7]; goal x in [-0.1, 0.1], y in [0.8, 0.9].
+    full = MetaWorldImageEnv(DEFAULT_TASK, seed=0, render=False)
+    narrow = MetaWorldImageEnv(DEFAULT_TASK, seed=0, render=False, placement_scale=0.25)
+    try:
+        objs, goals = [], []
+        for s in range(20):
+            _, info = narrow.reset(seed=s)
+            objs.append(info["state"][4:6])
+            goals.append(info["state"][36:38])
+        objs, goals = np.array(objs), np.array(goals)
+        assert np.all(np.abs(objs[:, 0]) <= 0.025 + 1e-9) and np.all(np.abs(objs[:, 1] - 0.65) <= 0.0125 + 1e-9)
+        assert np.all(np.abs(goals[:, 0]) <= 0.025 + 1e-9) and np.all(np.abs(goals[:, 1] - 0.85) <= 0.0125 + 1e-9)
+        assert objs[:, 0].std() > 1e-3  # still random inside the smaller box
+        full_objs = np.array([full.reset(seed=s)[1]["state"][4:6] for s in range(20)])
+        assert np.abs(full_objs[:, 0]).max() > 0.025  # the full range reaches beyond it
+    finally:
+        full.close()
+        narrow.close()
+    with pytest.raises(ValueError, match="placement_scale"):
+        MetaWorldImageEnv(DEFAULT_TASK, render=False, placement_scale=0.0)

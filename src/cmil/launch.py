@@ -202,7 +202,22 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
     if available < cfg.num_demos:
         raise UsageError(f"num_demos: {directory} holds {available} episodes, fewer than num_demos "
                          f"{cfg.num_demos}; pass --num-demos {available} or collect more")
+    _check_demo_env_kwargs(cfg, directory)
     return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
+
+
+def _check_demo_env_kwargs(cfg: Config, directory: Path) -> None:
+    """Refuse demos collected with other env kwargs than the run's (e.g. another `placement_scale`): the
+    demonstrations would show a different task. Demo sets without that record (converted ones) pass."""
+    stats = directory / "expert_stats.json"
+    if not stats.exists():
+        return
+    recorded = json.loads(stats.read_text()).get("env_kwargs")
+    if recorded is None or recorded == env_kwargs_of(cfg):
+        return
+    raise UsageError(f"env_kwargs: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, "
+                     f"this run uses {json.dumps(env_kwargs_of(cfg))}; pass --env-kwargs '{json.dumps(recorded)}' "
+                     "or demos collected with the run's")
 
 
 def _collect_dry_run_demos(cfg: Config) -> None:
