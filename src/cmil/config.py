@@ -397,8 +397,8 @@ class Config:
     the module that registers ID first, e.g. gym:gymnasium_robotics:FetchReach-v4)."""
     env_kwargs: str | None = None
     """JSON object of keyword arguments for the task's env: gym.make's for gym:ID tasks, the env factory's
-    for the others, e.g. '{"continuing_task": false}'. Saved in config.yaml, so resume and `cmil eval`
-    rebuild the same env."""
+    for the others, e.g. '{"continuing_task": false}', or '{"placement_scale": 0.5}' for a Meta-World task's
+    placements in a box half as wide. Saved in config.yaml, so resume and `cmil eval` rebuild the same env."""
     success_key: str | None = None
     """Info key of the success flag of a gym:ID task or a task registered from Python (default: `success`,
     else `is_success`; an env reporting neither is scored by its return only)."""
