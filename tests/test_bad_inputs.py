@@ -61,8 +61,6 @@ CASES = [
     ("demos-corrupt", [*TRAIN, "--demos", "{bad_demos}", "--num-demos", "1"], "cannot read"),
     ("demos-wrong-action-dim", [*TRAIN, "--demos", "{wide_demos}"], "action dimension is 3, expected 2"),
     ("demos-wrong-image-size", [*TRAIN, "--image-size", "48"], "image size is 64x64, expected 48x48"),
-    ("demos-other-env-kwargs", [*TRAIN, "--demos", "{other_env_demos}"],
-     'collected with env kwargs {"placement_scale": 0.5}, this run uses {}'),
     ("run-dir-a-file", [*TRAIN, "--run-dir", "{file}"], "is not a directory"),
     ("run-dir-not-a-run", [*TRAIN, "--run-dir", "{stuff}"], "is not a run (no config.yaml)"),
     ("run-dir-broken-config", [*TRAIN, "--run-dir", "{broken_run}"], "config.yaml: cannot read"),
@@ -188,6 +186,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(world, argv, expected, 
     assert expected in lines[0]
     assert out == ""
     assert _tree(base) == before
+
+
+def test_demos_of_other_env_kwargs_are_named_in_a_warning(world, capsys, monkeypatch):
+    monkeypatch.chdir(world["base"])
+    argv = [a.format(**world) for a in TRAIN[:-1]] + [f"{world['base']}/otherenvrun", "--demos", world["other_env_demos"]]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert 'collected with env kwargs {"placement_scale": 0.5}, this run uses {}' in err
 
 
 def test_the_installed_command_exits_2_with_one_line(tmp_path):

@@ -207,17 +207,18 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
 
 
 def _check_demo_env_kwargs(cfg: Config, directory: Path) -> None:
-    """Refuse demos collected with other env kwargs than the run's (e.g. another `placement_scale`): the
-    demonstrations would show a different task. Demo sets without that record (converted ones) pass."""
+    """Warn when the demos were collected with other env kwargs than the run's: some change what the expert's
+    episodes look like (`placement_scale`, a camera), others only the run's own scoring (a success radius), so
+    this is the user's call. Demo sets without that record (converted ones) pass silently."""
     stats = directory / "expert_stats.json"
     if not stats.exists():
         return
     recorded = json.loads(stats.read_text()).get("env_kwargs")
     if recorded is None or recorded == env_kwargs_of(cfg):
         return
-    raise UsageError(f"env_kwargs: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, "
-                     f"this run uses {json.dumps(env_kwargs_of(cfg))}; pass --env-kwargs '{json.dumps(recorded)}' "
-                     "or demos collected with the run's")
+    warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, this run uses "
+         f"{json.dumps(env_kwargs_of(cfg))}; if that changes what the episodes show (e.g. placement_scale), "
+         "collect demos with the run's")
 
 
 def _collect_dry_run_demos(cfg: Config) -> None:
