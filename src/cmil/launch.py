@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from cmil.config import STEERING_FIELDS, Config, replace
 from cmil.config_io import flatten, load_config, resume_conflicts, save_config, validate
-from cmil.data.episodes import Episode, episode_paths, load_episodes
+from cmil.data.episodes import Episode, demo_stats, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay
 from cmil.errors import UsageError
 from cmil.evaluate import demo_success_rate
@@ -210,10 +210,7 @@ def _check_demo_env_kwargs(cfg: Config, directory: Path) -> None:
     """Warn when the demos were collected with other env kwargs than the run's: some change what the expert's
     episodes look like (`placement_scale`, a camera), others only the run's own scoring (a success radius), so
     this is the user's call. Demo sets without that record (converted ones) pass silently."""
-    stats = directory / "expert_stats.json"
-    if not stats.exists():
-        return
-    recorded = json.loads(stats.read_text()).get("env_kwargs")
+    recorded = (demo_stats(directory) or {}).get("env_kwargs")
     if recorded is None or recorded == env_kwargs_of(cfg):
         return
     warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, this run uses "
@@ -239,9 +236,9 @@ def expert_success(directory: Path, demos: list[Episode], env: gym.Env) -> float
 
     if not reports_success(env):
         return None
-    stats = directory / "expert_stats.json"
-    if stats.exists():
-        rate = json.loads(stats.read_text()).get("success_rate")
+    stats = demo_stats(directory)
+    if stats is not None:
+        rate = stats.get("success_rate")
         return None if rate is None else float(rate)
     return demo_success_rate(demos)
 
@@ -434,9 +431,8 @@ def open_policy(run_dir: Path) -> EvalParts:
         raise
     result = _read_result(run_dir) or {}
     success = result.get("expert_success_rate")
-    stats = Path(cfg.demos or "") / "expert_stats.json"
-    if success is None and cfg.demos and stats.is_file():
-        success = json.loads(stats.read_text()).get("success_rate")
+    if success is None and cfg.demos:
+        success = (demo_stats(cfg.demos) or {}).get("success_rate")
     return EvalParts(cfg, env, method.policy(), found[0], success, method)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cmil.data.episodes import EpisodeRecorder, save_episode
+from cmil.data.episodes import DEMO_STATS, EpisodeRecorder, save_episode
 from cmil.envs import make_env, reports_success, task_slug
 from cmil.errors import OutputExistsError, UsageError
 from cmil.evaluate import run_episode
@@ -71,7 +71,7 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
     stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes if scored else None,
              "success_rate": successes / attempts if scored else None, "seed": seed, "image_size": image_size,
              "env_kwargs": env_kwargs or {}, "success_key": success_key, "max_episode_steps": max_episode_steps}
-    (partial / "expert_stats.json").write_text(json.dumps(stats, indent=2))
+    (partial / DEMO_STATS).write_text(json.dumps(stats, indent=2))
     if out.exists():
         out.rmdir()  # empty (checked above)
     partial.rename(out)

@@ -23,6 +23,7 @@ Every load validates: a problem raises `EpisodeError` whose one-line message nam
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -37,6 +38,14 @@ Episode = dict[str, np.ndarray]
 
 REQUIRED_KEYS = ("image", "action", "reward", "success", "is_first", "is_last", "is_terminal")
 FLAG_KEYS = ("success", "is_first", "is_last", "is_terminal")
+DEMO_STATS = "expert_stats.json"  # beside a demo set's episodes: how it was collected (`cmil demos collect`)
+
+
+def demo_stats(directory: str | os.PathLike) -> dict | None:
+    """A demo directory's DEMO_STATS file as a dict (task, env kwargs, the expert's success rate, ...); None
+    when it has none (demos converted from elsewhere, or written by hand)."""
+    path = Path(directory) / DEMO_STATS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class EpisodeError(UsageError, ValueError):

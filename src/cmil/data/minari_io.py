@@ -29,8 +29,10 @@ import gymnasium as gym
 import numpy as np
 
 from cmil.data.episodes import (
+    DEMO_STATS,
     Episode,
     EpisodeError,
+    demo_stats,
     episode_success,
     load_episodes,
     save_episode,
@@ -156,7 +158,7 @@ def import_minari(source: str, out: str | Path, image_size: int = 64, image_key_
                    "env_spec": dataset.env_spec.id if dataset.env_spec is not None else None,
                    # the demonstrator's success rate, if the dataset records success (else unknown)
                    "success_rate": float(np.mean([episode_success(e) for e, _ in converted])) if scored else None}
-    (out / "expert_stats.json").write_text(json.dumps(source_info, indent=2))
+    (out / DEMO_STATS).write_text(json.dumps(source_info, indent=2))
     return paths
 
 
@@ -194,8 +196,7 @@ def export_minari(demos: str | Path, dataset_id: str, task: str | None = None,
         raise OutputExistsError(f"{root / dataset_id}: a Minari dataset {dataset_id!r} exists; choose another name "
                                 "(nothing is overwritten)")
     episodes = load_episodes(demos)
-    stats_path = Path(demos) / "expert_stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats = demo_stats(demos) or {}
     task = task or stats.get("task")
     if options is None:
         options = {"image_size": int(episodes[0]["image"].shape[1]),
