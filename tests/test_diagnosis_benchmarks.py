@@ -359,6 +359,22 @@ def test_continue_online_resumes_a_pretrained_copy_with_other_agent_settings(dem
         continue_online(full, tmp_path / "other", 40, {"agent.alpha": 0.0})
 
 
+def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp_path):
+    from cmil.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "vmail", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "90",
+                 "--video-episodes", "0", "--agent.reward", "env", "--run-dir", str(run)]) == 0
+    _run("point_rl_sanity.py", str(run), "--references", "3", "--mlp-steps", "5", "--out", str(tmp_path / "s.json"))
+    result = json.loads((tmp_path / "s.json").read_text())
+    refs = result["references"]
+    assert refs["expert"]["success"] == 1.0 and refs["expert"]["return"] > refs["zero"]["return"]
+    (row,) = result["rows"]
+    assert set(row["r2"]) == {"point", "goal", "reward"} and "run_head" in row["r2"]["reward"]
+    assert all(v <= 1 for cell in row["r2"].values() for v in cell.values())
+    assert row["evaluations"] and row["model_kl_last"] is not None
+
+
 @pytest.mark.skipif(importlib.util.find_spec("metaworld") is None, reason="needs Meta-World")
 def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     from cmil.cli import main

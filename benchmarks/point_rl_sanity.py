@@ -1,0 +1,117 @@
+"""Does the actor-critic in imagination turn a reward into a better policy on a trivial task? (issue 9, round 39)
+
+    python benchmarks/point_rl_sanity.py RUN [RUN ...] [--episodes 120] [--references 200] [--mlp-steps 2000]
+                                             [--out JSON]
+
+The RUNs are `point` runs trained on the task's own reward (`--agent.reward env`, e.g. `cmil train --method vmail
+--task point --agent.reward env`): a point mass reaching a goal, 30 steps, dense reward -distance. Any working
+Dreamer-style learner should beat doing nothing there. For each run (its latest checkpoint) this prints and writes:
+  - its evaluations (success and return by env step) against three reference policies on the same placements
+    (`--references` episodes from seed 20000: uniformly random actions, zero actions, the scripted expert);
+  - what its features hold, on its last `--episodes` stored episodes (odd ones fit, even ones scored): the R^2 of a
+    ridge regression and of an MLP (`state_probe.py`'s) from the agent's features to the point's and the goal's
+    positions, and from (features, action) to the reward that followed; the R^2 of the run's own reward head
+    (agent.reward 'env') on the same pairs;
+  - the world model's last logged KL (at the free-nats floor the posterior carries no more than it).
+Writes a JSON (default benchmarks/results/diagnose/point_rl_sanity.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmil.data.episodes import load_episodes
+from cmil.envs import make_env
+from cmil.evaluate import run_episode
+from cmil.experts import make_expert
+from cmil.launch import open_policy
+from cmil.runs import source_commit
+from state_probe import features_and_states, mlp_r2, ridge_r2
+
+FIRST_PLACEMENT = 20_000  # the tuning placements, as the runs' own evaluations
+POSITIONS = {"point": [0, 1], "goal": [2, 3]}  # columns of the point env's stored state
+
+
+def reference_returns(episodes: int) -> dict[str, dict[str, float]]:
+    """Mean success and return of random, zero and scripted-expert actions on placements 20000.."""
+    env = make_env("point")
+    expert = make_expert("point", env)
+    rng = np.random.default_rng(0)
+    acts = {"random": lambda obs: rng.uniform(-1, 1, 2), "zero": lambda obs: np.zeros(2),
+            "expert": lambda obs: expert.act()}
+    out = {}
+    for name, act in acts.items():
+        rollouts = [run_episode(env, act, expert.reset, seed=FIRST_PLACEMENT + i) for i in range(episodes)]
+        out[name] = {"success": float(np.mean([r.success for r in rollouts])),
+                     "return": float(np.mean([r.ret for r in rollouts]))}
+    env.close()
+    return out
+
+
+def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
+    parts = open_policy(run)
+    agent = parts.method
+    stored = load_episodes(run / "episodes")[-episodes:]
+    fit, test = stored[1::2], stored[0::2]
+    (x_fit, s_fit), (x_test, s_test) = features_and_states(agent, fit), features_and_states(agent, test)
+
+    def pairs(eps: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:   # (features, action) and the reward after
+        feat, state = features_and_states(agent, eps)
+        action = torch.as_tensor(np.concatenate([ep["action"][1:] for ep in eps])).float()
+        reward = torch.as_tensor(np.concatenate([ep["reward"][1:] for ep in eps])).float()[:, None]
+        return torch.cat([feat, action], -1), reward
+
+    (xa_fit, r_fit), (xa_test, r_test) = pairs(fit), pairs(test)
+    row = {"run": str(run), "checkpoint": parts.checkpoint.name, "episodes": len(stored),
+           "reward_source": parts.cfg.agent.reward, "r2": {}}
+    for name, cols in POSITIONS.items():
+        y_fit, y_test = s_fit[:, cols], s_test[:, cols]
+        row["r2"][name] = {"ridge": ridge_r2(x_fit, y_fit, x_test, y_test),
+                           "mlp": mlp_r2(x_fit, y_fit, x_test, y_test, mlp_steps)}
+    row["r2"]["reward"] = {"ridge": ridge_r2(xa_fit, r_fit, xa_test, r_test),
+                           "mlp": mlp_r2(xa_fit, r_fit, xa_test, r_test, mlp_steps)}
+    if agent.imitation.head is not None:
+        with torch.no_grad():
+            pred = agent.imitation.task_reward(xa_test[:, :x_test.shape[1]], xa_test[:, x_test.shape[1]:])
+        row["r2"]["reward"]["run_head"] = round(float(1 - (pred.reshape(-1) - r_test[:, 0]).pow(2).sum()
+                                                      / (r_test - r_test.mean()).pow(2).sum()), 3)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
+                          for m in metrics if "eval/success_rate" in m]
+    kls = [m["model/kl"] for m in metrics if "model/kl" in m]
+    row["model_kl_last"] = kls[-1] if kls else None
+    parts.env.close()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--episodes", type=int, default=120, help="the run's last stored episodes to probe")
+    parser.add_argument("--references", type=int, default=200, help="episodes of each reference policy")
+    parser.add_argument("--mlp-steps", type=int, default=2000, help="steps of each MLP probe")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/point_rl_sanity.json"))
+    args = parser.parse_args()
+    refs = reference_returns(args.references)
+    print("references (success / return):", {k: (round(v["success"], 3), round(v["return"], 1)) for k, v in refs.items()})
+    rows = []
+    for run in args.runs:
+        row = measure(run, args.episodes, args.mlp_steps)
+        rows.append(row)
+        evals = " ".join(f"{e['env_step']}: {e['success']:.2f}/{e['return']:.1f}" for e in row["evaluations"])
+        print(f"== {run.name} ({row['checkpoint']}, reward {row['reward_source']}, model KL {row['model_kl_last']})")
+        print(f"  evaluations (success/return): {evals}")
+        cells = "; ".join(f"{name} " + " / ".join(str(v) for v in cell.values()) for name, cell in row["r2"].items())
+        print(f"  R^2, ridge / MLP (/ the run's own reward head): {cells}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"commit": source_commit(), "references": refs, "rows": rows}, indent=1))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
