@@ -35,7 +35,7 @@ from cmil.data.episodes import episode_success
 from cmil.launch import eval_result_path
 from cmil.plot import report
 from cmil.presets import PRESETS
-from cmil.runs import source_commit
+from cmil.runs import read_metrics, source_commit
 
 
 def main() -> None:
@@ -156,7 +156,7 @@ def run_record(run_dir: Path, fresh: tuple[int, int] | None = None) -> dict:
     """Per-run facts for the JSON summary: final success, wall time, curve, pretrained-policy success, and
     with `fresh` (episodes, first seed) the final policy's success on those fresh placements if evaluated."""
     final = json.loads((run_dir / "final.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     evals = [(r["env_step"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r]
     record = {"seed": final["seed"], "final_success": final["success_rate"], "final_return": final["return"],
               "episodes": final["episodes"], "wall_time_s": final.get("wall_time_s"), "evaluations": evals,

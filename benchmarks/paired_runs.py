@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cmil.launch import eval_result_path
-from cmil.runs import source_commit
+from cmil.runs import read_metrics, source_commit
 from cmil.stats import bootstrap_ci, final_over_best_if_constant
 
 
@@ -103,7 +103,7 @@ def read_run(spec: str, seed: int, fresh: int, fresh_seed: int, evaluate: bool, 
 
 def last_third(run_dir: Path, keys: list[str]) -> dict[str, float | None]:
     """Each metric's mean over the rows logged in the last third of the run's env steps (None where never logged)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir)
     end = max(r["env_step"] for r in rows)
     late = [r for r in rows if r["env_step"] > 2 * end / 3]
     return {k: (float(np.mean(v)) if (v := [r[k] for r in late if k in r]) else None) for k in keys}

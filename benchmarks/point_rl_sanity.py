@@ -30,7 +30,8 @@ from cmil.envs import make_env
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
-from cmil.runs import source_commit
+from cmil.runs import read_metrics, source_commit
+from state_probe import _r2 as r2
 from state_probe import features_and_states, mlp_r2, ridge_r2
 
 FIRST_PLACEMENT = 20_000  # the tuning placements, as the runs' own evaluations
@@ -60,13 +61,13 @@ def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
     fit, test = stored[1::2], stored[0::2]
     (x_fit, s_fit), (x_test, s_test) = features_and_states(agent, fit), features_and_states(agent, test)
 
-    def pairs(eps: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:   # (features, action) and the reward after
-        feat, state = features_and_states(agent, eps)
-        action = torch.as_tensor(np.concatenate([ep["action"][1:] for ep in eps])).float()
-        reward = torch.as_tensor(np.concatenate([ep["reward"][1:] for ep in eps])).float()[:, None]
-        return torch.cat([feat, action], -1), reward
+    def stacked(eps: list[dict], key: str) -> torch.Tensor:   # rows 1..T: the action taken, the reward after it
+        rows = np.concatenate([ep[key][1:] for ep in eps])
+        return torch.as_tensor(rows.reshape(len(rows), -1)).float()
 
-    (xa_fit, r_fit), (xa_test, r_test) = pairs(fit), pairs(test)
+    a_fit, a_test = stacked(fit, "action"), stacked(test, "action")
+    r_fit, r_test = stacked(fit, "reward"), stacked(test, "reward")
+    xa_fit, xa_test = torch.cat([x_fit, a_fit], -1), torch.cat([x_test, a_test], -1)
     row = {"run": str(run), "checkpoint": parts.checkpoint.name, "episodes": len(stored),
            "reward_source": parts.cfg.agent.reward, "r2": {}}
     for name, cols in POSITIONS.items():
@@ -77,10 +78,9 @@ def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
                            "mlp": mlp_r2(xa_fit, r_fit, xa_test, r_test, mlp_steps)}
     if agent.imitation.head is not None:
         with torch.no_grad():
-            pred = agent.imitation.task_reward(xa_test[:, :x_test.shape[1]], xa_test[:, x_test.shape[1]:])
-        row["r2"]["reward"]["run_head"] = round(float(1 - (pred.reshape(-1) - r_test[:, 0]).pow(2).sum()
-                                                      / (r_test - r_test.mean()).pow(2).sum()), 3)
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            pred = agent.imitation.task_reward(x_test, a_test)
+        row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
+    metrics = read_metrics(run)
     row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
                           for m in metrics if "eval/success_rate" in m]
     kls = [m["model/kl"] for m in metrics if "model/kl" in m]
