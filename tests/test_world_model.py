@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cmil.config import WorldModelConfig
+from cmil.config import WorldModelConfig, replace
 from cmil.data.episodes import save_episode
 from cmil.models.networks import (
     conv_transpose_stem,
@@ -20,7 +20,7 @@ from cmil.models.networks import (
     gaussian_std,
     preprocess_image,
 )
-from cmil.models.world_model import STATE_KEYS, WorldModel, image_to_uint8
+from cmil.models.world_model import STATE_KEYS, WorldModel, change_scale, changed_pixels, image_to_uint8
 from tiny_models import TINY
 
 A = 2
@@ -387,3 +387,33 @@ def test_encoder_depth_widens_the_encoder_only():
     batch = make_batch()
     post, prior = wide.observe(wide.encode(batch["image"]), batch["action"], batch["is_first"])
     assert post["mean"].shape == (2, 6, TINY.stoch) and torch.isfinite(wide.loss(batch)[0]).all()
+
+
+def test_changed_pixels_mark_both_frames_of_a_change_and_weight_their_error():
+    frames = torch.zeros(1, 4, 2, 2)
+    frames[0, 1, 0, 0] = 0.5  # frame 1 differs from frames 0 and 2 at one pixel
+    frames[0, 3, 1, 1] = 0.01  # below the threshold: sensor noise, not a moving object
+    changed = changed_pixels(frames)
+    assert changed[0, :, 0, 0].tolist() == [True, True, True, False] and changed.sum() == 3
+    scale = change_scale(frames, 8.0)
+    assert torch.allclose(scale.square()[changed], torch.tensor(9.0)) and torch.all(scale[~changed] == 1)
+
+
+def test_reconstruction_change_weight_adds_the_weighted_error_of_moving_pixels_only(wm):
+    weighted = WorldModel(A, replace(TINY, recon_change_weight=9.0))
+    weighted.load_state_dict(wm.state_dict())
+
+    def recon(model, batch):
+        torch.manual_seed(1)  # the same posterior samples for both models
+        terms, post, _ = model.loss_terms(batch)
+        return terms["recon"].item(), post
+
+    moving = make_batch(2, 6)
+    still = {**moving, "image": moving["image"][:, :1].expand(-1, 6, -1, -1, -1).contiguous()}
+    assert recon(weighted, still)[0] == pytest.approx(recon(wm, still)[0], rel=1e-6)  # nothing moves: the plain sum
+    plain, post = recon(wm, moving)
+    target = preprocess_image(moving["image"])
+    with torch.no_grad():
+        error = (wm.decode(wm.feat(post)) - target).square()
+    extra = 9.0 * 0.5 * (error * changed_pixels(target)).sum().item() / 12  # B * T = 12 frames
+    assert extra > 0.05 * plain and recon(weighted, moving)[0] == pytest.approx(plain + extra, rel=1e-4)

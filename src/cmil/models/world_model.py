@@ -29,6 +29,7 @@ instead of grouped by head, and `loss_terms` returns its metrics as tensors. Sam
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -71,6 +72,24 @@ class _HalfSquaredError(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (diff,) = ctx.saved_tensors
         return diff * grad, None
+
+
+CHANGE_THRESHOLD = 0.05
+"""A pixel's channel "changes" between two frames when it moves by more than this (in [-0.5, 0.5] units)."""
+
+
+def changed_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames (B, T, ...) -> bool, where each frame differs from the frame before or the frame after it."""
+    step = (frames[:, 1:] - frames[:, :-1]).abs() > CHANGE_THRESHOLD
+    changed = torch.zeros_like(frames, dtype=torch.bool)
+    changed[:, 1:] |= step
+    changed[:, :-1] |= step
+    return changed
+
+
+def change_scale(frames: torch.Tensor, weight: float) -> torch.Tensor:
+    """The factor whose square weights each pixel's squared error: 1 + `weight` where it changes, 1 elsewhere."""
+    return 1.0 + (math.sqrt(1.0 + weight) - 1.0) * changed_pixels(frames).float()
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -382,6 +401,9 @@ class WorldModel(nn.Module):
         # pixels is the same, and the prediction is never interleaved (see `subpixel_layout`).
         pred = self.decoder(self.feat(post), subpixel=True)
         target = to_unit_range(subpixel_layout(image))
+        if self.cfg.recon_change_weight:
+            scale = change_scale(target, self.cfg.recon_change_weight)
+            pred, target = pred * scale, target * scale  # weights the squared error by scale^2
         recon = _HalfSquaredError.apply(pred, target) / (B * T)
         kl, kl_raw = self.kl_loss(post, prior)
         values = torch.stack([recon.detach(), kl.detach(), kl_raw, prior["disagreement"].mean(),
