@@ -13,8 +13,9 @@ batch and window) on the first set, and every `--every` updates measures on the 
   - the ridge R^2 (state_probe.py's) of each true position from three readings of the filtered posterior: the
     stochastic state's mean (`stoch`, what the `default` agent reads), the GRU state h_t (`deter`), and the
     agent's feature under the recipe (`agent`); fit on the first set's features, scored on the held-out set's;
-  - the reconstruction error (mean squared, in [-0.5, 0.5] units) on all pixels and on the pixels that change
-    from the frame before or to the frame after (where the moving objects are; `wm.recon_change_weight`'s mask), and the KL to the prior before free nats.
+  - the reconstruction error (mean squared, in [-0.5, 0.5] units) on all pixels and on the pixels each
+    `wm.recon_focus` picks ('change': those differing from the frame before or after; 'foreground': those
+    differing from the median of all the held-out frames), and the KL to the prior before free nats.
 Writes DIR/latent_probe_{name}.json (default DIR benchmarks/results/diagnose).
 """
 
@@ -34,7 +35,7 @@ from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import run_episode
 from cmil.models.networks import preprocess_image
-from cmil.models.world_model import WorldModel, changed_pixels
+from cmil.models.world_model import WorldModel, focus_pixels
 from cmil.presets import PRESETS
 from cmil.runs import source_commit
 from diagnose_cmil import parse_sets
@@ -62,28 +63,27 @@ def random_episodes(task: str, n: int, first_seed: int, image_size: int) -> list
 @torch.no_grad()
 def readings(wm: WorldModel, episodes: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, float]]:
     """Each episode filtered by the world model from its first frame: the three readings of frames 0..T-1 stacked,
-    the true states there, and the reconstruction errors (all pixels / changed pixels) and the raw KL."""
+    the true states there, and the reconstruction errors (all pixels, `recon_focus`'s 'change' pixels of each
+    episode and 'foreground' pixels against the median of all the episodes' frames) and the raw KL."""
     rows: dict[str, list] = {"stoch": [], "deter": [], "agent": []}
-    sq_all = sq_changed = n_all = n_changed = kl = 0.0
+    errors, targets, changed, kl = [], [], [], 0.0
     for ep in episodes:
         image, action, is_first = (torch.as_tensor(ep[k])[None] for k in ("image", "action", "is_first"))
         post, prior = wm.observe(wm.encode(image), action, is_first, sample=False)
         rows["stoch"].append(post["mean"][0, :-1])
         rows["deter"].append(post["deter"][0, :-1])
         rows["agent"].append(wm.agent_feat(post)[0, :-1])
-        target = preprocess_image(image)[0]
-        err = (wm.decode(wm.feat(post))[0] - target) ** 2
-        changed = changed_pixels(target[None])[0]
-        sq_all += float(err.sum())
-        n_all += err.numel()
-        sq_changed += float(err[changed].sum())
-        n_changed += int(changed.sum())
-        kl += float(wm.kl_loss(post, prior)[1]) * len(image[0])
+        target = preprocess_image(image)
+        errors.append((wm.decode(wm.feat(post)) - target).square()[0])
+        targets.append(target[0])
+        changed.append(focus_pixels(target, "change")[0])
+        kl += float(wm.kl_loss(post, prior)[1]) * image.shape[1]
+    error, target = torch.cat(errors), torch.cat(targets)
+    masks = {"change": torch.cat(changed), "foreground": focus_pixels(target[None], "foreground")[0]}
     states = torch.as_tensor(np.concatenate([ep["state"][:-1] for ep in episodes])).float()
-    frames = sum(len(ep["image"]) for ep in episodes)
-    errors = {"recon_mse": sq_all / n_all, "recon_mse_changed": sq_changed / max(n_changed, 1),
-              "kl_raw": kl / frames}
-    return {k: torch.cat(v).float() for k, v in rows.items()}, states, errors
+    out = {"recon_mse": float(error.mean()), "kl_raw": kl / len(target)}
+    out |= {f"recon_mse_{name}": float(error[mask].mean()) if mask.any() else 0.0 for name, mask in masks.items()}
+    return {k: torch.cat(v).float() for k, v in rows.items()}, states, out
 
 
 def main() -> None:

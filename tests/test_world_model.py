@@ -20,7 +20,7 @@ from cmil.models.networks import (
     gaussian_std,
     preprocess_image,
 )
-from cmil.models.world_model import STATE_KEYS, WorldModel, change_scale, changed_pixels, image_to_uint8
+from cmil.models.world_model import STATE_KEYS, WorldModel, focus_pixels, focus_scale, image_to_uint8
 from tiny_models import TINY
 
 A = 2
@@ -389,18 +389,22 @@ def test_encoder_depth_widens_the_encoder_only():
     assert post["mean"].shape == (2, 6, TINY.stoch) and torch.isfinite(wide.loss(batch)[0]).all()
 
 
-def test_changed_pixels_mark_both_frames_of_a_change_and_weight_their_error():
-    frames = torch.zeros(1, 4, 2, 2)
+def test_focus_pixels_mark_what_moves_or_what_is_not_background_and_weight_their_error():
+    frames = torch.zeros(3, 4, 2, 2)
     frames[0, 1, 0, 0] = 0.5  # frame 1 differs from frames 0 and 2 at one pixel
     frames[0, 3, 1, 1] = 0.01  # below the threshold: sensor noise, not a moving object
-    changed = changed_pixels(frames)
+    frames[1, :, 1, 0] = -0.3  # a still object in one of three windows: not moving, not background
+    changed = focus_pixels(frames, "change")
     assert changed[0, :, 0, 0].tolist() == [True, True, True, False] and changed.sum() == 3
-    scale = change_scale(frames, 8.0)
+    foreground = focus_pixels(frames, "foreground")
+    assert foreground[1, :, 1, 0].all() and foreground[0, 1, 0, 0] and foreground.sum() == 5
+    scale = focus_scale(frames, "change", 8.0)
     assert torch.allclose(scale.square()[changed], torch.tensor(9.0)) and torch.all(scale[~changed] == 1)
 
 
-def test_reconstruction_change_weight_adds_the_weighted_error_of_moving_pixels_only(wm):
-    weighted = WorldModel(A, replace(TINY, recon_change_weight=9.0))
+@pytest.mark.parametrize("focus", ["change", "foreground"])
+def test_reconstruction_focus_weight_adds_the_weighted_error_of_the_focus_pixels_only(wm, focus):
+    weighted = WorldModel(A, replace(TINY, recon_focus_weight=9.0, recon_focus=focus))
     weighted.load_state_dict(wm.state_dict())
 
     def recon(model, batch):
@@ -409,11 +413,11 @@ def test_reconstruction_change_weight_adds_the_weighted_error_of_moving_pixels_o
         return terms["recon"].item(), post
 
     moving = make_batch(2, 6)
-    still = {**moving, "image": moving["image"][:, :1].expand(-1, 6, -1, -1, -1).contiguous()}
-    assert recon(weighted, still)[0] == pytest.approx(recon(wm, still)[0], rel=1e-6)  # nothing moves: the plain sum
+    blank = {**moving, "image": torch.full_like(moving["image"], 40)}
+    assert recon(weighted, blank)[0] == pytest.approx(recon(wm, blank)[0], rel=1e-6)  # nothing to focus on: the plain sum
     plain, post = recon(wm, moving)
     target = preprocess_image(moving["image"])
     with torch.no_grad():
         error = (wm.decode(wm.feat(post)) - target).square()
-    extra = 9.0 * 0.5 * (error * changed_pixels(target)).sum().item() / 12  # B * T = 12 frames
+    extra = 9.0 * 0.5 * (error * focus_pixels(target, focus)).sum().item() / 12  # B * T = 12 frames
     assert extra > 0.05 * plain and recon(weighted, moving)[0] == pytest.approx(plain + extra, rel=1e-4)

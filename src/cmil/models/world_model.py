@@ -74,22 +74,28 @@ class _HalfSquaredError(torch.autograd.Function):
         return diff * grad, None
 
 
-CHANGE_THRESHOLD = 0.05
-"""A pixel's channel "changes" between two frames when it moves by more than this (in [-0.5, 0.5] units)."""
+FOCUS_THRESHOLD = 0.05
+"""A pixel's channel differs from a reference when it is further than this from it (in [-0.5, 0.5] units)."""
 
 
-def changed_pixels(frames: torch.Tensor) -> torch.Tensor:
-    """Float frames (B, T, ...) -> bool, where each frame differs from the frame before or the frame after it."""
-    step = (frames[:, 1:] - frames[:, :-1]).abs() > CHANGE_THRESHOLD
+def focus_pixels(frames: torch.Tensor, focus: str) -> torch.Tensor:
+    """Float frames (B, T, ...) -> bool, the pixels `wm.recon_focus` picks: 'change', where a frame differs from
+    the frame before or after it; 'foreground', where it differs from the per-pixel median of all B * T frames;
+    'both', either."""
+    if focus == "foreground":
+        return (frames - frames.flatten(0, 1).median(0).values).abs() > FOCUS_THRESHOLD
+    if focus == "both":
+        return focus_pixels(frames, "change") | focus_pixels(frames, "foreground")
+    step = (frames[:, 1:] - frames[:, :-1]).abs() > FOCUS_THRESHOLD
     changed = torch.zeros_like(frames, dtype=torch.bool)
     changed[:, 1:] |= step
     changed[:, :-1] |= step
     return changed
 
 
-def change_scale(frames: torch.Tensor, weight: float) -> torch.Tensor:
-    """The factor whose square weights each pixel's squared error: 1 + `weight` where it changes, 1 elsewhere."""
-    return 1.0 + (math.sqrt(1.0 + weight) - 1.0) * changed_pixels(frames).float()
+def focus_scale(frames: torch.Tensor, focus: str, weight: float) -> torch.Tensor:
+    """The factor whose square weights each pixel's squared error: 1 + `weight` on the focus pixels, 1 elsewhere."""
+    return 1.0 + (math.sqrt(1.0 + weight) - 1.0) * focus_pixels(frames, focus).float()
 
 
 def image_to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -401,8 +407,8 @@ class WorldModel(nn.Module):
         # pixels is the same, and the prediction is never interleaved (see `subpixel_layout`).
         pred = self.decoder(self.feat(post), subpixel=True)
         target = to_unit_range(subpixel_layout(image))
-        if self.cfg.recon_change_weight:
-            scale = change_scale(target, self.cfg.recon_change_weight)
+        if self.cfg.recon_focus_weight:
+            scale = focus_scale(target, self.cfg.recon_focus, self.cfg.recon_focus_weight)
             pred, target = pred * scale, target * scale  # weights the squared error by scale^2
         recon = _HalfSquaredError.apply(pred, target) / (B * T)
         kl, kl_raw = self.kl_loss(post, prior)
