@@ -12,7 +12,8 @@ goes) and `--heldout` more (placements 50000..), trains only the world model (`W
 batch and window) on the first set, and every `--every` updates measures on the held-out set:
   - the ridge R^2 (state_probe.py's) of each true position from three readings of the filtered posterior: the
     stochastic state's mean (`stoch`, what the `default` agent reads), the GRU state h_t (`deter`), and the
-    agent's feature under the recipe (`agent`); fit on the first set's features, scored on the held-out set's;
+    agent's feature under the recipe (`agent`); fit on the first set's features, scored on the held-out set's
+    (at the last measurement also state_probe.py's MLP on `agent`, `agent_mlp`);
   - the reconstruction error (mean squared, in [-0.5, 0.5] units) on all pixels and on the pixels each
     `wm.recon_focus` picks ('change': those differing from the frame before or after; 'foreground': those
     differing from the median of all the held-out frames), and the KL to the prior before free nats.
@@ -39,7 +40,7 @@ from cmil.models.world_model import WorldModel, focus_pixels
 from cmil.presets import PRESETS
 from cmil.runs import source_commit
 from diagnose_cmil import parse_sets
-from state_probe import ridge_r2
+from state_probe import mlp_r2, ridge_r2
 
 # Columns of each task's stored state holding the positions probed.
 POSITIONS = {"point": {"point": [0, 1], "goal": [2, 3]},
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--episodes", type=int, default=100, help="random-action episodes trained on")
     parser.add_argument("--heldout", type=int, default=40, help="random-action episodes probed")
+    parser.add_argument("--mlp-steps", type=int, default=2000, help="steps of the last row's MLP probe")
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose"))
@@ -125,6 +127,9 @@ def main() -> None:
         x_test, s_test, errors = readings(wm, heldout)
         r2 = {reading: {pos: round(ridge_r2(x_fit[reading], s_fit[:, cols], x_test[reading], s_test[:, cols]), 3)
                         for pos, cols in positions.items()} for reading in x_fit}
+        if step + args.every > args.updates:  # the last row: also an MLP, as nonlinear readings may hold more
+            r2["agent_mlp"] = {pos: round(mlp_r2(x_fit["agent"], s_fit[:, cols], x_test["agent"], s_test[:, cols],
+                                                 args.mlp_steps), 3) for pos, cols in positions.items()}
         row = {"updates": step, "train_wall_s": round(wall), "r2": r2,
                **{k: round(v, 5) for k, v in errors.items()}, "train_kl_raw": round(metrics["model/kl_raw"], 3)}
         rows.append(row)

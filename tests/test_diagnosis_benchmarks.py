@@ -376,14 +376,14 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
 
 
 def test_latent_probe_trains_the_world_model_alone_and_probes_each_reading(tmp_path):
-    _run("latent_probe.py", "--updates", "4", "--every", "2", "--episodes", "2", "--heldout", "2", "--set", "batch_size=2",
+    _run("latent_probe.py", "--updates", "4", "--every", "2", "--episodes", "2", "--heldout", "2", "--mlp-steps", "3", "--set", "batch_size=2",
          "--set", "wm.recon_focus_weight=10", "--set", "wm.recon_focus=foreground", "--out", str(tmp_path), "--name", "tiny")
     result = json.loads((tmp_path / "latent_probe_tiny.json").read_text())
     assert result["overrides"] == {"batch_size": "2", "wm.recon_focus_weight": "10",
                                       "wm.recon_focus": "foreground"}
     assert [row["updates"] for row in result["rows"]] == [2, 4]
     for row in result["rows"]:
-        assert set(row["r2"]) == {"stoch", "deter", "agent"} and all(set(r) == {"point", "goal"} for r in row["r2"].values())
+        assert set(row["r2"]) == {"stoch", "deter", "agent"} | ({"agent_mlp"} if row["updates"] == 4 else set()) and all(set(r) == {"point", "goal"} for r in row["r2"].values())
         assert min(row["recon_mse"], row["recon_mse_change"], row["recon_mse_foreground"]) > 0 and row["kl_raw"] >= 0
 
 
