@@ -12,6 +12,9 @@ Dreamer-style learner should beat doing nothing there. For each run (its latest 
     ridge regression and of an MLP (`state_probe.py`'s) from the agent's features to the point's and the goal's
     positions, and from (features, action) to the reward that followed; the R^2 of the run's own reward head
     (agent.reward 'env') on the same pairs;
+  - which of the 9 actions {-1, 0, 1}^2 the run's reward head and its critics' min Q rate best at those states,
+    against the one that truly brings the point closest to the goal (round 40): how often each picks it (chance
+    1/9), and how often it picks its most common action (1 = one action whatever the state);
   - the world model's last logged KL (at the free-nats floor the posterior carries no more than it).
 Writes a JSON (default benchmarks/results/diagnose/point_rl_sanity.json).
 """
@@ -27,6 +30,7 @@ import torch
 
 from cmil.data.episodes import load_episodes
 from cmil.envs import make_env
+from cmil.envs.point import MAX_SPEED
 from cmil.evaluate import run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
@@ -52,6 +56,30 @@ def reference_returns(episodes: int) -> dict[str, dict[str, float]]:
                      "return": float(np.mean([r.ret for r in rollouts]))}
     env.close()
     return out
+
+
+@torch.no_grad()
+def best_action_agreement(agent, episodes: list[dict]) -> dict:
+    """At each stored state, which of the 9 actions {-1, 0, 1}^2 the run's reward head and its critics' min Q rate
+    best, against the one that truly brings the point closest to the goal in one step (the env's own dynamics): how
+    often each picks the true best (chance 1/9), and the share of states where it picks its most common action (1 =
+    the same action everywhere, whatever the state)."""
+    grid = torch.tensor([[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])
+    picks: dict[str, list] = {"truth": [], "q_min": []} | ({"reward_head": []} if agent.imitation.head is not None else {})
+    for ep in episodes:
+        feat = agent.episode_features(ep)[0].float()
+        state = torch.as_tensor(ep["state"][:-1]).float()
+        n = len(feat)
+        f, a = feat[:, None].expand(n, 9, -1).reshape(n * 9, -1), grid.repeat(n, 1)
+        moved = (state[:, None, :2] + MAX_SPEED * grid[None]).clamp(-1, 1)
+        picks["truth"].append((-(moved - state[:, None, 2:]).norm(dim=-1)).argmax(1))
+        picks["q_min"].append(agent.critic(f, a).min(0).values.reshape(n, 9).argmax(1))
+        if "reward_head" in picks:
+            picks["reward_head"].append(agent.imitation.task_reward(f, a).reshape(n, 9).argmax(1))
+    picks = {k: torch.cat(v) for k, v in picks.items()}
+    return {k: {"true_best": round(float((v == picks["truth"]).float().mean()), 3),
+                "most_common_share": round(float(torch.bincount(v, minlength=9).max() / len(v)), 3)}
+            for k, v in picks.items()}
 
 
 def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
@@ -80,6 +108,7 @@ def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
         with torch.no_grad():
             pred = agent.imitation.task_reward(x_test, a_test)
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
+    row["best_action"] = best_action_agreement(agent, test)
     metrics = read_metrics(run)
     row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
                           for m in metrics if "eval/success_rate" in m]
@@ -108,6 +137,8 @@ def main() -> None:
         print(f"  evaluations (success/return): {evals}")
         cells = "; ".join(f"{name} " + " / ".join(str(v) for v in cell.values()) for name, cell in row["r2"].items())
         print(f"  R^2, ridge / MLP (/ the run's own reward head): {cells}")
+        picks = "; ".join(f"{k} {v['true_best']} / {v['most_common_share']}" for k, v in row["best_action"].items())
+        print(f"  best of 9 actions, picks the true best / its most common pick's share: {picks}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "references": refs, "rows": rows}, indent=1))
     print(f"written: {args.out}")

@@ -373,6 +373,8 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
     assert set(row["r2"]) == {"point", "goal", "reward"} and "run_head" in row["r2"]["reward"]
     assert all(v <= 1 for cell in row["r2"].values() for v in cell.values())
     assert row["evaluations"] and row["model_kl_last"] is not None
+    assert set(row["best_action"]) == {"truth", "q_min", "reward_head"} and row["best_action"]["truth"]["true_best"] == 1.0
+    assert all(1 / 9 <= v["most_common_share"] <= 1 for v in row["best_action"].values())
 
 
 def test_latent_probe_trains_the_world_model_alone_and_probes_each_reading(tmp_path):
