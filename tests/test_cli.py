@@ -77,6 +77,7 @@ def test_conflicting_override_on_resume_is_an_error(tmp_path, capsys):
 
 
 def test_eval_command_is_read_only_and_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no demos/point here: the dry run collects its demos into the run (removed below)
     run = _train(tmp_path, "bc")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     capsys.readouterr()
