@@ -63,7 +63,8 @@ class WorldModelConfig:
     """Which pixels `recon_focus_weight` weights (a channel differing by more than 0.05 in [-0.5, 0.5] units):
     'change' = those that differ from the frame before or after in the window (what moves); 'foreground' = those
     that differ from the batch's per-pixel median frame (what is not the common background: moving objects, and
-    still ones placed differently in each episode, such as a goal); 'both' = either."""
+    still ones placed differently in each episode, such as a goal; with `augment` each window is shifted on its own,
+    so edges of the background can count too); 'both' = either."""
     posterior: Literal["filter", "image"] = "filter"
     """What the posterior q(s_t | .) reads: 'filter' = h_t and the image embedding (DreamerV2, the authors'
     code); 'image' = the image embedding alone, so s_t describes the current frame and never the action
