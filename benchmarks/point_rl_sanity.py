@@ -59,24 +59,19 @@ def reference_returns(episodes: int) -> dict[str, dict[str, float]]:
 
 
 @torch.no_grad()
-def best_action_agreement(agent, episodes: list[dict]) -> dict:
-    """At each stored state, which of the 9 actions {-1, 0, 1}^2 the run's reward head and its critics' min Q rate
-    best, against the one that truly brings the point closest to the goal in one step (the env's own dynamics): how
-    often each picks the true best (chance 1/9), and the share of states where it picks its most common action (1 =
-    the same action everywhere, whatever the state)."""
+def best_action_agreement(agent, feat: torch.Tensor, state: torch.Tensor) -> dict:
+    """At each state (the agent's features `feat` (N, F) and the true states (N, 4) there), which of the 9 actions
+    {-1, 0, 1}^2 the run's reward head and its critics' min Q rate best, against the one that truly brings the point
+    closest to the goal in one step (the env's own dynamics): how often each picks the true best (chance 1/9), and the
+    share of states where it picks its most common action (1 = the same action everywhere, whatever the state)."""
     grid = torch.tensor([[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])
-    picks: dict[str, list] = {"truth": [], "q_min": []} | ({"reward_head": []} if agent.imitation.head is not None else {})
-    for ep in episodes:
-        feat = agent.episode_features(ep)[0].float()
-        state = torch.as_tensor(ep["state"][:-1]).float()
-        n = len(feat)
-        f, a = feat[:, None].expand(n, 9, -1).reshape(n * 9, -1), grid.repeat(n, 1)
-        moved = (state[:, None, :2] + MAX_SPEED * grid[None]).clamp(-1, 1)
-        picks["truth"].append((-(moved - state[:, None, 2:]).norm(dim=-1)).argmax(1))
-        picks["q_min"].append(agent.critic(f, a).min(0).values.reshape(n, 9).argmax(1))
-        if "reward_head" in picks:
-            picks["reward_head"].append(agent.imitation.task_reward(f, a).reshape(n, 9).argmax(1))
-    picks = {k: torch.cat(v) for k, v in picks.items()}
+    n = len(feat)
+    f, a = feat[:, None].expand(n, 9, -1).reshape(n * 9, -1), grid.repeat(n, 1)
+    moved = (state[:, None, :2] + MAX_SPEED * grid[None]).clamp(-1, 1)
+    picks = {"truth": (-(moved - state[:, None, 2:]).norm(dim=-1)).argmax(1),
+             "q_min": agent.critic(f, a).min(0).values.reshape(n, 9).argmax(1)}
+    if agent.imitation.head is not None:
+        picks["reward_head"] = agent.imitation.task_reward(f, a).reshape(n, 9).argmax(1)
     return {k: {"true_best": round(float((v == picks["truth"]).float().mean()), 3),
                 "most_common_share": round(float(torch.bincount(v, minlength=9).max() / len(v)), 3)}
             for k, v in picks.items()}
@@ -108,7 +103,7 @@ def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
         with torch.no_grad():
             pred = agent.imitation.task_reward(x_test, a_test)
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
-    row["best_action"] = best_action_agreement(agent, test)
+    row["best_action"] = best_action_agreement(agent, x_test, s_test)
     metrics = read_metrics(run)
     row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
                           for m in metrics if "eval/success_rate" in m]
