@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 from cmil.config import replace
 from cmil.config_io import flatten
 from cmil.data.collect import collect_demos
-from cmil.data.episodes import EpisodeRecorder, load_episodes
+from cmil.data.episodes import load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
-from cmil.evaluate import demo_success_rate, run_episode
+from cmil.evaluate import demo_success_rate, recorded_rollouts
 from cmil.methods.cmil import CMIL
 from cmil.models.actor_critic import Discriminator, gradient_penalty
 from cmil.models.world_model import STATE_KEYS
@@ -177,12 +177,8 @@ def disc_probe(agent: CMIL, expert_eps: list[dict], policy_eps: list[dict], spli
 def rollouts(env, agent: CMIL, episodes: int, deterministic: bool, live: bool = False) -> list[dict]:
     """`episodes` episodes of the agent's acting policy (its live weights with `live`) from EVAL_SEED on."""
     policy = agent.policy(live=live)
-    out = []
-    for i in tqdm(range(episodes), desc="pretrained policy", leave=False):
-        rec = EpisodeRecorder()
-        run_episode(env, lambda o: policy.act(o, deterministic), policy.reset, seed=EVAL_SEED + i, recorder=rec)
-        out.append(rec.finish())
-    return out
+    seeds = tqdm(range(EVAL_SEED, EVAL_SEED + episodes), desc="pretrained policy", leave=False)
+    return recorded_rollouts(env, lambda o: policy.act(o, deterministic), policy.reset, seeds)
 
 
 def train_fresh_disc(exp_x: torch.Tensor, pol_x: torch.Tensor, feat_dim: int, units: int, noise: float,
@@ -465,11 +461,7 @@ def bc_reference(cfg, env, demos, heldout, expert, args, name, t0) -> None:
     with tqdm(total=bc.pretrain_steps(), desc="bc", leave=False) as bar:
         bc.pretrain(expert, bar.update)
     policy = bc.policy()
-    eps = []
-    for i in range(args.episodes):
-        rec = EpisodeRecorder()
-        run_episode(env, lambda o: policy.act(o, True), policy.reset, seed=EVAL_SEED + i, recorder=rec)
-        eps.append(rec.finish())
+    eps = recorded_rollouts(env, lambda o: policy.act(o, True), policy.reset, range(EVAL_SEED, EVAL_SEED + args.episodes))
     env.close()
     held = SequenceReplay(cfg.seq_len)
     for ep in heldout:

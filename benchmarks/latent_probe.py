@@ -16,7 +16,9 @@ batch and window) on the first set, and every `--every` updates measures on the 
     (at the last measurement also state_probe.py's MLP on `agent`, `agent_mlp`);
   - the reconstruction error (mean squared, in [-0.5, 0.5] units) on all pixels and on the pixels each
     `wm.recon_focus` picks ('change': those differing from the frame before or after; 'foreground': those
-    differing from the median of all the held-out frames), and the KL to the prior before free nats.
+    differing from the median of all the held-out frames), and the KL to the prior before free nats;
+  - on `point`, point_rl_sanity.py's `point_imagined_response`: whether one imagined step from the held-out states moves
+    the point (as a ridge probe of the agent's feature reads it) the way each of 9 actions moves it (round 41).
 Writes DIR/latent_probe_{name}.json (default DIR benchmarks/results/diagnose).
 """
 
@@ -31,15 +33,15 @@ import numpy as np
 import torch
 
 from cmil.config import replace
-from cmil.data.episodes import EpisodeRecorder
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
-from cmil.evaluate import run_episode
+from cmil.evaluate import recorded_rollouts
 from cmil.models.networks import preprocess_image
 from cmil.models.world_model import WorldModel, focus_pixels
 from cmil.presets import PRESETS
 from cmil.runs import source_commit
 from diagnose_cmil import parse_sets
+from point_rl_sanity import point_imagined_response
 from state_probe import mlp_r2, ridge_r2
 
 # Columns of each task's stored state holding the positions probed.
@@ -51,29 +53,27 @@ def random_episodes(task: str, n: int, first_seed: int, image_size: int) -> list
     env = make_env(task, seed=first_seed, image_size=image_size)
     rng = np.random.default_rng(first_seed)
     low, high = env.action_space.low, env.action_space.high
-    episodes = []
-    for i in range(n):
-        recorder = EpisodeRecorder()
-        run_episode(env, lambda obs: rng.uniform(low, high).astype(np.float32), lambda: None,
-                    seed=first_seed + i, recorder=recorder)
-        episodes.append(recorder.finish())
+    episodes = recorded_rollouts(env, lambda obs: rng.uniform(low, high).astype(np.float32), lambda: None,
+                                 range(first_seed, first_seed + n))
     env.close()
     return episodes
 
 
 @torch.no_grad()
-def readings(wm: WorldModel, episodes: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, float]]:
-    """Each episode filtered by the world model from its first frame: the three readings of frames 0..T-1 stacked,
+def readings(wm: WorldModel, episodes: list[dict]) -> tuple[dict, torch.Tensor, dict[str, float]]:
+    """Each episode filtered by the world model from its first frame: the three readings of frames 0..T-1 stacked
+    (and 'post', the posterior states there),
     the true states there, and the reconstruction errors (all pixels, `recon_focus`'s 'change' pixels of each
     episode and 'foreground' pixels against the median of all the episodes' frames) and the raw KL."""
     rows: dict[str, list] = {"stoch": [], "deter": [], "agent": []}
-    errors, targets, changed, kl = [], [], [], 0.0
+    errors, targets, changed, kl, posts = [], [], [], 0.0, []
     for ep in episodes:
         image, action, is_first = (torch.as_tensor(ep[k])[None] for k in ("image", "action", "is_first"))
         post, prior = wm.observe(wm.encode(image), action, is_first, sample=False)
         rows["stoch"].append(post["mean"][0, :-1])
         rows["deter"].append(post["deter"][0, :-1])
         rows["agent"].append(wm.agent_feat(post)[0, :-1])
+        posts.append({k: v[0, :-1] for k, v in post.items()})
         target = preprocess_image(image)
         errors.append((wm.decode(wm.feat(post)) - target).square()[0])
         targets.append(target[0])
@@ -84,7 +84,8 @@ def readings(wm: WorldModel, episodes: list[dict]) -> tuple[dict[str, torch.Tens
     states = torch.as_tensor(np.concatenate([ep["state"][:-1] for ep in episodes])).float()
     out = {"recon_mse": float(error.mean()), "kl_raw": kl / len(target)}
     out |= {f"recon_mse_{name}": float(error[mask].mean()) if mask.any() else 0.0 for name, mask in masks.items()}
-    return {k: torch.cat(v).float() for k, v in rows.items()}, states, out
+    rows["post"] = {k: torch.cat([p[k] for p in posts]) for k in posts[0]}
+    return {k: v if k == "post" else torch.cat(v).float() for k, v in rows.items()}, states, out
 
 
 def main() -> None:
@@ -126,12 +127,15 @@ def main() -> None:
         x_fit, s_fit, _ = readings(wm, train)
         x_test, s_test, errors = readings(wm, heldout)
         r2 = {reading: {pos: round(ridge_r2(x_fit[reading], s_fit[:, cols], x_test[reading], s_test[:, cols]), 3)
-                        for pos, cols in positions.items()} for reading in x_fit}
+                        for pos, cols in positions.items()} for reading in ("stoch", "deter", "agent")}
         if step + args.every > args.updates:  # the last row: also an MLP, as nonlinear readings may hold more
             r2["agent_mlp"] = {pos: round(mlp_r2(x_fit["agent"], s_fit[:, cols], x_test["agent"], s_test[:, cols],
                                                  args.mlp_steps), 3) for pos, cols in positions.items()}
         row = {"updates": step, "train_wall_s": round(wall), "r2": r2,
                **{k: round(v, 5) for k, v in errors.items()}, "train_kl_raw": round(metrics["model/kl_raw"], 3)}
+        if args.task == "point":  # does one imagined step move the point as the action does (round 41)
+            row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"], x_test["agent"],
+                                                         s_test)
         rows.append(row)
         print(json.dumps(row), flush=True)
         start += time.time() - start - wall  # the probe's own time is not training time

@@ -1,7 +1,7 @@
 """Does the actor-critic in imagination turn a reward into a better policy on a trivial task? (issue 9, round 39)
 
     python benchmarks/point_rl_sanity.py RUN [RUN ...] [--episodes 120] [--references 200] [--mlp-steps 2000]
-                                             [--out JSON]
+                                             [--random-episodes 60] [--out JSON]
 
 The RUNs are `point` runs trained on the task's own reward (`--agent.reward env`, e.g. `cmil train --method vmail
 --task point --agent.reward env`): a point mass reaching a goal, 30 steps, dense reward -distance. Any working
@@ -15,7 +15,11 @@ Dreamer-style learner should beat doing nothing there. For each run (its latest 
   - which of the 9 actions {-1, 0, 1}^2 the run's reward head and its critics' min Q rate best at those states,
     against the one that truly brings the point closest to the goal (round 40): how often each picks it (chance
     1/9), and how often it picks its most common action (1 = one action whatever the state);
-  - the world model's last logged KL (at the free-nats floor the posterior carries no more than it).
+  - the world model's last logged KL (at the free-nats floor the posterior carries no more than it);
+  - whether one imagined step moves the point the way the action does (state_probe.py's `imagined_response`,
+    round 41), on the run's
+    episodes and on `--random-episodes` episodes of random actions (states all over the box); and the cosine with
+    the direction to the goal of the actor's mean action and of the reward head's and the critics' action slopes.
 Writes a JSON (default benchmarks/results/diagnose/point_rl_sanity.json).
 """
 
@@ -31,15 +35,17 @@ import torch
 from cmil.data.episodes import load_episodes
 from cmil.envs import make_env
 from cmil.envs.point import MAX_SPEED
-from cmil.evaluate import run_episode
+from cmil.evaluate import recorded_rollouts, run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
 from cmil.runs import read_metrics, source_commit
 from state_probe import _r2 as r2
-from state_probe import features_and_states, mlp_r2, ridge_r2
+from state_probe import features_and_states, imagined_response, mlp_r2, ridge_r2
 
 FIRST_PLACEMENT = 20_000  # the tuning placements, as the runs' own evaluations
+RANDOM_PLACEMENT = 60_000  # the random-action episodes of the imagined-step check
 POSITIONS = {"point": [0, 1], "goal": [2, 3]}  # columns of the point env's stored state
+GRID = torch.tensor([[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])  # 9 probe actions
 
 
 def reference_returns(episodes: int) -> dict[str, dict[str, float]]:
@@ -64,7 +70,7 @@ def best_action_agreement(agent, feat: torch.Tensor, state: torch.Tensor) -> dic
     {-1, 0, 1}^2 the run's reward head and its critics' min Q rate best, against the one that truly brings the point
     closest to the goal in one step (the env's own dynamics): how often each picks the true best (chance 1/9), and the
     share of states where it picks its most common action (1 = the same action everywhere, whatever the state)."""
-    grid = torch.tensor([[x, y] for x in (-1.0, 0.0, 1.0) for y in (-1.0, 0.0, 1.0)])
+    grid = GRID
     n = len(feat)
     f, a = feat[:, None].expand(n, 9, -1).reshape(n * 9, -1), grid.repeat(n, 1)
     moved = (state[:, None, :2] + MAX_SPEED * grid[None]).clamp(-1, 1)
@@ -77,7 +83,45 @@ def best_action_agreement(agent, feat: torch.Tensor, state: torch.Tensor) -> dic
             for k, v in picks.items()}
 
 
-def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
+def _cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    return round(float(torch.nn.functional.cosine_similarity(x, y, dim=-1, eps=1e-12).mean()), 3)
+
+
+def point_imagined_response(wm, x_fit: torch.Tensor, s_fit: torch.Tensor, post: dict, feat: torch.Tensor,
+                            state: torch.Tensor) -> dict:
+    """state_probe.imagined_response for the point, under the 9 actions {-1, 0, 1}^2, against `point`'s own
+    dynamics (a step of 0.15 * action, clipped to the box); true states (N, 4) `s_fit` and `state`."""
+    pos = state[:, :2]
+    true = (pos[:, None] + MAX_SPEED * GRID).clamp(-1, 1) - pos[:, None]
+    return imagined_response(wm, x_fit, s_fit[:, :2], post, feat, pos, GRID, true)
+
+
+def action_slopes(agent, feat: torch.Tensor, state: torch.Tensor) -> dict:
+    """At the test states, the cosine with the direction to the goal of: the actor's mean action, and the gradient
+    w.r.t. the action (at that mean) of the run's reward head and of its critics' min Q (round 41). The env's
+    reward after one step rises fastest along the direction to the goal (away from the walls)."""
+    to_goal = state[:, 2:] - state[:, :2]
+    with torch.no_grad():
+        mean = agent.actor(feat).mean
+    action = mean.clone().requires_grad_(True)
+    out = {"actor_mean": _cosine(mean, to_goal)}
+    heads = {"q_min": lambda a: agent.critic(feat, a).min(0).values}
+    if agent.imitation.head is not None:
+        heads["reward_head"] = lambda a: agent.imitation.task_reward(feat, a)
+    for name, value in heads.items():
+        (grad,) = torch.autograd.grad(value(action).sum(), action)
+        out[name] = _cosine(grad, to_goal)
+    return out
+
+
+@torch.no_grad()
+def posterior(agent, episodes: list[dict]) -> dict[str, torch.Tensor]:
+    """The filtered posterior states of frames 0..T-1 of every episode, stacked (features_and_states' rows)."""
+    posts = [agent.episode_features(ep)[2] for ep in episodes]
+    return {k: torch.cat([p[k] for p in posts]) for k in posts[0]}
+
+
+def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> dict:
     parts = open_policy(run)
     agent = parts.method
     stored = load_episodes(run / "episodes")[-episodes:]
@@ -104,6 +148,15 @@ def measure(run: Path, episodes: int, mlp_steps: int) -> dict:
             pred = agent.imitation.task_reward(x_test, a_test)
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
     row["best_action"] = best_action_agreement(agent, x_test, s_test)
+    row["imagined_response"] = point_imagined_response(agent.wm, x_fit, s_fit, posterior(agent, test), x_test, s_test)
+    # The same on random-action episodes: states all over the box, not only where the run's policy went.
+    rng = np.random.default_rng(0)
+    rand = recorded_rollouts(parts.env, lambda obs: rng.uniform(-1, 1, 2).astype(np.float32), lambda: None,
+                             range(RANDOM_PLACEMENT, RANDOM_PLACEMENT + random_episodes))
+    (xr_fit, sr_fit), (xr_test, sr_test) = features_and_states(agent, rand[1::2]), features_and_states(agent, rand[0::2])
+    row["imagined_response_random"] = point_imagined_response(agent.wm, xr_fit, sr_fit, posterior(agent, rand[0::2]),
+                                                              xr_test, sr_test)
+    row["cos_to_goal"] = action_slopes(agent, x_test, s_test)
     metrics = read_metrics(run)
     row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
                           for m in metrics if "eval/success_rate" in m]
@@ -118,6 +171,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--episodes", type=int, default=120, help="the run's last stored episodes to probe")
     parser.add_argument("--references", type=int, default=200, help="episodes of each reference policy")
+    parser.add_argument("--random-episodes", type=int, default=60,
+                        help="random-action episodes on which the imagined step is also checked (half fit the probe)")
     parser.add_argument("--mlp-steps", type=int, default=2000, help="steps of each MLP probe")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/point_rl_sanity.json"))
     args = parser.parse_args()
@@ -125,7 +180,7 @@ def main() -> None:
     print("references (success / return):", {k: (round(v["success"], 3), round(v["return"], 1)) for k, v in refs.items()})
     rows = []
     for run in args.runs:
-        row = measure(run, args.episodes, args.mlp_steps)
+        row = measure(run, args.episodes, args.mlp_steps, args.random_episodes)
         rows.append(row)
         evals = " ".join(f"{e['env_step']}: {e['success']:.2f}/{e['return']:.1f}" for e in row["evaluations"])
         print(f"== {run.name} ({row['checkpoint']}, reward {row['reward_source']}, model KL {row['model_kl_last']})")
@@ -134,6 +189,9 @@ def main() -> None:
         print(f"  R^2, ridge / MLP (/ the run's own reward head): {cells}")
         picks = "; ".join(f"{k} {v['true_best']} / {v['most_common_share']}" for k, v in row["best_action"].items())
         print(f"  best of 9 actions, picks the true best / its most common pick's share: {picks}")
+        print(f"  one imagined step against the env's (probe of the point), the run's episodes: "
+              f"{row['imagined_response']}; random actions: {row['imagined_response_random']}")
+        print(f"  cosine with the direction to the goal: {row['cos_to_goal']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "references": refs, "rows": rows}, indent=1))
     print(f"written: {args.out}")

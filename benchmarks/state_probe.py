@@ -15,12 +15,15 @@ to the goal:
   - `demos_cross`: fit on the first half of the demos, scored on the second (the expert's states, as
     `pretrain_curve.py`'s probe).
 Each with a ridge regression and with a 2 x 256 MLP (standardised inputs and targets, Adam 1e-3, `--steps` steps of
-256 rows). Prints a table and writes a JSON (default benchmarks/results/diagnose/state_probe.json).
+256 rows). Also (round 41) whether one imagined step of the world model moves the hand the way each action moves it
+(`hand_response`, on the even-numbered episodes' states), with the agent's features as the run reads them and as
+'mean' (with h_t). Prints a table and writes a JSON (default benchmarks/results/diagnose/state_probe.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,12 +42,17 @@ TARGETS = {name: (lambda s, index=index: s[:, index]) for name, index in STATE_I
     "puck_from_goal": lambda s: s[:, STATE_INDEX["puck"]] - s[:, STATE_INDEX["goal"]]}
 
 
+def ridge_fit(x_train: torch.Tensor, y_train: torch.Tensor, ridge: float = 10.0):
+    """A ridge regression of y (N, D) on standardised x (N, F); returns its prediction function."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    a = (x_train - mean) / std
+    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_train - y_train.mean(0)))
+    return lambda x: ((x - mean) / std) @ w + y_train.mean(0)
+
+
 def ridge_r2(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
              ridge: float = 10.0) -> float:
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    a, b = (x_train - mean) / std, (x_test - mean) / std
-    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ (y_train - y_train.mean(0)))
-    return _r2(b @ w + y_train.mean(0), y_test)
+    return _r2(ridge_fit(x_train, y_train, ridge)(x_test), y_test)
 
 
 def fit_mlp(x_train: torch.Tensor, y_train: torch.Tensor, steps: int, seed: int = 0):
@@ -87,6 +95,73 @@ def features_and_states(agent, episodes: list[dict]) -> tuple[torch.Tensor, torc
     return feats, states
 
 
+@torch.no_grad()
+def imagined_response(wm, x_fit: torch.Tensor, pos_fit: torch.Tensor, post: dict, feat: torch.Tensor,
+                      pos: torch.Tensor, actions: torch.Tensor, true_disp: torch.Tensor) -> dict:
+    """Does one imagined step of the world model `wm` move a tracked object the way the action moves it (issue 9,
+    round 41)? A ridge probe fitted on the posterior features `x_fit` -> the object's positions `pos_fit` reads the
+    object in the one-step prior from each test state (`post`, its features `feat` (N, F), true positions `pos`)
+    under each of `actions` (K, A) (every head's mean, averaged); its displacement against the true one `true_disp`
+    (N, K, D). 'action part': both with each state's mean over the K actions removed, which is all an action's
+    gradient can see; its slope is 1 for a model that moves the object as the env does, 0 for one that ignores the
+    action, negative for one that moves it the other way."""
+    probe = ridge_fit(x_fit, pos_fit)
+    n, k = len(feat), len(actions)
+    start = {key: v[:, None].expand(n, k, *v.shape[1:]).reshape(n * k, *v.shape[1:]) for key, v in post.items()}
+    acts = actions.repeat(n, 1)
+    heads = wm.cfg.ensemble
+    moved = sum(probe(wm.agent_feat(wm.imagine_step(start, acts, sample=False, head=h)[0]))
+                for h in range(heads)) / heads
+    pred = moved.reshape(n, k, -1) - probe(feat)[:, None]
+    pred_a, true_a = pred - pred.mean(1, keepdim=True), true_disp - true_disp.mean(1, keepdim=True)
+    cos = torch.nn.functional.cosine_similarity(pred_a.flatten(), true_a.flatten(), dim=0, eps=1e-12)
+    return {"probe_r2": _r2(probe(feat), pos),
+            "displacement_r2": _r2(pred.flatten(0, 1), true_disp.flatten(0, 1)),
+            "action_part_r2": _r2(pred_a.flatten(0, 1), true_a.flatten(0, 1)),
+            "action_part_slope": round(float((pred_a * true_a).sum() / (true_a * true_a).sum()), 3),
+            "action_part_cos": round(float(cos), 3)}   # over all states and actions
+
+
+def hand_response(agent, fit: list[dict], test: list[dict], feat_form: str | None = None, states: int = 2000) -> dict:
+    """imagined_response for Meta-World's hand under 7 actions (zero and +-1 along x, y, z; gripper 0) at up to
+    `states` of the `test` episodes' states, the probe fitted on the `fit` episodes. The true displacement is the
+    env's mean response, a linear map of the action fitted on the test episodes' own transitions (its R^2 reported).
+    `feat_form`: read the world model's states as this `wm.agent_feat` instead of the run's (e.g. 'mean': h_t too)."""
+    hand, wm = STATE_INDEX["hand"], agent.wm
+    saved = wm.cfg
+    if feat_form is not None:
+        wm.cfg = dataclasses.replace(saved, agent_feat=feat_form)
+    try:
+        x_fit, s_fit = features_and_states(agent, fit)
+        feats, posts, disps, acts, pos = [], [], [], [], []
+        with torch.no_grad():
+            for ep in test:
+                feat, action, post = agent.episode_features(ep)
+                s = torch.as_tensor(ep["state"]).float()
+                feats.append(feat.float())
+                posts.append(post)
+                pos.append(s[:-1, hand])
+                disps.append(s[1:, hand] - s[:-1, hand])
+                acts.append(action.float())
+        disp, act = torch.cat(disps), torch.cat(acts)
+        design = torch.cat([act[:, :3], torch.ones(len(act), 1)], -1)
+        gain = torch.linalg.lstsq(design, disp).solution                  # (4, 3): action xyz + intercept -> disp
+        probe_actions = torch.zeros(7, act.shape[1])
+        for i in range(3):
+            probe_actions[1 + 2 * i, i], probe_actions[2 + 2 * i, i] = 1.0, -1.0
+        idx = torch.randperm(len(disp), generator=torch.Generator().manual_seed(0))[:states]
+        post = {k: torch.cat([p[k] for p in posts])[idx] for k in posts[0]}
+        feat, pos = torch.cat(feats)[idx], torch.cat(pos)[idx]
+        true = (probe_actions[:, :3] @ gain[:3])[None].expand(len(idx), -1, -1)
+        out = imagined_response(wm, x_fit, s_fit[:, hand], post, feat, pos, probe_actions, true)
+    finally:
+        wm.cfg = saved
+    out["feat_form"] = feat_form or saved.agent_feat
+    out["env_gain_diag"] = [round(float(g), 5) for g in gain[:3].diagonal()]
+    out["env_linear_r2"] = _r2(design @ gain, disp)
+    return out
+
+
 def measure(run: Path, steps: int) -> dict:
     parts = open_policy(run)
     agent, cfg = parts.method, parts.cfg
@@ -107,6 +182,9 @@ def measure(run: Path, steps: int) -> dict:
         for name, target in TARGETS.items():
             row.setdefault(split, {})[name] = {"ridge": ridge_r2(xa, target(sa), xb, target(sb)),
                                                "mlp": mlp_r2(xa, target(sa), xb, target(sb), steps)}
+    # The run's own feature, and the world model read with h_t (the authors' form of the agent's input).
+    row["hand_response"] = [hand_response(agent, demos + online[1::2], online[0::2], form)
+                            for form in dict.fromkeys([cfg.wm.agent_feat, "mean"])]
     return row
 
 
@@ -126,6 +204,8 @@ def main() -> None:
             cells = "  ".join(f"{name} {row[split][name]['ridge']:+.2f} / {row[split][name]['mlp']:+.2f}"
                               for name in TARGETS)
             print(f"  {split:16s} {cells}")
+        for response in row["hand_response"]:
+            print(f"  one imagined step against the env's, the hand: {response}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "steps": args.steps, "rows": rows}, indent=1))
     print(f"written: {args.out}")

@@ -365,7 +365,8 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
     run = tmp_path / "run"
     assert main(["train", "--method", "vmail", "--task", "point", "--dry-run", "--threads", "1", "--env-steps", "90",
                  "--video-episodes", "0", "--agent.reward", "env", "--run-dir", str(run)]) == 0
-    _run("point_rl_sanity.py", str(run), "--references", "3", "--mlp-steps", "5", "--out", str(tmp_path / "s.json"))
+    _run("point_rl_sanity.py", str(run), "--references", "3", "--mlp-steps", "5", "--random-episodes", "4",
+         "--out", str(tmp_path / "s.json"))
     result = json.loads((tmp_path / "s.json").read_text())
     refs = result["references"]
     assert refs["expert"]["success"] == 1.0 and refs["expert"]["return"] > refs["zero"]["return"]
@@ -375,6 +376,11 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
     assert row["evaluations"] and row["model_kl_last"] is not None
     assert set(row["best_action"]) == {"truth", "q_min", "reward_head"} and row["best_action"]["truth"]["true_best"] == 1.0
     assert all(1 / 9 <= v["most_common_share"] <= 1 for v in row["best_action"].values())
+    for key in ("imagined_response", "imagined_response_random"):
+        assert set(row[key]) == {"probe_r2", "displacement_r2", "action_part_r2", "action_part_slope",
+                                 "action_part_cos"} and -1 <= row[key]["action_part_cos"] <= 1
+    assert set(row["cos_to_goal"]) == {"actor_mean", "q_min", "reward_head"}
+    assert all(-1 <= v <= 1 for v in row["cos_to_goal"].values())
 
 
 def test_latent_probe_trains_the_world_model_alone_and_probes_each_reading(tmp_path):
@@ -387,6 +393,7 @@ def test_latent_probe_trains_the_world_model_alone_and_probes_each_reading(tmp_p
     for row in result["rows"]:
         assert set(row["r2"]) == {"stoch", "deter", "agent"} | ({"agent_mlp"} if row["updates"] == 4 else set()) and all(set(r) == {"point", "goal"} for r in row["r2"].values())
         assert min(row["recon_mse"], row["recon_mse_change"], row["recon_mse_foreground"]) > 0 and row["kl_raw"] >= 0
+        assert -1 <= row["imagined_response"]["action_part_cos"] <= 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("metaworld") is None, reason="needs Meta-World")
@@ -401,6 +408,9 @@ def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     for split in ("demos_to_online", "with_online", "demos_cross"):
         assert set(row[split]) == {"hand", "puck", "goal", "puck_from_hand", "puck_from_goal"}
         assert all(cell["ridge"] <= 1 and cell["mlp"] <= 1 for cell in row[split].values())
+    assert [hand["feat_form"] for hand in row["hand_response"]] == ["stoch", "mean"]   # the `default`'s, then h_t too
+    for hand in row["hand_response"]:
+        assert -1 <= hand["action_part_cos"] <= 1 and len(hand["env_gain_diag"]) == 3 and hand["env_linear_r2"] <= 1
     _run("self_imitation_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "si.json"))
     (row,) = json.loads((tmp_path / "si.json").read_text())["rows"]
     assert row["fresh_reward_r2"] <= 1 and row["reward_head_r2_online"] <= 1 and row["reward_head_r2_demos"] <= 1

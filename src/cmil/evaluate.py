@@ -43,6 +43,16 @@ def run_episode(env: gym.Env, act, reset, seed: int | None = None,
             return Rollout(success, total, steps, info, frames)
 
 
+def recorded_rollouts(env: gym.Env, act, reset, seeds) -> list[dict]:
+    """One recorded episode (EpisodeRecorder's dict: images, actions, rewards, states) per seed, with `act(obs)`."""
+    episodes = []
+    for seed in seeds:
+        recorder = EpisodeRecorder()
+        run_episode(env, act, reset, seed=seed, recorder=recorder)
+        episodes.append(recorder.finish())
+    return episodes
+
+
 def evaluate(env: gym.Env, policy, episodes: int, deterministic: bool = True, seed: int = 10_000,
              video_dir: Path | None = None, video_episodes: int = 0, video_name: str = "eval",
              per_episode: list[dict] | None = None) -> dict[str, float]:
