@@ -18,7 +18,8 @@ batch and window) on the first set, and every `--every` updates measures on the 
     `wm.recon_focus` picks ('change': those differing from the frame before or after; 'foreground': those
     differing from the median of all the held-out frames), and the KL to the prior before free nats;
   - on `point`, point_rl_sanity.py's `point_imagined_response`: whether one imagined step from the held-out states moves
-    the point (as a ridge probe of the agent's feature reads it) the way each of 9 actions moves it (round 41).
+    the point (as a ridge probe of the agent's feature reads it) the way each of 9 actions moves it (round 41); on
+    Meta-World, state_probe.py's `hand_response` (the hand, with the agent's feature and with h_t).
 Writes DIR/latent_probe_{name}.json (default DIR benchmarks/results/diagnose).
 """
 
@@ -36,17 +37,27 @@ from cmil.config import replace
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.envs import make_env
 from cmil.evaluate import recorded_rollouts
+from cmil.methods.cmil import CMIL
 from cmil.models.networks import preprocess_image
 from cmil.models.world_model import WorldModel, focus_pixels
 from cmil.presets import PRESETS
 from cmil.runs import source_commit
 from diagnose_cmil import parse_sets
 from point_rl_sanity import point_imagined_response
-from state_probe import mlp_r2, ridge_r2
+from state_probe import RESPONSE_STEPS, hand_response, mlp_r2, ridge_r2
 
 # Columns of each task's stored state holding the positions probed.
 POSITIONS = {"point": {"point": [0, 1], "goal": [2, 3]},
              "metaworld": {"hand": [0, 1, 2], "puck": [4, 5], "goal": [36, 37]}}
+
+
+class _Reader:
+    """What state_probe.hand_response reads of an agent: its world model, and an episode filtered by it."""
+
+    episode_features = CMIL.episode_features
+
+    def __init__(self, wm: WorldModel):
+        self.wm, self.device = wm, torch.device("cpu")
 
 
 def random_episodes(task: str, n: int, first_seed: int, image_size: int) -> list[dict]:
@@ -136,6 +147,9 @@ def main() -> None:
         if args.task == "point":  # does one imagined step move the point as the action does (round 41)
             row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"], x_test["agent"],
                                                          s_test)
+        else:  # the hand, with the agent's feature and with h_t
+            row["hand_response"] = [hand_response(_Reader(wm), train[:40], heldout, form, steps=steps)
+                                    for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for steps in RESPONSE_STEPS]
         rows.append(row)
         print(json.dumps(row), flush=True)
         start += time.time() - start - wall  # the probe's own time is not training time

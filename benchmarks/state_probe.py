@@ -16,8 +16,8 @@ to the goal:
     `pretrain_curve.py`'s probe).
 Each with a ridge regression and with a 2 x 256 MLP (standardised inputs and targets, Adam 1e-3, `--steps` steps of
 256 rows). Also (round 41) whether one imagined step of the world model moves the hand the way each action moves it
-(`hand_response`, on the even-numbered episodes' states), with the agent's features as the run reads them and as
-'mean' (with h_t). Prints a table and writes a JSON (default benchmarks/results/diagnose/state_probe.json).
+(`hand_response`, on the even-numbered episodes' states; the action held for one and for five steps), with the
+agent's features as the run reads them and as 'mean' (with h_t). Prints a table and writes a JSON (default benchmarks/results/diagnose/state_probe.json).
 """
 
 from __future__ import annotations
@@ -97,21 +97,27 @@ def features_and_states(agent, episodes: list[dict]) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def imagined_response(wm, x_fit: torch.Tensor, pos_fit: torch.Tensor, post: dict, feat: torch.Tensor,
-                      pos: torch.Tensor, actions: torch.Tensor, true_disp: torch.Tensor) -> dict:
+                      pos: torch.Tensor, actions: torch.Tensor, true_disp: torch.Tensor, steps: int = 1) -> dict:
     """Does one imagined step of the world model `wm` move a tracked object the way the action moves it (issue 9,
     round 41)? A ridge probe fitted on the posterior features `x_fit` -> the object's positions `pos_fit` reads the
     object in the one-step prior from each test state (`post`, its features `feat` (N, F), true positions `pos`)
     under each of `actions` (K, A) (every head's mean, averaged); its displacement against the true one `true_disp`
     (N, K, D). 'action part': both with each state's mean over the K actions removed, which is all an action's
     gradient can see; its slope is 1 for a model that moves the object as the env does, 0 for one that ignores the
-    action, negative for one that moves it the other way."""
+    action, negative for one that moves it the other way. `steps` > 1: the action held for that many imagined steps
+    (each head's means all along), against `true_disp` over as many env steps."""
     probe = ridge_fit(x_fit, pos_fit)
     n, k = len(feat), len(actions)
     start = {key: v[:, None].expand(n, k, *v.shape[1:]).reshape(n * k, *v.shape[1:]) for key, v in post.items()}
     acts = actions.repeat(n, 1)
     heads = wm.cfg.ensemble
-    moved = sum(probe(wm.agent_feat(wm.imagine_step(start, acts, sample=False, head=h)[0]))
-                for h in range(heads)) / heads
+    def held(head: int) -> torch.Tensor:
+        state = start
+        for _ in range(steps):
+            state = wm.imagine_step(state, acts, sample=False, head=head)[0]
+        return probe(wm.agent_feat(state))
+
+    moved = sum(held(h) for h in range(heads)) / heads
     pred = moved.reshape(n, k, -1) - probe(feat)[:, None]
     pred_a, true_a = pred - pred.mean(1, keepdim=True), true_disp - true_disp.mean(1, keepdim=True)
     cos = torch.nn.functional.cosine_similarity(pred_a.flatten(), true_a.flatten(), dim=0, eps=1e-12)
@@ -122,44 +128,56 @@ def imagined_response(wm, x_fit: torch.Tensor, pos_fit: torch.Tensor, post: dict
             "action_part_cos": round(float(cos), 3)}   # over all states and actions
 
 
-def hand_response(agent, fit: list[dict], test: list[dict], feat_form: str | None = None, states: int = 2000) -> dict:
-    """imagined_response for Meta-World's hand under 7 actions (zero and +-1 along x, y, z; gripper 0) at up to
-    `states` of the `test` episodes' states, the probe fitted on the `fit` episodes. The true displacement is the
-    env's mean response, a linear map of the action fitted on the test episodes' own transitions (its R^2 reported).
+def hand_response(agent, fit: list[dict], test: list[dict], feat_form: str | None = None, states: int = 2000,
+                  steps: int = 1) -> dict:
+    """imagined_response for Meta-World's hand under 7 actions (zero and +-1 along x, y, z; gripper 0) held for
+    `steps` steps from up to `states` of the `test` episodes' states, the probe fitted on the `fit` episodes. The
+    hand follows a mocap target that the actions move, with a lag, so a step's displacement depends on the actions
+    before it too: the true response is the env's, linearised on the test episodes' own transitions (the `steps`-step
+    displacement regressed on the last `steps` + 4 actions' xyz; its R^2 reported) and summed over the actions held.
     `feat_form`: read the world model's states as this `wm.agent_feat` instead of the run's (e.g. 'mean': h_t too)."""
-    hand, wm = STATE_INDEX["hand"], agent.wm
+    hand, wm, lags = STATE_INDEX["hand"], agent.wm, steps + 4
     saved = wm.cfg
     if feat_form is not None:
         wm.cfg = dataclasses.replace(saved, agent_feat=feat_form)
     try:
         x_fit, s_fit = features_and_states(agent, fit)
-        feats, posts, disps, acts, pos = [], [], [], [], []
+        feats, posts, disps, designs, pos = [], [], [], [], []
         with torch.no_grad():
             for ep in test:
-                feat, action, post = agent.episode_features(ep)
+                feat, _, post = agent.episode_features(ep)
                 s = torch.as_tensor(ep["state"]).float()
-                feats.append(feat.float())
-                posts.append(post)
-                pos.append(s[:-1, hand])
-                disps.append(s[1:, hand] - s[:-1, hand])
-                acts.append(action.float())
-        disp, act = torch.cat(disps), torch.cat(acts)
-        design = torch.cat([act[:, :3], torch.ones(len(act), 1)], -1)
-        gain = torch.linalg.lstsq(design, disp).solution                  # (4, 3): action xyz + intercept -> disp
-        probe_actions = torch.zeros(7, act.shape[1])
+                a = torch.as_tensor(ep["action"]).float()[:, :3]      # a[t] led to frame t
+                first = lags - steps                                    # states with `lags` actions before t + steps
+                t = torch.arange(first, len(s) - steps)
+                feats.append(feat[t].float())
+                posts.append({k: v[t] for k, v in post.items()})
+                pos.append(s[t][:, hand])
+                disps.append(s[t + steps][:, hand] - s[t][:, hand])
+                # actions leading to frames t-first+1 .. t+steps: the last `lags` before the displacement ends
+                designs.append(torch.stack([a[t + steps - j] for j in range(lags)], 1).flatten(1))
+        disp, design = torch.cat(disps), torch.cat(designs)
+        design = torch.cat([design, torch.ones(len(design), 1)], -1)
+        coef = torch.linalg.lstsq(design, disp).solution                # (3 * lags + 1, 3)
+        # Held from t: the actions leading to frames t+1..t+steps are the probe action, the earlier ones as recorded.
+        gain = coef[: 3 * steps].reshape(steps, 3, 3).sum(0)            # (3, 3): action xyz -> displacement
+        probe_actions = torch.zeros(7, wm.action_dim)
         for i in range(3):
             probe_actions[1 + 2 * i, i], probe_actions[2 + 2 * i, i] = 1.0, -1.0
         idx = torch.randperm(len(disp), generator=torch.Generator().manual_seed(0))[:states]
         post = {k: torch.cat([p[k] for p in posts])[idx] for k in posts[0]}
         feat, pos = torch.cat(feats)[idx], torch.cat(pos)[idx]
-        true = (probe_actions[:, :3] @ gain[:3])[None].expand(len(idx), -1, -1)
-        out = imagined_response(wm, x_fit, s_fit[:, hand], post, feat, pos, probe_actions, true)
+        true = (probe_actions[:, :3] @ gain)[None].expand(len(idx), -1, -1)
+        out = imagined_response(wm, x_fit, s_fit[:, hand], post, feat, pos, probe_actions, true, steps)
     finally:
         wm.cfg = saved
-    out["feat_form"] = feat_form or saved.agent_feat
-    out["env_gain_diag"] = [round(float(g), 5) for g in gain[:3].diagonal()]
-    out["env_linear_r2"] = _r2(design @ gain, disp)
+    out["feat_form"], out["steps"] = feat_form or saved.agent_feat, steps
+    out["env_gain_diag"] = [round(float(g), 5) for g in gain.diagonal()]
+    out["env_linear_r2"] = _r2(design @ coef, disp)
     return out
+
+
+RESPONSE_STEPS = (1, 5)  # hand_response: one imagined step, and the action held for five
 
 
 def measure(run: Path, steps: int) -> dict:
@@ -183,8 +201,8 @@ def measure(run: Path, steps: int) -> dict:
             row.setdefault(split, {})[name] = {"ridge": ridge_r2(xa, target(sa), xb, target(sb)),
                                                "mlp": mlp_r2(xa, target(sa), xb, target(sb), steps)}
     # The run's own feature, and the world model read with h_t (the authors' form of the agent's input).
-    row["hand_response"] = [hand_response(agent, demos + online[1::2], online[0::2], form)
-                            for form in dict.fromkeys([cfg.wm.agent_feat, "mean"])]
+    row["hand_response"] = [hand_response(agent, demos + online[1::2], online[0::2], form, steps=steps)
+                            for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for steps in RESPONSE_STEPS]
     return row
 
 

@@ -5,9 +5,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 import pytest
 
-from cmil.data.episodes import EpisodeRecorder
 from cmil.envs import make_env
-from cmil.evaluate import run_episode
+from cmil.evaluate import recorded_rollouts
 from cmil.experts import make_expert
 
 
@@ -15,15 +14,10 @@ def record_episodes(task: str, n: int, seed: int = 0):
     """n expert episodes of `task` in the episode format."""
     env = make_env(task, seed=seed)
     expert = make_expert(task, env)
-    episodes = []
     try:
-        for i in range(n):
-            rec = EpisodeRecorder()
-            run_episode(env, lambda _o: expert.act(), expert.reset, seed=seed + i, recorder=rec)
-            episodes.append(rec.finish())
+        return recorded_rollouts(env, lambda _o: expert.act(), expert.reset, range(seed, seed + n))
     finally:
         env.close()
-    return episodes
 
 
 @pytest.fixture

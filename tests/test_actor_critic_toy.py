@@ -36,6 +36,13 @@ def test_the_actor_follows_the_imagined_dynamics_against_the_reward():
     assert last["cos_to_goal"] < -0.5 and last["return"] < last["zero_return"]
 
 
+def test_critics_as_state_values_learn_from_the_rewards_action_slope_when_the_model_ignores_the_action():
+    # A model whose step does not move the point: only the reward's own action slope says where to go, and read as
+    # state values the critics leave it to teach the actor (with their action slope they drive it into the corner).
+    last = train(_cfg(**{"agent.critic_action_grad": False}), updates=150, starts=64, speed=0.0)[-1]
+    assert last["return"] > last["zero_return"] + 15 and last["cos_to_goal"] > 0.8
+
+
 @pytest.mark.parametrize("speed, slope", [(MAX_SPEED, 1.0), (-MAX_SPEED, -1.0), (0.0, 0.0)])
 def test_imagined_response_reads_how_the_models_step_moves_the_point(speed, slope):
     world = ToyWorld(speed=speed)

@@ -408,7 +408,9 @@ def test_state_and_reward_probes_read_a_meta_world_run(tmp_path):
     for split in ("demos_to_online", "with_online", "demos_cross"):
         assert set(row[split]) == {"hand", "puck", "goal", "puck_from_hand", "puck_from_goal"}
         assert all(cell["ridge"] <= 1 and cell["mlp"] <= 1 for cell in row[split].values())
-    assert [hand["feat_form"] for hand in row["hand_response"]] == ["stoch", "mean"]   # the `default`'s, then h_t too
+    # the `default`'s feature, then with h_t; one imagined step, then the action held for five
+    assert [(hand["feat_form"], hand["steps"]) for hand in row["hand_response"]] == [
+        ("stoch", 1), ("stoch", 5), ("mean", 1), ("mean", 5)]
     for hand in row["hand_response"]:
         assert -1 <= hand["action_part_cos"] <= 1 and len(hand["env_gain_diag"]) == 3 and hand["env_linear_r2"] <= 1
     _run("self_imitation_probe.py", str(run), "--steps", "20", "--out", str(tmp_path / "si.json"))
