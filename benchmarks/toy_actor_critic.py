@@ -51,6 +51,7 @@ class ToyWorld(nn.Module):
         self.register_buffer("embed", embed if embed is not None else torch.zeros(0))
         self.speed = speed  # -MAX_SPEED: a model whose imagined step moves the point against the action
         self.cfg = SimpleNamespace(ensemble=1)
+        self.visited: list[dict[str, torch.Tensor]] = []  # the current rollout's true states, for the reward
 
     @property
     def feat_dim(self) -> int:
@@ -62,21 +63,21 @@ class ToyWorld(nn.Module):
 
     def imagine_step(self, state: dict[str, torch.Tensor], action: torch.Tensor, sample: bool = True, head=None):
         nxt = {"pos": step_pos(state["pos"], action, self.speed), "goal": state["goal"]}
+        self.visited.append(nxt)
         return nxt, torch.zeros(action.shape[0])
 
 
 class ToyReward(nn.Module):
-    """The reward's interface (`reward(feat, action, disagreement)`): `point`'s -distance after the step, read
-    from the state the world stub keeps beside the features."""
+    """The reward's interface (`reward(feat, action, disagreement)`): `point`'s -distance after the step (at the
+    env's speed, whatever the model's), from the true states of the world stub's current rollout."""
 
     def __init__(self, world: ToyWorld):
         super().__init__()
-        self.world = [world]  # not a submodule: `frozen(wm, imitation)` must not see it twice
-        self.states: list[dict[str, torch.Tensor]] = []
+        self.visited = world.visited  # the same list (not the module: `frozen(wm, imitation)` must not see it twice)
 
     def reward(self, feat, action, disagreement, update_stats: bool = True) -> torch.Tensor:
-        pos = torch.stack([s["pos"] for s in self.states[:-1]])
-        goal = torch.stack([s["goal"] for s in self.states[:-1]])
+        pos = torch.stack([s["pos"] for s in self.visited[:-1]])
+        goal = torch.stack([s["goal"] for s in self.visited[:-1]])
         return -(step_pos(pos, action) - goal).norm(dim=-1)
 
 
@@ -122,16 +123,7 @@ def train(cfg, updates: int, every: int = 0, features: str = "raw", starts: int 
     cfg = replace(cfg, **{"wm.stoch": world.feat_dim, "wm.agent_feat": "stoch", "agent.real_critic_loss": False,
                           "agent.alpha": 0.0})
     agent = CMIL(cfg, 2, torch.device("cpu"))
-    agent.wm, reward = world, ToyReward(world)
-    agent.imitation = reward
-    original_imagine_step = world.imagine_step
-
-    def recording_step(state, action):  # the reward stub reads the true states of the rollout
-        nxt, dis = original_imagine_step(state, action)
-        reward.states.append(nxt)
-        return nxt, dis
-
-    world.imagine_step = recording_step
+    agent.wm, agent.imitation = world, ToyReward(world)
     test = placements(200, 12345)
     curve, t0 = [], time.time()
     for u in range(updates + 1):
@@ -144,7 +136,7 @@ def train(cfg, updates: int, every: int = 0, features: str = "raw", starts: int 
         if u == updates:
             break
         start = placements(starts, cfg.seed * 1_000_003 + u)
-        reward.states = [start]
+        world.visited[:] = [start]
         post = {k: v[None] for k, v in start.items()}   # (1, N, ...): _rl_objective flattens (B, L)
         imag, rl_loss, _ = agent._rl_objective(post, slice(None))
         agent._actor_step(rl_loss, 0 * sum(p.sum() for p in agent.actor.parameters()))  # no BC term
