@@ -19,7 +19,9 @@ Dreamer-style learner should beat doing nothing there. For each run (its latest 
   - whether one imagined step moves the point the way the action does (state_probe.py's `imagined_response`,
     round 41), on the run's
     episodes and on `--random-episodes` episodes of random actions (states all over the box); and the cosine with
-    the direction to the goal of the actor's mean action and of the reward head's and the critics' action slopes.
+    the direction to the goal of the actor's mean action and of the reward head's and the critics' action slopes, and
+    the two parts of eq. 12's gradient for one imagined step (the reward head's slope; the critics' value of the
+    predicted next state, through the world model's step).
 Writes a JSON (default benchmarks/results/diagnose/point_rl_sanity.json).
 """
 
@@ -121,6 +123,29 @@ def posterior(agent, episodes: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in posts]) for k in posts[0]}
 
 
+def one_step_paths(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -> dict:
+    """At the test states, the two parts of eq. 12's gradient w.r.t. the actor's mean action a for one imagined step
+    (round 41): the reward head's slope d r(s, a) / da, and the value path gamma * d min_i Q_i(s'(a), pi(s')) / da through
+    the world model's step s'(a) (every head's mean, averaged; the next action held fixed). Their mean norms, and the
+    cosine of each with the direction to the goal (the env's reward rises fastest along it)."""
+    to_goal = state[:, 2:] - state[:, :2]
+    wm, heads = agent.wm, agent.wm.cfg.ensemble
+    with torch.no_grad():
+        action = agent.actor(feat).mean
+    action.requires_grad_(True)
+    nxt = [wm.agent_feat(wm.imagine_step(post, action, sample=False, head=h)[0]) for h in range(heads)]
+    with torch.no_grad():
+        next_action = [agent.actor(f).mean for f in nxt]
+    value = sum(agent.critic(f, a).min(0).values for f, a in zip(nxt, next_action, strict=True)) / heads
+    (g_value,) = torch.autograd.grad(agent.cfg.agent.gamma * value.sum(), action)
+    out = {"value_path": {"norm": round(float(g_value.norm(dim=-1).mean()), 4), "cos_to_goal": _cosine(g_value, to_goal)}}
+    if agent.imitation.head is not None:
+        (g_reward,) = torch.autograd.grad(agent.imitation.task_reward(feat, action).sum(), action)
+        out["reward_head"] = {"norm": round(float(g_reward.norm(dim=-1).mean()), 4),
+                              "cos_to_goal": _cosine(g_reward, to_goal)}
+    return out
+
+
 def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> dict:
     parts = open_policy(run)
     agent = parts.method
@@ -148,7 +173,9 @@ def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> d
             pred = agent.imitation.task_reward(x_test, a_test)
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
     row["best_action"] = best_action_agreement(agent, x_test, s_test)
-    row["imagined_response"] = point_imagined_response(agent.wm, x_fit, s_fit, posterior(agent, test), x_test, s_test)
+    test_post = posterior(agent, test)
+    row["imagined_response"] = point_imagined_response(agent.wm, x_fit, s_fit, test_post, x_test, s_test)
+    row["one_step_paths"] = one_step_paths(agent, test_post, x_test, s_test)
     # The same on random-action episodes: states all over the box, not only where the run's policy went.
     rng = np.random.default_rng(0)
     rand = recorded_rollouts(parts.env, lambda obs: rng.uniform(-1, 1, 2).astype(np.float32), lambda: None,
@@ -192,6 +219,7 @@ def main() -> None:
         print(f"  one imagined step against the env's (probe of the point), the run's episodes: "
               f"{row['imagined_response']}; random actions: {row['imagined_response_random']}")
         print(f"  cosine with the direction to the goal: {row['cos_to_goal']}")
+        print(f"  eq. 12's gradient w.r.t. the action, one imagined step: {row['one_step_paths']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commit": source_commit(), "references": refs, "rows": rows}, indent=1))
     print(f"written: {args.out}")

@@ -380,6 +380,9 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
         assert set(row[key]) == {"probe_r2", "displacement_r2", "action_part_r2", "action_part_slope",
                                  "action_part_cos"} and -1 <= row[key]["action_part_cos"] <= 1
     assert set(row["cos_to_goal"]) == {"actor_mean", "q_min", "reward_head"}
+    paths = row["one_step_paths"]
+    assert set(paths) == {"value_path", "reward_head"} and all(p["norm"] >= 0 and -1 <= p["cos_to_goal"] <= 1
+                                                               for p in paths.values())
     assert all(-1 <= v <= 1 for v in row["cos_to_goal"].values())
 
 
