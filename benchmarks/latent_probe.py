@@ -73,9 +73,9 @@ def random_episodes(task: str, n: int, first_seed: int, image_size: int) -> list
 @torch.no_grad()
 def readings(wm: WorldModel, episodes: list[dict]) -> tuple[dict, torch.Tensor, dict[str, float]]:
     """Each episode filtered by the world model from its first frame: the three readings of frames 0..T-1 stacked
-    (and 'post', the posterior states there),
-    the true states there, and the reconstruction errors (all pixels, `recon_focus`'s 'change' pixels of each
-    episode and 'foreground' pixels against the median of all the episodes' frames) and the raw KL."""
+    (and 'post', the posterior states there), the true states there, and the reconstruction errors (all pixels,
+    `recon_focus`'s 'change' pixels of each episode and 'foreground' pixels against the median of all the episodes'
+    frames) and the raw KL."""
     rows: dict[str, list] = {"stoch": [], "deter": [], "agent": []}
     errors, targets, changed, kl, posts = [], [], [], 0.0, []
     for ep in episodes:
@@ -145,8 +145,8 @@ def main() -> None:
         row = {"updates": step, "train_wall_s": round(wall), "r2": r2,
                **{k: round(v, 5) for k, v in errors.items()}, "train_kl_raw": round(metrics["model/kl_raw"], 3)}
         if args.task == "point":  # does one imagined step move the point as the action does (round 41)
-            row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"], x_test["agent"],
-                                                         s_test)
+            row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"],
+                                                               x_test["agent"], s_test)
         else:  # the hand, with the agent's feature and with h_t
             row["hand_response"] = [hand_response(_Reader(wm), train[:40], heldout, form, steps=steps)
                                     for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for steps in RESPONSE_STEPS]
