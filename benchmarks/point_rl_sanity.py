@@ -127,7 +127,8 @@ def one_step_paths(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -
     """At the test states, the two parts of eq. 12's gradient w.r.t. the actor's mean action a for one imagined step
     (round 41): the reward head's slope d r(s, a) / da, and the value path gamma * d min_i Q_i(s'(a), pi(s')) / da through
     the world model's step s'(a) (every head's mean, averaged; the next action held fixed). Their mean norms, and the
-    cosine of each with the direction to the goal (the env's reward rises fastest along it)."""
+    cosine of each with the direction to the goal (the env's reward rises fastest along it); and the correlation of
+    the critics' values at the states with minus the distance to the goal (how far the values track the task)."""
     to_goal = state[:, 2:] - state[:, :2]
     wm, heads = agent.wm, agent.wm.cfg.ensemble
     with torch.no_grad():
@@ -138,7 +139,11 @@ def one_step_paths(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -
         next_action = [agent.actor(f).mean for f in nxt]
     value = sum(agent.critic(f, a).min(0).values for f, a in zip(nxt, next_action, strict=True)) / heads
     (g_value,) = torch.autograd.grad(agent.cfg.agent.gamma * value.sum(), action)
-    out = {"value_path": {"norm": round(float(g_value.norm(dim=-1).mean()), 4), "cos_to_goal": _cosine(g_value, to_goal)}}
+    with torch.no_grad():   # do the critics' values at the real states rise as the point nears the goal?
+        here = agent.critic(feat, action).min(0).values
+    corr = torch.corrcoef(torch.stack([here, -to_goal.norm(dim=-1)]))[0, 1]
+    out = {"value_path": {"norm": round(float(g_value.norm(dim=-1).mean()), 4), "cos_to_goal": _cosine(g_value, to_goal)},
+           "value_corr_with_minus_distance": round(float(corr), 3)}
     if agent.imitation.head is not None:
         (g_reward,) = torch.autograd.grad(agent.imitation.task_reward(feat, action).sum(), action)
         out["reward_head"] = {"norm": round(float(g_reward.norm(dim=-1).mean()), 4),

@@ -381,8 +381,9 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
                                  "action_part_cos"} and -1 <= row[key]["action_part_cos"] <= 1
     assert set(row["cos_to_goal"]) == {"actor_mean", "q_min", "reward_head"}
     paths = row["one_step_paths"]
-    assert set(paths) == {"value_path", "reward_head"} and all(p["norm"] >= 0 and -1 <= p["cos_to_goal"] <= 1
-                                                               for p in paths.values())
+    assert set(paths) == {"value_path", "reward_head", "value_corr_with_minus_distance"}
+    assert all(p["norm"] >= 0 and -1 <= p["cos_to_goal"] <= 1 for k, p in paths.items() if k != "value_corr_with_minus_distance")
+    assert -1 <= paths["value_corr_with_minus_distance"] <= 1
     assert all(-1 <= v <= 1 for v in row["cos_to_goal"].values())
 
 
