@@ -148,8 +148,8 @@ def main() -> None:
             row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"],
                                                                x_test["agent"], s_test)
         else:  # the hand, with the agent's feature and with h_t
-            row["hand_response"] = [hand_response(_Reader(wm), train[:40], heldout, form, steps=steps)
-                                    for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for steps in RESPONSE_STEPS]
+            row["hand_response"] = [hand_response(_Reader(wm), train[:40], heldout, form, steps=held)
+                                    for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for held in RESPONSE_STEPS]
         rows.append(row)
         print(json.dumps(row), flush=True)
         start += time.time() - start - wall  # the probe's own time is not training time

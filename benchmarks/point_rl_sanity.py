@@ -17,11 +17,10 @@ Dreamer-style learner should beat doing nothing there. For each run (its latest 
     1/9), and how often it picks its most common action (1 = one action whatever the state);
   - the world model's last logged KL (at the free-nats floor the posterior carries no more than it);
   - whether one imagined step moves the point the way the action does (state_probe.py's `imagined_response`,
-    round 41), on the run's
-    episodes and on `--random-episodes` episodes of random actions (states all over the box); and the cosine with
-    the direction to the goal of the actor's mean action and of the reward head's and the critics' action slopes, and
-    the two parts of eq. 12's gradient for one imagined step (the reward head's slope; the critics' value of the
-    predicted next state, through the world model's step).
+    round 41), on the run's episodes and on `--random-episodes` episodes of random actions (states all over the
+    box); the cosine with the direction to the goal of the actor's mean action and of the reward head's and the
+    critics' action slopes; and the two parts of eq. 12's gradient for one imagined step (the reward head's slope;
+    the critics' value of the predicted next state, through the world model's step).
 Writes a JSON (default benchmarks/results/diagnose/point_rl_sanity.json).
 """
 
@@ -42,7 +41,7 @@ from cmil.experts import make_expert
 from cmil.launch import open_policy
 from cmil.runs import read_metrics, source_commit
 from state_probe import _r2 as r2
-from state_probe import features_and_states, imagined_response, mlp_r2, ridge_r2
+from state_probe import features_and_states, filtered, imagined_response, mlp_r2, ridge_r2
 
 FIRST_PLACEMENT = 20_000  # the tuning placements, as the runs' own evaluations
 RANDOM_PLACEMENT = 60_000  # the random-action episodes of the imagined-step check
@@ -72,17 +71,16 @@ def best_action_agreement(agent, feat: torch.Tensor, state: torch.Tensor) -> dic
     {-1, 0, 1}^2 the run's reward head and its critics' min Q rate best, against the one that truly brings the point
     closest to the goal in one step (the env's own dynamics): how often each picks the true best (chance 1/9), and the
     share of states where it picks its most common action (1 = the same action everywhere, whatever the state)."""
-    grid = GRID
-    n = len(feat)
-    f, a = feat[:, None].expand(n, 9, -1).reshape(n * 9, -1), grid.repeat(n, 1)
-    moved = (state[:, None, :2] + MAX_SPEED * grid[None]).clamp(-1, 1)
+    n, k = len(feat), len(GRID)
+    f, a = feat[:, None].expand(n, k, -1).reshape(n * k, -1), GRID.repeat(n, 1)
+    moved = (state[:, None, :2] + MAX_SPEED * GRID[None]).clamp(-1, 1)
     picks = {"truth": (-(moved - state[:, None, 2:]).norm(dim=-1)).argmax(1),
-             "q_min": agent.critic(f, a).min(0).values.reshape(n, 9).argmax(1)}
+             "q_min": agent.critic(f, a).min(0).values.reshape(n, k).argmax(1)}
     if agent.imitation.head is not None:
-        picks["reward_head"] = agent.imitation.task_reward(f, a).reshape(n, 9).argmax(1)
-    return {k: {"true_best": round(float((v == picks["truth"]).float().mean()), 3),
-                "most_common_share": round(float(torch.bincount(v, minlength=9).max() / len(v)), 3)}
-            for k, v in picks.items()}
+        picks["reward_head"] = agent.imitation.task_reward(f, a).reshape(n, k).argmax(1)
+    return {name: {"true_best": round(float((v == picks["truth"]).float().mean()), 3),
+                   "most_common_share": round(float(torch.bincount(v, minlength=k).max() / len(v)), 3)}
+            for name, v in picks.items()}
 
 
 def _cosine(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -98,57 +96,42 @@ def point_imagined_response(wm, x_fit: torch.Tensor, s_fit: torch.Tensor, post: 
     return imagined_response(wm, x_fit, s_fit[:, :2], post, feat, pos, GRID, true)
 
 
-def action_slopes(agent, feat: torch.Tensor, state: torch.Tensor) -> dict:
-    """At the test states, the cosine with the direction to the goal of: the actor's mean action, and the gradient
-    w.r.t. the action (at that mean) of the run's reward head and of its critics' min Q (round 41). The env's
-    reward after one step rises fastest along the direction to the goal (away from the walls)."""
-    to_goal = state[:, 2:] - state[:, :2]
-    with torch.no_grad():
-        mean = agent.actor(feat).mean
-    action = mean.clone().requires_grad_(True)
-    out = {"actor_mean": _cosine(mean, to_goal)}
-    heads = {"q_min": lambda a: agent.critic(feat, a).min(0).values}
-    if agent.imitation.head is not None:
-        heads["reward_head"] = lambda a: agent.imitation.task_reward(feat, a)
-    for name, value in heads.items():
-        (grad,) = torch.autograd.grad(value(action).sum(), action)
-        out[name] = _cosine(grad, to_goal)
-    return out
-
-
-@torch.no_grad()
-def posterior(agent, episodes: list[dict]) -> dict[str, torch.Tensor]:
-    """The filtered posterior states of frames 0..T-1 of every episode, stacked (features_and_states' rows)."""
-    posts = [agent.episode_features(ep)[2] for ep in episodes]
-    return {k: torch.cat([p[k] for p in posts]) for k in posts[0]}
-
-
-def one_step_paths(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -> dict:
-    """At the test states, the two parts of eq. 12's gradient w.r.t. the actor's mean action a for one imagined step
-    (round 41): the reward head's slope d r(s, a) / da, and the value path gamma * d min_i Q_i(s'(a), pi(s')) / da through
-    the world model's step s'(a) (every head's mean, averaged; the next action held fixed). Their mean norms, and the
-    cosine of each with the direction to the goal (the env's reward rises fastest along it); and the correlation of
-    the critics' values at the states with minus the distance to the goal (how far the values track the task)."""
+def action_gradients(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -> tuple[dict, dict]:
+    """At the test states (posterior `post`, features `feat`, true states `state`), with a = the actor's mean action
+    (round 41):
+      - the cosine with the direction to the goal (the env's reward after one step rises fastest along it, away from
+        the walls) of a itself and of the action slopes of the run's critics' min Q and of its reward head;
+      - the two parts of eq. 12's gradient w.r.t. a for one imagined step: the reward head's slope d r(s, a) / da, and
+        the value path gamma * d min_i Q_i(s'(a), pi(s')) / da through the world model's step s'(a) (every head's
+        mean, averaged; the next action held fixed): their mean norms and cosines with the direction to the goal;
+        and the correlation of the critics' values at the states with minus the distance to the goal (how far the
+        values track the task).
+    Returns (cosines, one-step paths)."""
     to_goal = state[:, 2:] - state[:, :2]
     wm, heads = agent.wm, agent.wm.cfg.ensemble
     with torch.no_grad():
-        action = agent.actor(feat).mean
-    action.requires_grad_(True)
+        mean = agent.actor(feat).mean
+    action = mean.clone().requires_grad_(True)
+    slopes = {"q_min": lambda a: agent.critic(feat, a).min(0).values}
+    if agent.imitation.head is not None:
+        slopes["reward_head"] = lambda a: agent.imitation.task_reward(feat, a)
+    grads = {name: torch.autograd.grad(value(action).sum(), action)[0] for name, value in slopes.items()}
+    cosines = {"actor_mean": _cosine(mean, to_goal)} | {name: _cosine(g, to_goal) for name, g in grads.items()}
+
     nxt = [wm.agent_feat(wm.imagine_step(post, action, sample=False, head=h)[0]) for h in range(heads)]
     with torch.no_grad():
         next_action = [agent.actor(f).mean for f in nxt]
     value = sum(agent.critic(f, a).min(0).values for f, a in zip(nxt, next_action, strict=True)) / heads
     (g_value,) = torch.autograd.grad(agent.cfg.agent.gamma * value.sum(), action)
     with torch.no_grad():   # do the critics' values at the real states rise as the point nears the goal?
-        here = agent.critic(feat, action).min(0).values
+        here = agent.critic(feat, mean).min(0).values
     corr = torch.corrcoef(torch.stack([here, -to_goal.norm(dim=-1)]))[0, 1]
-    out = {"value_path": {"norm": round(float(g_value.norm(dim=-1).mean()), 4), "cos_to_goal": _cosine(g_value, to_goal)},
-           "value_corr_with_minus_distance": round(float(corr), 3)}
-    if agent.imitation.head is not None:
-        (g_reward,) = torch.autograd.grad(agent.imitation.task_reward(feat, action).sum(), action)
-        out["reward_head"] = {"norm": round(float(g_reward.norm(dim=-1).mean()), 4),
-                              "cos_to_goal": _cosine(g_reward, to_goal)}
-    return out
+    paths = {"value_path": {"norm": round(float(g_value.norm(dim=-1).mean()), 4), "cos_to_goal": _cosine(g_value, to_goal)},
+             "value_corr_with_minus_distance": round(float(corr), 3)}
+    if "reward_head" in grads:
+        paths["reward_head"] = {"norm": round(float(grads["reward_head"].norm(dim=-1).mean()), 4),
+                                "cos_to_goal": cosines["reward_head"]}
+    return cosines, paths
 
 
 def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> dict:
@@ -156,7 +139,8 @@ def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> d
     agent = parts.method
     stored = load_episodes(run / "episodes")[-episodes:]
     fit, test = stored[1::2], stored[0::2]
-    (x_fit, s_fit), (x_test, s_test) = features_and_states(agent, fit), features_and_states(agent, test)
+    x_fit, s_fit = features_and_states(agent, fit)
+    x_test, s_test, test_post = filtered(agent, test)
 
     def stacked(eps: list[dict], key: str) -> torch.Tensor:   # rows 1..T: the action taken, the reward after it
         rows = np.concatenate([ep[key][1:] for ep in eps])
@@ -178,17 +162,14 @@ def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> d
             pred = agent.imitation.task_reward(x_test, a_test)
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
     row["best_action"] = best_action_agreement(agent, x_test, s_test)
-    test_post = posterior(agent, test)
     row["imagined_response"] = point_imagined_response(agent.wm, x_fit, s_fit, test_post, x_test, s_test)
-    row["one_step_paths"] = one_step_paths(agent, test_post, x_test, s_test)
+    row["cos_to_goal"], row["one_step_paths"] = action_gradients(agent, test_post, x_test, s_test)
     # The same on random-action episodes: states all over the box, not only where the run's policy went.
     rng = np.random.default_rng(0)
     rand = recorded_rollouts(parts.env, lambda obs: rng.uniform(-1, 1, 2).astype(np.float32), lambda: None,
                              range(RANDOM_PLACEMENT, RANDOM_PLACEMENT + random_episodes))
-    (xr_fit, sr_fit), (xr_test, sr_test) = features_and_states(agent, rand[1::2]), features_and_states(agent, rand[0::2])
-    row["imagined_response_random"] = point_imagined_response(agent.wm, xr_fit, sr_fit, posterior(agent, rand[0::2]),
-                                                              xr_test, sr_test)
-    row["cos_to_goal"] = action_slopes(agent, x_test, s_test)
+    (xr_fit, sr_fit), (xr_test, sr_test, rand_post) = features_and_states(agent, rand[1::2]), filtered(agent, rand[0::2])
+    row["imagined_response_random"] = point_imagined_response(agent.wm, xr_fit, sr_fit, rand_post, xr_test, sr_test)
     metrics = read_metrics(run)
     row["evaluations"] = [{"env_step": m["env_step"], "success": m["eval/success_rate"], "return": m["eval/return"]}
                           for m in metrics if "eval/success_rate" in m]

@@ -17,7 +17,8 @@ to the goal:
 Each with a ridge regression and with a 2 x 256 MLP (standardised inputs and targets, Adam 1e-3, `--steps` steps of
 256 rows). Also (round 41) whether one imagined step of the world model moves the hand the way each action moves it
 (`hand_response`, on the even-numbered episodes' states; the action held for one and for five steps), with the
-agent's features as the run reads them and as 'mean' (with h_t). Prints a table and writes a JSON (default benchmarks/results/diagnose/state_probe.json).
+agent's features as the run reads them and as 'mean' (with h_t). Prints a table and writes a JSON (default
+benchmarks/results/diagnose/state_probe.json).
 """
 
 from __future__ import annotations
@@ -87,12 +88,22 @@ def _r2(pred: torch.Tensor, true: torch.Tensor) -> float:
     return round(float(1 - ((pred - true) ** 2).sum() / ((true - true.mean(0)) ** 2).sum()), 3)
 
 
+@torch.no_grad()
+def filtered(agent, episodes: list[dict]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Every episode filtered by the agent's world model: its features of frames 0..T-1, the true states there and
+    the posterior states there, each stacked over the episodes."""
+    feats, posts = [], []
+    for ep in episodes:
+        feat, _, post = agent.episode_features(ep)
+        feats.append(feat)
+        posts.append(post)
+    states = torch.as_tensor(np.concatenate([ep["state"][:-1] for ep in episodes])).float()
+    return torch.cat(feats).float(), states, {k: torch.cat([p[k] for p in posts]) for k in posts[0]}
+
+
 def features_and_states(agent, episodes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """The agent's features of frames 0..T-1 of every episode and the true states there, stacked."""
-    with torch.no_grad():
-        feats = torch.cat([agent.episode_features(ep)[0] for ep in episodes]).float()
-    states = torch.as_tensor(np.concatenate([ep["state"][:-1] for ep in episodes])).float()
-    return feats, states
+    return filtered(agent, episodes)[:2]
 
 
 @torch.no_grad()
@@ -111,6 +122,7 @@ def imagined_response(wm, x_fit: torch.Tensor, pos_fit: torch.Tensor, post: dict
     start = {key: v[:, None].expand(n, k, *v.shape[1:]).reshape(n * k, *v.shape[1:]) for key, v in post.items()}
     acts = actions.repeat(n, 1)
     heads = wm.cfg.ensemble
+
     def held(head: int) -> torch.Tensor:
         state = start
         for _ in range(steps):
@@ -201,8 +213,8 @@ def measure(run: Path, steps: int) -> dict:
             row.setdefault(split, {})[name] = {"ridge": ridge_r2(xa, target(sa), xb, target(sb)),
                                                "mlp": mlp_r2(xa, target(sa), xb, target(sb), steps)}
     # The run's own feature, and the world model read with h_t (the authors' form of the agent's input).
-    row["hand_response"] = [hand_response(agent, demos + online[1::2], online[0::2], form, steps=steps)
-                            for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for steps in RESPONSE_STEPS]
+    row["hand_response"] = [hand_response(agent, demos + online[1::2], online[0::2], form, steps=held)
+                            for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for held in RESPONSE_STEPS]
     return row
 
 
