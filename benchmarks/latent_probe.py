@@ -18,7 +18,8 @@ batch and window) on the first set, and every `--every` updates measures on the 
     `wm.recon_focus` picks ('change': those differing from the frame before or after; 'foreground': those
     differing from the median of all the held-out frames), and the KL to the prior before free nats;
   - on `point`, point_rl_sanity.py's `point_imagined_response`: whether one imagined step from the held-out states moves
-    the point (as a ridge probe of the agent's feature reads it) the way each of 9 actions moves it (round 41); on
+    the point (as a ridge probe of the agent's feature reads it) the way each of 9 actions moves it (round 41), and
+    the action held for five imagined steps (`imagined_response_held`, round 42); on
     Meta-World, state_probe.py's `hand_response` (the hand, with the agent's feature and with h_t).
 Writes DIR/latent_probe_{name}.json (default DIR benchmarks/results/diagnose).
 """
@@ -145,8 +146,9 @@ def main() -> None:
         row = {"updates": step, "train_wall_s": round(wall), "r2": r2,
                **{k: round(v, 5) for k, v in errors.items()}, "train_kl_raw": round(metrics["model/kl_raw"], 3)}
         if args.task == "point":  # does one imagined step move the point as the action does (round 41)
-            row["imagined_response"] = point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"],
-                                                               x_test["agent"], s_test)
+            row["imagined_response"], row["imagined_response_held"] = (
+                point_imagined_response(wm, x_fit["agent"], s_fit, x_test["post"], x_test["agent"], s_test, held)
+                for held in RESPONSE_STEPS)
         else:  # the hand, with the agent's feature and with h_t
             row["hand_response"] = [hand_response(_Reader(wm), train[:40], heldout, form, steps=held)
                                     for form in dict.fromkeys([cfg.wm.agent_feat, "mean"]) for held in RESPONSE_STEPS]

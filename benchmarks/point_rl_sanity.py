@@ -40,8 +40,8 @@ from cmil.evaluate import recorded_rollouts, run_episode
 from cmil.experts import make_expert
 from cmil.launch import open_policy
 from cmil.runs import read_metrics, source_commit
+from state_probe import RESPONSE_STEPS, features_and_states, filtered, imagined_response, mlp_r2, ridge_r2
 from state_probe import _r2 as r2
-from state_probe import features_and_states, filtered, imagined_response, mlp_r2, ridge_r2
 
 FIRST_PLACEMENT = 20_000  # the tuning placements, as the runs' own evaluations
 RANDOM_PLACEMENT = 60_000  # the random-action episodes of the imagined-step check
@@ -88,12 +88,12 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def point_imagined_response(wm, x_fit: torch.Tensor, s_fit: torch.Tensor, post: dict, feat: torch.Tensor,
-                            state: torch.Tensor) -> dict:
-    """state_probe.imagined_response for the point, under the 9 actions {-1, 0, 1}^2, against `point`'s own
-    dynamics (a step of 0.15 * action, clipped to the box); true states (N, 4) `s_fit` and `state`."""
+                            state: torch.Tensor, steps: int = 1) -> dict:
+    """state_probe.imagined_response for the point, under the 9 actions {-1, 0, 1}^2 held `steps` steps, against
+    `point`'s own dynamics (a step of 0.15 * action, clipped to the box); true states (N, 4) `s_fit` and `state`."""
     pos = state[:, :2]
-    true = (pos[:, None] + MAX_SPEED * GRID).clamp(-1, 1) - pos[:, None]
-    return imagined_response(wm, x_fit, s_fit[:, :2], post, feat, pos, GRID, true)
+    true = (pos[:, None] + steps * MAX_SPEED * GRID).clamp(-1, 1) - pos[:, None]
+    return imagined_response(wm, x_fit, s_fit[:, :2], post, feat, pos, GRID, true, steps)
 
 
 def action_gradients(agent, post: dict, feat: torch.Tensor, state: torch.Tensor) -> tuple[dict, dict]:
@@ -163,6 +163,8 @@ def measure(run: Path, episodes: int, mlp_steps: int, random_episodes: int) -> d
         row["r2"]["reward"]["run_head"] = r2(pred.reshape(r_test.shape), r_test)
     row["best_action"] = best_action_agreement(agent, x_test, s_test)
     row["imagined_response"] = point_imagined_response(agent.wm, x_fit, s_fit, test_post, x_test, s_test)
+    row["imagined_response_held"] = point_imagined_response(agent.wm, x_fit, s_fit, test_post, x_test, s_test,
+                                                            RESPONSE_STEPS[-1])
     row["cos_to_goal"], row["one_step_paths"] = action_gradients(agent, test_post, x_test, s_test)
     # The same on random-action episodes: states all over the box, not only where the run's policy went.
     rng = np.random.default_rng(0)

@@ -43,13 +43,14 @@ def test_critics_as_state_values_learn_from_the_rewards_action_slope_when_the_mo
     assert last["return"] > last["zero_return"] + 15 and last["cos_to_goal"] > 0.8
 
 
-@pytest.mark.parametrize("speed, slope", [(MAX_SPEED, 1.0), (-MAX_SPEED, -1.0), (0.0, 0.0)])
-def test_imagined_response_reads_how_the_models_step_moves_the_point(speed, slope):
+@pytest.mark.parametrize("speed, slope, steps", [(MAX_SPEED, 1.0, 1), (-MAX_SPEED, -1.0, 1), (0.0, 0.0, 1),
+                                                (MAX_SPEED, 1.0, 5), (MAX_SPEED / 2, 0.5, 5)])
+def test_imagined_response_reads_how_the_models_step_moves_the_point(speed, slope, steps):
     world = ToyWorld(speed=speed)
     fit, test = placements(300, 1), placements(100, 2)
     feat = lambda s: world.agent_feat(s)  # noqa: E731
     state = lambda s: torch.cat([s["pos"], s["goal"]], -1)  # noqa: E731
-    out = point_imagined_response(world, feat(fit), state(fit), test, feat(test), state(test))
+    out = point_imagined_response(world, feat(fit), state(fit), test, feat(test), state(test), steps)
     assert out["probe_r2"] > 0.99   # a ridge probe of the raw positions
     assert out["action_part_slope"] == pytest.approx(slope, abs=0.05)   # ridge shrinks a little
     if speed == MAX_SPEED:

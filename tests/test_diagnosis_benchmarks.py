@@ -376,7 +376,7 @@ def test_point_rl_sanity_scores_a_task_reward_run_against_reference_policies(tmp
     assert row["evaluations"] and row["model_kl_last"] is not None
     assert set(row["best_action"]) == {"truth", "q_min", "reward_head"} and row["best_action"]["truth"]["true_best"] == 1.0
     assert all(1 / 9 <= v["most_common_share"] <= 1 for v in row["best_action"].values())
-    for key in ("imagined_response", "imagined_response_random"):
+    for key in ("imagined_response", "imagined_response_held", "imagined_response_random"):
         assert set(row[key]) == {"probe_r2", "displacement_r2", "action_part_r2", "action_part_slope",
                                  "action_part_cos"} and -1 <= row[key]["action_part_cos"] <= 1
     assert set(row["cos_to_goal"]) == {"actor_mean", "q_min", "reward_head"}
@@ -397,7 +397,7 @@ def test_latent_probe_trains_the_world_model_alone_and_probes_each_reading(tmp_p
     for row in result["rows"]:
         assert set(row["r2"]) == {"stoch", "deter", "agent"} | ({"agent_mlp"} if row["updates"] == 4 else set()) and all(set(r) == {"point", "goal"} for r in row["r2"].values())
         assert min(row["recon_mse"], row["recon_mse_change"], row["recon_mse_foreground"]) > 0 and row["kl_raw"] >= 0
-        assert -1 <= row["imagined_response"]["action_part_cos"] <= 1
+        assert all(-1 <= row[key]["action_part_cos"] <= 1 for key in ("imagined_response", "imagined_response_held"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("metaworld") is None, reason="needs Meta-World")

@@ -421,3 +421,45 @@ def test_reconstruction_focus_weight_adds_the_weighted_error_of_the_focus_pixels
         error = (wm.decode(wm.feat(post)) - target).square()
     extra = 9.0 * 0.5 * (error * focus_pixels(target, focus)).sum().item() / 12  # B * T = 12 frames
     assert extra > 0.05 * plain and recon(weighted, moving)[0] == pytest.approx(plain + extra, rel=1e-4)
+
+
+@pytest.mark.parametrize("posterior", ["filter", "image"])
+def test_overshooting_kl_is_the_mean_over_k_of_each_open_loop_k_step_kl(posterior, monkeypatch):
+    """wm.overshoot_steps: against a plain loop over every start and k (one head and no sampling, so both are
+    deterministic), with an episode start inside the window that cuts the rollouts crossing it."""
+    cfg = replace(TINY, ensemble=1, kl_free=0.0, posterior=posterior, overshoot_steps=3, overshoot_weight=2.0)
+    torch.manual_seed(0)
+    wm = WorldModel(A, cfg)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)
+    batch = make_batch(2, 7)
+    batch["is_first"][1, 4] = True
+    action, is_first = batch["action"], batch["is_first"]
+    post, prior = wm.observe(wm.encode(batch["image"]), action, is_first, sample=False)
+    got = wm.overshoot_kl(post, prior, action, is_first)
+    B, T = action.shape[:2]
+    per_k = []
+    for k in (2, 3):
+        kls = []
+        for b in range(B):
+            for t in range(T - k):
+                if is_first[b, t + 1: t + k + 1].any():
+                    continue
+                state = {key: post[key][b:b + 1, t] for key in STATE_KEYS}
+                for j in range(1, k + 1):
+                    state, _ = wm.imagine_step(state, action[b:b + 1, t + j], sample=False)
+                kls.append(diag_gaussian_kl(post["mean"][b, t + k], post["std"][b, t + k], state["mean"][0],
+                                            state["std"][0]))
+        per_k.append(torch.stack(kls).mean())
+    assert got.item() == pytest.approx(torch.stack(per_k).mean().item(), rel=1e-5)
+    # It enters the loss as its own term, times overshoot_weight and kl_scale; off, the terms are the usual two.
+    terms, _, metrics = wm.loss_terms(batch)
+    assert terms["overshoot"].item() == pytest.approx(2.0 * metrics["model/overshoot"], rel=1e-5)
+    torch.manual_seed(1)
+    total = wm.loss(batch)[0]
+    torch.manual_seed(1)
+    terms = wm.loss_terms(batch)[0]
+    assert total.item() == pytest.approx(sum(terms.values()).item(), rel=1e-6)
+    wm.loss(batch)[0].backward()
+    assert wm.prior_out.weight.grad.abs().sum() > 0
+    off = WorldModel(A, replace(cfg, overshoot_steps=1))
+    assert set(off.loss_terms(batch)[0]) == {"recon", "kl"}

@@ -39,6 +39,14 @@ class WorldModelConfig:
     """Free nats: the KL loss is clamped below this value (averaged over the batch)."""
     kl_scale: float = 1.0
     """Weight of the KL term in the world-model loss."""
+    overshoot_steps: int = 0
+    """Latent overshooting (PlaNet): also roll the prior open loop on the recorded actions from every frame of the
+    window for 2 .. this many steps and pull each k-step prediction towards the posterior of the frame it predicts
+    (the balanced KL with free nats, averaged over k), times `overshoot_weight` and kl_scale. 0 or 1 = off (the
+    one-step KL of DreamerV2 and the authors' code). Imagination runs the prior `agent.horizon` steps open loop,
+    while the one-step KL trains it one step from a filtered state only (issue 9, round 42)."""
+    overshoot_weight: float = 1.0
+    """Weight of the overshooting KL (`overshoot_steps`) beside the one-step KL."""
     min_std: float = 0.1
     """Floor of the latent std: std = 2 * sigmoid(x / 2) + min_std."""
     lr: float = 3e-4

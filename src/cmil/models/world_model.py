@@ -363,33 +363,62 @@ class WorldModel(nn.Module):
         return torch.baddbmm(b2, hidden, w2).transpose(0, 1)
 
     # --- training -----------------------------------------------------------------------------
-    def kl_loss(self, post: State, prior: State) -> tuple[torch.Tensor, torch.Tensor]:
+    def kl_loss(self, post: State, prior: State, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Balanced KL with free nats (DreamerV2): returns (loss, mean KL(post || prior) before clamping).
 
         loss = b * max(mean KL(sg(post) || prior), free) + (1 - b) * max(mean KL(post || sg(prior)), free),
-        b = cfg.kl_balance; the means run over batch and time (free nats on the batch average).
+        b = cfg.kl_balance; the means run over batch and time (free nats on the batch average), weighted by
+        `weight` (same leading shape) where given.
         """
         cfg = self.cfg
         pm, ps, qm, qs = prior["mean"], prior["std"], post["mean"], post["std"]
-        to_prior = diag_gaussian_kl(qm.detach(), qs.detach(), pm, ps).mean()
-        to_post = diag_gaussian_kl(qm, qs, pm.detach(), ps.detach()).mean()
+
+        def average(kl: torch.Tensor) -> torch.Tensor:
+            return kl.mean() if weight is None else (kl * weight).sum() / weight.sum().clamp(min=1.0)
+
+        to_prior = average(diag_gaussian_kl(qm.detach(), qs.detach(), pm, ps))
+        to_post = average(diag_gaussian_kl(qm, qs, pm.detach(), ps.detach()))
         loss = (cfg.kl_balance * to_prior.clamp(min=cfg.kl_free)
                 + (1.0 - cfg.kl_balance) * to_post.clamp(min=cfg.kl_free))
         return loss, to_prior.detach()
+
+    def overshoot_kl(self, post: State, prior: State, action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        """Latent overshooting (`cfg.overshoot_steps`): the balanced KL of the prior rolled k = 2 .. K steps open
+        loop on the recorded actions against the posterior of the frame it predicts, averaged over k.
+
+        The rollout starts from the sequence's one-step priors (frame t + 1 predicted from the posterior at t) and
+        steps each through a freshly drawn head, as imagination does; a prediction is left out once an `is_first`
+        lies between its start and its target (the episode changed there)."""
+        B, T = action.shape[:2]
+        steps = min(self.cfg.overshoot_steps, T - 1)
+        not_first = (~is_first.bool()).to(post["mean"].dtype)
+        state = {k: prior[k][:, 1:] for k in STATE_KEYS}  # state[:, i] predicts frame i + k, here k = 1
+        valid = not_first[:, 1:]
+        total = post["mean"].new_zeros(())
+        for k in range(2, steps + 1):
+            n = T - k
+            flat = {key: v[:, :n].reshape(B * n, -1) for key, v in state.items()}
+            nxt, _ = self.imagine_step(flat, action[:, k:].reshape(B * n, -1))
+            state = {key: v.view(B, n, -1) for key, v in nxt.items()}
+            valid = valid[:, :n] * not_first[:, k:]
+            target = {key: post[key][:, k:] for key in ("mean", "std")}
+            total = total + self.kl_loss(target, state, valid)[0]
+        return total / max(steps - 1, 1)
 
     def loss(self, batch: dict[str, torch.Tensor], state: State | None = None
              ) -> tuple[torch.Tensor, State, dict[str, float]]:
         """The world-model loss (eq. 1) on a batch: the sum of `loss_terms`. Returns (loss, post, metrics)."""
         terms, post, metrics = self.loss_terms(batch, state)
-        return terms["recon"] + terms["kl"], post, metrics
+        loss = terms["recon"] + terms["kl"]
+        return (loss + terms["overshoot"] if "overshoot" in terms else loss), post, metrics
 
     def loss_terms(self, batch: dict[str, torch.Tensor], state: State | None = None
                    ) -> tuple[dict[str, torch.Tensor], State, dict[str, float | torch.Tensor]]:
         """World-model loss on a batch {'image' uint8 (B,T,H,W,3), 'action' (B,T,A), 'is_first' (B,T)},
         filtered from `state` (zeros if None).
 
-        Terms: 'recon' and 'kl' (already times kl_scale), kept apart for diagnoses that split the
-        gradient by term (benchmarks/representation_grads.py). Reconstruction is the Normal(mean, 1) negative
+        Terms: 'recon', 'kl' (already times kl_scale) and, with `cfg.overshoot_steps` > 1, 'overshoot' (the same),
+        kept apart for diagnoses that split the gradient by term (benchmarks/representation_grads.py). Reconstruction is the Normal(mean, 1) negative
         log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
         and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
         dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
@@ -419,6 +448,10 @@ class WorldModel(nn.Module):
         metrics = dict(zip(keys, values.unbind() if self.graph_safe else values.tolist(), strict=True))
         metrics["model/recon_mse"] = 2.0 * metrics["model/recon"] / image[0, 0].numel()
         terms = {"recon": recon, "kl": self.cfg.kl_scale * kl}
+        if self.cfg.overshoot_steps > 1:
+            overshoot = self.overshoot_kl(post, prior, batch["action"], batch["is_first"])
+            terms["overshoot"] = self.cfg.kl_scale * self.cfg.overshoot_weight * overshoot
+            metrics["model/overshoot"] = overshoot.detach() if self.graph_safe else float(overshoot)
         return terms, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
     def make_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
