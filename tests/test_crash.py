@@ -124,3 +124,18 @@ def test_damaged_latest_checkpoint_and_stale_temp_files(reference, tmp_path, cap
     assert not any(p.exists() for p in stale)
     assert (run / "checkpoints" / (newest.name + ".corrupt")).exists()  # set aside for inspection
     _assert_same_run(run, ref)
+
+
+def test_source_commit_names_the_commit_and_marks_a_dirty_tree(tmp_path):
+    from cmil.runs import source_commit
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert source_commit(tmp_path) == head
+    (tmp_path / "f.txt").write_text("b")
+    assert source_commit(tmp_path) == f"{head}-dirty"

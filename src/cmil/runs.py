@@ -42,12 +42,16 @@ def default_run_dir(cfg: Config, root: str = "runs") -> Path:
 def source_commit(directory: Path | None = None) -> str:
     """Short git commit of the checkout this `cmil` is imported from, or of the one holding `directory`
     ('unknown' outside a git checkout), so that benchmark results name the code that produced them whatever
-    the working directory."""
+    the working directory; '-dirty' is appended when tracked files differ from that commit (the results then
+    come from code no commit holds)."""
+    cwd = directory or Path(__file__).resolve().parent
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=directory or Path(__file__).resolve().parent).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=cwd).stdout.strip()
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True, cwd=cwd).returncode == 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return commit if clean else f"{commit}-dirty"
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -451,7 +451,8 @@ class WorldModel(nn.Module):
         if self.cfg.overshoot_steps > 1:
             overshoot = self.overshoot_kl(post, prior, batch["action"], batch["is_first"])
             terms["overshoot"] = self.cfg.kl_scale * self.cfg.overshoot_weight * overshoot
-            metrics["model/overshoot"] = overshoot.detach() if self.graph_safe else float(overshoot)
+            overshoot = overshoot.detach()
+            metrics["model/overshoot"] = overshoot if self.graph_safe else float(overshoot)
         return terms, {**post, "embed": embed, "prior_feat": self.agent_feat(prior).detach()}, metrics
 
     def make_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
