@@ -1,7 +1,7 @@
 """Does CMIL's actor-critic learn when the world model is perfect? (issue 9, round 41)
 
     python benchmarks/toy_actor_critic.py [--updates 2000] [--every 250] [--seed 0] [--set agent.FIELD=VALUE ...]
-                                          [--features raw|random] [--speed 0.15] [--out JSON]
+                                          [--features raw|random] [--speed 0.15] [--model-error 0] [--out JSON]
 
 Rounds 39-40 found the actor-critic failing `point` with the task's own reward even where the features hold the point
 and the goal. This takes the world model and the reward out of the question: CMIL's own update code (imagination,
@@ -13,7 +13,8 @@ fixed placements over 30 steps of the true dynamics (mean return per episode) ag
 scripted expert (full speed towards the goal), and the cosine of its action with the direction to the goal.
 `--features random` gives the agent a fixed random 32-d embedding of the state instead of the 4 raw numbers
 (a representation more like a world model's); `--speed` sets how the imagined step moves the point (the reward
-stays `point`'s: a right reward model on a wrong dynamics model).
+stays `point`'s: a right reward model on a wrong dynamics model); `--model-error` makes it right on average over
+states and wrong at each by that fraction of its size (round 42: how exact must the imagined response be?).
 Writes a JSON (default benchmarks/results/diagnose/toy_actor_critic.json).
 """
 
@@ -35,6 +36,7 @@ from cmil.models.optim import clipped_step
 from cmil.presets import PRESETS, apply_method
 from cmil.runs import source_commit
 from diagnose_cmil import parse_sets
+from point_rl_sanity import point_imagined_response
 
 
 def step_pos(pos: torch.Tensor, action: torch.Tensor, speed: float = MAX_SPEED) -> torch.Tensor:
@@ -44,12 +46,23 @@ def step_pos(pos: torch.Tensor, action: torch.Tensor, speed: float = MAX_SPEED) 
 
 class ToyWorld(nn.Module):
     """The world model's interface for the agent (`agent_feat`, `imagine_step`) on the true state: 'pos' and
-    'goal' (N, 2); the feature is (pos, goal), or a fixed random embedding of it (`embed`)."""
+    'goal' (N, 2); the feature is (pos, goal), or a fixed random embedding of it (`embed`).
 
-    def __init__(self, embed: torch.Tensor | None = None, speed: float = MAX_SPEED):
+    `error` > 0 makes the imagined step's response to the action wrong by a fixed smooth random 2 x 2 field M(pos):
+    the point moves by speed * (a + error * M(pos) a), with E|M(pos) a|^2 = |a|^2, so the response is right on average
+    over states and off at each state by `error` times its own size (as a learnt model's is: round 42)."""
+
+    def __init__(self, embed: torch.Tensor | None = None, speed: float = MAX_SPEED, error: float = 0.0,
+                 error_seed: int = 0):
         super().__init__()
         self.register_buffer("embed", embed if embed is not None else torch.zeros(0))
         self.speed = speed  # -MAX_SPEED: a model whose imagined step moves the point against the action
+        g = torch.Generator().manual_seed(error_seed)
+        waves = 8
+        self.register_buffer("freq", torch.randn(2, waves, generator=g) * 2.0)
+        self.register_buffer("phase", torch.rand(waves, generator=g) * 2 * torch.pi)
+        # sin of a random phase has variance 1/2, so each entry of M has variance `waves` * 1/2 / waves = 1 / 2.
+        self.register_buffer("coef", error * torch.randn(waves, 2, 2, generator=g) / waves ** 0.5)
         self.cfg = SimpleNamespace(ensemble=1)
         self.visited: list[dict[str, torch.Tensor]] = []  # the current rollout's true states, for the reward
 
@@ -62,7 +75,10 @@ class ToyWorld(nn.Module):
         return x if self.embed.numel() == 0 else torch.tanh(x @ self.embed)
 
     def imagine_step(self, state: dict[str, torch.Tensor], action: torch.Tensor, sample: bool = True, head=None):
-        nxt = {"pos": step_pos(state["pos"], action, self.speed), "goal": state["goal"]}
+        action = action.clamp(-1, 1)
+        field = torch.einsum("nk,kij->nij", torch.sin(state["pos"] @ self.freq + self.phase), self.coef)
+        moved = action + torch.einsum("nij,nj->ni", field, action)
+        nxt = {"pos": (state["pos"] + self.speed * moved).clamp(-1, 1), "goal": state["goal"]}
         self.visited.append(nxt)
         return nxt, torch.zeros(action.shape[0])
 
@@ -114,12 +130,12 @@ def score(agent: CMIL, world: ToyWorld, state: dict[str, torch.Tensor]) -> dict[
 
 
 def train(cfg, updates: int, every: int = 0, features: str = "raw", starts: int = 128,
-          speed: float = MAX_SPEED) -> list[dict]:
-    """`updates` of CMIL's actor and critics on the stub world (imagined steps of `speed` * action; the reward
-    always `point`'s), scored every `every` updates (0: only at the start and the end)."""
+          speed: float = MAX_SPEED, error: float = 0.0) -> list[dict]:
+    """`updates` of CMIL's actor and critics on the stub world (imagined steps of `speed` * action, off by `error`
+    at each state; the reward always `point`'s), scored every `every` updates (0: only at the start and the end)."""
     torch.manual_seed(cfg.seed)
     embed = torch.randn(4, 32) if features == "random" else None
-    world = ToyWorld(embed, speed)
+    world = ToyWorld(embed, speed, error)
     cfg = replace(cfg, **{"wm.stoch": world.feat_dim, "wm.agent_feat": "stoch", "agent.real_critic_loss": False,
                           "agent.alpha": 0.0})
     agent = CMIL(cfg, 2, torch.device("cpu"))
@@ -149,6 +165,19 @@ def train(cfg, updates: int, every: int = 0, features: str = "raw", starts: int 
     return curve
 
 
+def model_response(speed: float, error: float) -> list[dict]:
+    """point_rl_sanity's `point_imagined_response` of the stub world (one step, and the action held five steps),
+    the measure the learnt world models get (rounds 41-42)."""
+    world = ToyWorld(speed=speed, error=error)
+    fit, test = placements(300, 1), placements(200, 2)
+    state = lambda s: torch.cat([s["pos"], s["goal"]], -1)  # noqa: E731
+    out = [{"steps": held, **point_imagined_response(world, world.agent_feat(fit), state(fit), test,
+                                                     world.agent_feat(test), state(test), held)}
+           for held in (1, 5)]
+    world.visited.clear()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
@@ -160,15 +189,19 @@ def main() -> None:
     p.add_argument("--speed", type=float, default=MAX_SPEED,
                    help="how far an imagined step moves the point per unit of action (the env: 0.15; negative: "
                         "against the action; 0: the model ignores the action)")
+    p.add_argument("--model-error", type=float, default=0.0,
+                   help="how far off the imagined step's response to the action is at each state, relative to its "
+                        "size (a fixed smooth random field; right on average over states)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/diagnose/toy_actor_critic.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = apply_method(replace(PRESETS[args.preset], method="vmail", task="point", seed=args.seed))
     cfg = replace(cfg, **parse_sets(args.set))
-    curve = train(cfg, args.updates, args.every, args.features, args.starts, args.speed)
+    curve = train(cfg, args.updates, args.every, args.features, args.starts, args.speed, args.model_error)
     result = {"commit": source_commit(), "preset": args.preset, "set": args.set, "features": args.features,
-              "imagined_speed": args.speed,
+              "imagined_speed": args.speed, "model_error": args.model_error,
+              "imagined_response": model_response(args.speed, args.model_error),
               "seed": args.seed, "starts": args.starts, "curve": curve}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -13,9 +13,11 @@ from cmil.presets import PRESETS, apply_method
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from point_rl_sanity import point_imagined_response  # noqa: E402
-from toy_actor_critic import ToyWorld, placements, train  # noqa: E402
+from toy_actor_critic import ToyWorld, model_response, placements, train  # noqa: E402
 
 sys.path.pop(0)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**changes):
@@ -55,3 +57,18 @@ def test_imagined_response_reads_how_the_models_step_moves_the_point(speed, slop
     assert out["action_part_slope"] == pytest.approx(slope, abs=0.05)   # ridge shrinks a little
     if speed == MAX_SPEED:
         assert out["displacement_r2"] == pytest.approx(1.0, abs=0.01) and out["action_part_cos"] > 0.99
+
+
+def test_model_error_keeps_the_response_right_on_average_and_wrong_at_each_state():
+    # --model-error 1: off at each state by about the response's own size, as round 42's learnt `point` models are
+    # (one step: cosine ~0.7, R^2 of the action part ~0), while the average over states stays right.
+    exact, off = model_response(MAX_SPEED, 0.0)[0], model_response(MAX_SPEED, 1.0)[0]
+    assert exact["action_part_r2"] > 0.99 and exact["action_part_cos"] > 0.99
+    assert 0.6 < off["action_part_slope"] < 1.0 and off["action_part_cos"] < 0.8 and off["action_part_r2"] < 0.3
+
+
+def test_with_a_model_off_at_each_state_the_rewards_own_slope_still_teaches_the_actor():
+    # gamma 0: eq. 12 is the imagined rewards alone, whose action slope here is the true one (the toy's reward); the
+    # bootstrapped critics' value of the model's predicted state is what erodes the default on such a model (round 42).
+    last = train(_cfg(**{"agent.gamma": 0.0}), updates=150, starts=64, error=1.0)[-1]
+    assert last["return"] > last["zero_return"] + 15 and last["cos_to_goal"] > 0.8
