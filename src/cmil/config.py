@@ -44,7 +44,10 @@ class WorldModelConfig:
     window for 2 .. this many steps and pull each k-step prediction towards the posterior of the frame it predicts
     (the balanced KL with free nats, averaged over k), times `overshoot_weight` and kl_scale. 0 or 1 = off (the
     one-step KL of DreamerV2 and the authors' code). Imagination runs the prior `agent.horizon` steps open loop,
-    while the one-step KL trains it one step from a filtered state only (issue 9, round 42)."""
+    while the one-step KL trains it one step from a filtered state only. Measured (issue 9, round 42): on `point`'s
+    world model alone it calmed the early overshoot and ended level with the one-step model (the action held five
+    imagined steps: R^2 0.86 against 0.87); on push (7 steps) it did not make the imagined hand follow the action
+    better, and no preset sets it."""
     overshoot_weight: float = 1.0
     """Weight of the overshooting KL (`overshoot_steps`) beside the one-step KL."""
     min_std: float = 0.1
