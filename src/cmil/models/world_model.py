@@ -418,9 +418,9 @@ class WorldModel(nn.Module):
         filtered from `state` (zeros if None).
 
         Terms: 'recon', 'kl' (already times kl_scale) and, with `cfg.overshoot_steps` > 1, 'overshoot' (the same),
-        kept apart for diagnoses that split the gradient by term (benchmarks/representation_grads.py). Reconstruction is the Normal(mean, 1) negative
-        log-likelihood without its constant, 0.5 * squared error summed over pixels, averaged over batch
-        and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
+        kept apart for diagnoses that split the gradient by term (benchmarks/representation_grads.py).
+        Reconstruction is the Normal(mean, 1) negative log-likelihood without its constant, 0.5 * squared error
+        summed over pixels, averaged over batch and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
         dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
         for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from, and
         'prior_feat' (B, T, F), the detached agent features of the one-step prior predictions of each frame.
