@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import AgentConfig, Config, WorldModelConfig, replace
+from cmil.config import Config, replace
+from cmil.config_sections import AgentConfig, WorldModelConfig
 from cmil.data.replay import SequenceReplay
 from world_model_speed import matmul_peak as _matmul_peak  # a sibling script: benchmarks/ is on sys.path
 from world_model_speed import sync

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import WorldModelConfig
+from cmil.config_sections import WorldModelConfig
 from cmil.models.networks import gaussian_std, preprocess_image
 from cmil.models.world_model import WorldModel
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from cmil.config import WorldModelConfig, replace
+from cmil.config import replace
+from cmil.config_sections import WorldModelConfig
 from cmil.data.episodes import save_episode
 from cmil.models.networks import (
     conv_transpose_stem,

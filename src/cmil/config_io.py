@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from cmil.config import STEERING_FIELDS, AgentConfig, BCConfig, Config, DACConfig, WorldModelConfig
+from cmil.config import STEERING_FIELDS, Config
+from cmil.config_sections import AgentConfig, BCConfig, DACConfig, WorldModelConfig
 from cmil.errors import ConfigError
 from cmil.fileio import atomic_write_bytes
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cmil.config import WorldModelConfig
 from cmil.config_io import DEVICES
+from cmil.config_sections import WorldModelConfig
 from cmil.data.episodes import Episode, EpisodeError, episode_paths, load_episodes
 from cmil.data.replay import SequenceReplay, batch_to_torch
 from cmil.errors import OutputExistsError, UsageError

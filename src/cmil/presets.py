@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cmil.config import AgentConfig, Config, WorldModelConfig, replace
+from cmil.config import Config, replace
+from cmil.config_sections import AgentConfig, WorldModelConfig
 from cmil.errors import ConfigError
 
 

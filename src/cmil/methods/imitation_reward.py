@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import AgentConfig
+from cmil.config_sections import AgentConfig
 from cmil.models.actor_critic import Discriminator, gradient_penalty
 from cmil.models.networks import mlp
 from cmil.models.normalize import RunningMeanStd

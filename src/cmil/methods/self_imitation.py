@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cmil.config import AgentConfig
+from cmil.config_sections import AgentConfig
 from cmil.data.episodes import Episode, episode_success
 from cmil.data.replay import SequenceReplay
 

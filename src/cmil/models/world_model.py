@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmil.config import WorldModelConfig
+from cmil.config_sections import WorldModelConfig
 from cmil.models.networks import (
     ConvDecoder,
     ConvEncoder,
