@@ -39,9 +39,14 @@ from diagnose_cmil import parse_sets
 from point_rl_sanity import point_imagined_response
 
 
-def step_pos(pos: torch.Tensor, action: torch.Tensor, speed: float = MAX_SPEED) -> torch.Tensor:
-    """`point`'s dynamics: a step of MAX_SPEED * action, clipped to the box (differentiable inside it)."""
-    return (pos + speed * action.clamp(-1, 1)).clamp(-1, 1)
+def step_pos(pos: torch.Tensor, action: torch.Tensor, speed: float = MAX_SPEED,
+             field: torch.Tensor | None = None) -> torch.Tensor:
+    """`point`'s dynamics: a step of MAX_SPEED * action, clipped to the box (differentiable inside it). `field`
+    (N, 2, 2), the stub model's per-state error (ToyWorld), moves the point by a + field a instead of a."""
+    action = action.clamp(-1, 1)
+    if field is not None:
+        action = action + torch.einsum("nij,nj->ni", field, action)
+    return (pos + speed * action).clamp(-1, 1)
 
 
 class ToyWorld(nn.Module):
@@ -57,6 +62,7 @@ class ToyWorld(nn.Module):
         super().__init__()
         self.register_buffer("embed", embed if embed is not None else torch.zeros(0))
         self.speed = speed  # -MAX_SPEED: a model whose imagined step moves the point against the action
+        self.error = error
         g = torch.Generator().manual_seed(error_seed)
         waves = 8
         self.register_buffer("freq", torch.randn(2, waves, generator=g) * 2.0)
@@ -75,10 +81,9 @@ class ToyWorld(nn.Module):
         return x if self.embed.numel() == 0 else torch.tanh(x @ self.embed)
 
     def imagine_step(self, state: dict[str, torch.Tensor], action: torch.Tensor, sample: bool = True, head=None):
-        action = action.clamp(-1, 1)
-        field = torch.einsum("nk,kij->nij", torch.sin(state["pos"] @ self.freq + self.phase), self.coef)
-        moved = action + torch.einsum("nij,nj->ni", field, action)
-        nxt = {"pos": (state["pos"] + self.speed * moved).clamp(-1, 1), "goal": state["goal"]}
+        field = (torch.einsum("nk,kij->nij", torch.sin(state["pos"] @ self.freq + self.phase), self.coef)
+                 if self.error else None)
+        nxt = {"pos": step_pos(state["pos"], action, self.speed, field), "goal": state["goal"]}
         self.visited.append(nxt)
         return nxt, torch.zeros(action.shape[0])
 

@@ -363,7 +363,8 @@ class WorldModel(nn.Module):
         return torch.baddbmm(b2, hidden, w2).transpose(0, 1)
 
     # --- training -----------------------------------------------------------------------------
-    def kl_loss(self, post: State, prior: State, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def kl_loss(self, post: State, prior: State, weight: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Balanced KL with free nats (DreamerV2): returns (loss, mean KL(post || prior) before clamping).
 
         loss = b * max(mean KL(sg(post) || prior), free) + (1 - b) * max(mean KL(post || sg(prior)), free),
@@ -420,8 +421,8 @@ class WorldModel(nn.Module):
         Terms: 'recon', 'kl' (already times kl_scale) and, with `cfg.overshoot_steps` > 1, 'overshoot' (the same),
         kept apart for diagnoses that split the gradient by term (benchmarks/representation_grads.py).
         Reconstruction is the Normal(mean, 1) negative log-likelihood without its constant, 0.5 * squared error
-        summed over pixels, averaged over batch and time. With `cfg.augment` each sequence is shifted as a whole (input and target alike, so the
-        dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
+        summed over pixels, averaged over batch and time. With `cfg.augment` each sequence is shifted as a whole
+        (input and target alike, so the dynamics see a consistent scene). Returns (terms, post, metrics); post keeps its graph (detach it
         for imagination starts) and also holds 'embed' (B, T, E), the encoder output it was filtered from, and
         'prior_feat' (B, T, F), the detached agent features of the one-step prior predictions of each frame.
         The metrics are floats, or 0-d tensors with `graph_safe`.
