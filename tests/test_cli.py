@@ -38,6 +38,30 @@ def test_dry_run_writes_a_complete_run_dir(tmp_path, method, capsys):
         assert cfg["agent"]["bc_model_weight"] == 0.0 and cfg["agent"]["bc_action_noise"] == 0.0
 
 
+@pytest.mark.parametrize("seed_actions", ["policy", "random"])
+def test_seed_actions_decide_who_acts_in_the_seed_episodes(tmp_path, monkeypatch, seed_actions):
+    from cmil.models.latent_policy import LatentPolicy
+
+    sampled = []  # the policy's stochastic (training) actions; evaluation acts deterministically
+    original = LatentPolicy.act
+
+    def counting_act(self, obs, deterministic):
+        action = original(self, obs, deterministic)
+        if not deterministic:
+            sampled.append(action)
+        return action
+
+    monkeypatch.setattr(LatentPolicy, "act", counting_act)
+    run = _train(tmp_path, "cmil", "--seed-steps", "60", "--seed-actions", seed_actions)
+    final = json.loads((run / "final.json").read_text())
+    episodes = sorted((run / "episodes").glob("ep*.npz"))
+    seeded = sum(len(np.load(e)["action"]) - 1 for e in episodes[:2])  # point's 30-step episodes: two seed ones
+    assert seeded == 60
+    assert len(sampled) == final["env_steps"] - (seeded if seed_actions == "random" else 0)
+    seed_actions_taken = np.concatenate([np.load(e)["action"][1:] for e in episodes[:2]])
+    assert np.all(np.abs(seed_actions_taken) <= 1.0) and seed_actions_taken.std() > 0.3
+
+
 def test_cmil_logs_discriminator_and_bound_diagnostics(tmp_path):
     run = _train(tmp_path, "cmil")
     evals = [r for r in read_metrics(run) if "eval/success_rate" in r]

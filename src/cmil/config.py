@@ -85,6 +85,12 @@ class Config:
     """Online environment steps after the seed episodes (the x-axis budget)."""
     seed_steps: int = 1_000
     """Environment steps collected by the BC-pretrained policy before online training (0 for VMAIL)."""
+    seed_actions: Literal["policy", "random"] = "policy"
+    """Who acts in the seed episodes: 'policy' = the BC-pretrained policy's samples (authors' code); 'random' =
+    actions drawn uniformly from the action box, so that the world model first sees actions that vary apart
+    from the state (a model trained on such data moves Meta-World's hand with the action best of those
+    measured, docs/results.md round 41). The discriminator, the critics' real-data loss and the teacher's
+    anchor see these episodes too."""
     train_every: int = 5
     """Run `train_updates` updates every this many environment steps (train ratio)."""
     train_updates: int = 1

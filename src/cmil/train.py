@@ -136,7 +136,11 @@ class Trainer:
         cfg, c = self.cfg, self.counters
 
         def act(obs):
-            action = self.policy.act(obs, deterministic=False)
+            if seeding and cfg.seed_actions == "random":
+                space = self.env.action_space
+                action = self.np_rng.uniform(space.low, space.high).astype(space.dtype)
+            else:
+                action = self.policy.act(obs, deterministic=False)
             c["env_step"] += 1
             if not seeding and c["env_step"] % cfg.train_every == 0 and len(self.replay) > 0:
                 with use_precision(cfg.precision):
