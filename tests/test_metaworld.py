@@ -261,3 +261,23 @@ def test_placement_scale_narrows_placements_about_the_centre():
         narrow.close()
     with pytest.raises(ValueError, match="placement_scale"):
         MetaWorldImageEnv(DEFAULT_TASK, render=False, placement_scale=0.0)
+
+
+def test_action_repeat_holds_the_action_through_meta_world_steps():
+    single = MetaWorldImageEnv(DEFAULT_TASK, seed=0, render=False)
+    double = MetaWorldImageEnv(DEFAULT_TASK, seed=0, render=False, action_repeat=2, episode_length=3)
+    try:
+        single.reset(seed=7)
+        double.reset(seed=7)
+        action = np.array([0.5, -0.4, 0.2, 0.0], np.float32)
+        rewards = [single.step(action)[1] for _ in range(2)]
+        _, reward, _, truncated, info = double.step(action)
+        np.testing.assert_array_equal(info["state"], single.state_obs)  # two Meta-World steps per env step
+        assert reward == pytest.approx(sum(rewards)) and not truncated
+        double.step(action)
+        assert double.step(action)[3]  # episode_length counts env steps: 3 of them, 6 Meta-World steps
+    finally:
+        single.close()
+        double.close()
+    with pytest.raises(ValueError, match="action_repeat"):
+        MetaWorldImageEnv(DEFAULT_TASK, render=False, action_repeat=0)

@@ -125,7 +125,7 @@ class MetaWorldImageEnv(gym.Env):
     def __init__(self, task: str, seed: int | None = None, image_size: int = 64,
                  episode_length: int | None = None, camera: dict[str, Any] | None = None,
                  render: bool = True, object_rgba: Sequence[float] | None = None,
-                 placement_scale: float = 1.0):
+                 placement_scale: float = 1.0, action_repeat: int = 1):
         """`render=False` skips the frames (observations are black, no GL context is opened): the same
         dynamics, placements and expert actions, for benchmarks that only need the success flag.
         `object_rgba`: a flat colour (RGBA in [0, 1]) for the manipulated object's geoms (body 'obj') in place of
@@ -133,7 +133,11 @@ class MetaWorldImageEnv(gym.Env):
         at 64 x 64; docs/results.md, round 23).
         `placement_scale`: shrinks the box the object and goal placements are drawn from about its centre (1 is
         Meta-World's own range, 0.25 a box a quarter as wide on every axis), for tasks where the demonstrations
-        should cover the starts, as in the paper's kitchen and Baoding tasks (docs/results.md, round 38)."""
+        should cover the starts, as in the paper's kitchen and Baoding tasks (docs/results.md, round 38).
+        `action_repeat`: Meta-World steps per env step, the action held through them, one frame rendered at the
+        end, their rewards summed; `episode_length` counts env steps. One Meta-World step is 12.5 ms (5 physics
+        substeps), and the hand follows a mocap target with a lag, so one step's action moves it ~0.001 (about
+        an eighth of a pixel at push's camera, docs/results.md round 44); the paper's kitchen steps are 80 ms."""
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = _mw_name(task)
@@ -149,8 +153,11 @@ class MetaWorldImageEnv(gym.Env):
         mw.seeded_rand_vec = True
         mw._set_task_called = True
         _scale_placements(mw, placement_scale)
+        if int(action_repeat) != action_repeat or action_repeat < 1:
+            raise ValueError(f"action_repeat must be a whole number >= 1, got {action_repeat!r}")
+        self.action_repeat = int(action_repeat)
         # Meta-World raises if stepped past max_path_length; make its horizon ours.
-        mw.max_path_length = self.episode_length
+        mw.max_path_length = self.episode_length * self.action_repeat
         self.mw = mw
         if object_rgba is not None:
             _paint_object(mw.model, object_rgba)
@@ -193,7 +200,10 @@ class MetaWorldImageEnv(gym.Env):
         if self._t >= self.episode_length:
             raise RuntimeError(f"episode is over ({self.episode_length} steps); call reset()")
         action = np.clip(np.asarray(action, np.float32).reshape(4), -1.0, 1.0)
-        state, reward, _, _, mw_info = self.mw.step(action)
+        reward = 0.0
+        for _ in range(self.action_repeat):
+            state, step_reward, _, _, mw_info = self.mw.step(action)
+            reward += float(step_reward)
         self._t += 1
         self._state = np.asarray(state, np.float64)
         self._frame = self._render()
