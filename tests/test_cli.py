@@ -26,6 +26,7 @@ def test_dry_run_writes_a_complete_run_dir(tmp_path, method, capsys):
     assert cfg["method"] == method and cfg["dry_run"] is True
     final = json.loads((run / "final.json").read_text())
     assert 0.0 <= final["success_rate"] <= 1.0
+    assert isinstance(final["commit"], str) and final["commit"]  # short hash, '-dirty' or 'unknown'
     assert list((run / "checkpoints").glob("step_*.pt"))
     assert (run / "model.safetensors").stat().st_size > 0
     assert list((run / "videos").glob("*.mp4"))

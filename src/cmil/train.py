@@ -21,7 +21,7 @@ from cmil.errors import UsageError
 from cmil.evaluate import evaluate, run_episode
 from cmil.launch import Parts, say
 from cmil.precision import use_precision
-from cmil.runs import export_safetensors, restore, rng_state, set_rng_state, write_json
+from cmil.runs import export_safetensors, restore, rng_state, set_rng_state, source_commit, write_json
 
 
 class Trainer:
@@ -181,5 +181,6 @@ class Trainer:
             self.logger.close()
             self.env.close()
         result["wall_time_s"] = round(time.time() - start, 1)
+        result["commit"] = source_commit()  # the code that finished the run ('unknown' outside a git checkout)
         write_json(self.run_dir / "final.json", result)
         return result
