@@ -84,7 +84,7 @@ class Config:
     env_steps: int = 20_000
     """Online environment steps after the seed episodes (the x-axis budget)."""
     seed_steps: int = 1_000
-    """Environment steps collected by the BC-pretrained policy before online training (0 for VMAIL)."""
+    """Environment steps of seed episodes before online training, acted as `seed_actions` says (0 for VMAIL)."""
     seed_actions: Literal["policy", "random"] = "policy"
     """Who acts in the seed episodes: 'policy' = the BC-pretrained policy's samples (authors' code); 'random' =
     actions drawn uniformly from the action box, so that the world model first sees actions that vary apart
