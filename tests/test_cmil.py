@@ -219,6 +219,21 @@ def test_normalised_penalty_and_discriminator_input(cmil_on_point):
     assert int(stats["disagreement"].count) == count + 1
 
 
+def test_penalty_norm_freeze_fixes_the_penalty_statistics_after_that_many_updates(cmil_on_point):
+    method, expert, replay = cmil_on_point
+    cfg = replace(method.cfg, **{"agent.penalty_norm": True, "agent.penalty_norm_freeze": 2})
+    torch.manual_seed(0)
+    method = CMIL(cfg, 2, torch.device("cpu"))
+    stats = method.stats["disagreement"]
+    seen = []
+    for _ in range(4):
+        method.update(expert, replay)
+        seen.append((float(stats.mean), float(stats.var)))
+    assert seen[1] != seen[0]                   # the second update still moves them
+    assert seen[3] == seen[2] == seen[1]        # after two they stay, though the imagined disagreement changes
+    assert int(stats.count) == 4
+
+
 def test_lambda_objective_is_eq12(cmil_on_point):
     method, _, _ = cmil_on_point
     a = method.cfg.agent

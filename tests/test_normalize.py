@@ -24,3 +24,19 @@ def test_return_scale_is_the_5_to_95_percent_range_floored_at_one():
     scale.update(torch.linspace(0, 0.5, 101))
     assert float(scale.scale) == 1.0
     assert set(scale.state_dict()) == {"range", "count"}  # the quantile levels are not checkpointed
+
+
+def test_running_mean_std_stops_moving_after_freeze_after_updates():
+    stats = RunningMeanStd(decay=0.5, freeze_after=2)
+    stats.update(torch.tensor([1.0, 3.0]))   # sets: mean 2
+    stats.update(torch.tensor([6.0, 6.0]))   # half-way: mean 4
+    frozen = (stats.mean.clone(), stats.var.clone())
+    assert float(frozen[0]) == 4.0
+    for shift in (10.0, 100.0):              # later batches leave the statistics as they were
+        stats.update(torch.tensor([shift, shift + 2]))
+    torch.testing.assert_close((stats.mean, stats.var), frozen, atol=0, rtol=0)
+    assert int(stats.count) == 4
+    follows = RunningMeanStd(decay=0.5)      # 0 (the default): the statistics keep following
+    for x in ([1.0, 3.0], [6.0, 6.0], [10.0, 12.0]):
+        follows.update(torch.tensor(x))
+    assert float(follows.mean) == 7.5

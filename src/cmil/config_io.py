@@ -115,7 +115,7 @@ AT_LEAST_ZERO = {
     "agent.imag_starts", "agent.alpha", "agent.beta", "agent.entropy", "agent.disc_noise_std", "agent.bc_feat_noise",
     "agent.disc_grad_penalty", "agent.self_imitation_last", "agent.explore_noise", "wm.kl_free", "wm.kl_scale",
     "wm.weight_decay", "wm.recon_focus_weight", "wm.overshoot_steps", "wm.overshoot_weight", "dac.grad_penalty",
-    "dac.bc_weight", "wm.encoder_depth"}
+    "dac.bc_weight", "wm.encoder_depth", "agent.penalty_norm_freeze"}
 POSITIVE = {"wm.lr", "wm.eps", "wm.grad_clip", "wm.min_std", "agent.disc_lr", "agent.actor_lr", "agent.critic_lr",
             "agent.grad_clip", "agent.actor_min_std", "dac.lr", "dac.disc_lr", "dac.init_temperature",
             "dac.actor_min_std", "bc.lr"}

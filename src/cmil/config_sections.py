@@ -249,6 +249,11 @@ class AgentConfig:
     penalty_norm: bool = False
     """Centre and scale the disagreement penalty by running statistics of the imagined disagreement, so alpha
     weighs how much more uncertain a step is than usual rather than adding a near-constant offset."""
+    penalty_norm_freeze: int = 0
+    """With penalty_norm: the statistics follow the imagined disagreement for this many online updates and then
+    stay fixed, so the penalty keeps measuring uncertainty against where the early online policy imagined, and a
+    policy that drifts where the whole model is unsure pays for it. 0 = they follow for the whole run (then a
+    global rise in disagreement is normalised away). docs/results.md, round 45."""
     return_norm: bool = False
     """Divide the actor's return objective (eq. 12) by max(1, running 5-95% range of the returns), DreamerV3
     style, so that beta sets the real ratio of the RL and BC parts of the actor loss."""

@@ -30,7 +30,7 @@ class ImitationReward(nn.Module):
         self.disc = Discriminator(feat_dim, self.action_dim, cfg.disc_layers, cfg.disc_units, cfg.disc_noise_std)
         # Running statistics of D's input (agent.disc_input_norm) and of the disagreement (agent.penalty_norm).
         self.input_stats = RunningMeanStd(feat_dim + self.action_dim)
-        self.disagreement_stats = RunningMeanStd()
+        self.disagreement_stats = RunningMeanStd(freeze_after=cfg.penalty_norm_freeze)
         # agent.reward 'env' (a measurement): a head that learns the task's reward on real (s, a) pairs. Drawn from its
         # own generator, so that the measurement's pretraining is its seed's `logratio` run's.
         self.head = None
@@ -73,7 +73,8 @@ class ImitationReward(nn.Module):
 
     def penalty(self, disagreement: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """Eq. 10's conservative term alpha * disagreement; with penalty_norm the disagreement standardised by its
-        running statistics (only how much more uncertain than usual a step is), which `update_stats` adds it to."""
+        running statistics (only how much more uncertain than usual a step is), which `update_stats` adds it to
+        (until agent.penalty_norm_freeze updates have, if set)."""
         if self.cfg.penalty_norm:
             if update_stats:
                 self.disagreement_stats.update(disagreement)

@@ -19,12 +19,14 @@ def _first_sets(count: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 class RunningMeanStd(nn.Module):
-    """Per-dimension EMA of mean and variance; `normalize(x) = (x - mean) / std`."""
+    """Per-dimension EMA of mean and variance; `normalize(x) = (x - mean) / std`. With `freeze_after` > 0 the
+    statistics stop moving after that many updates (0: they follow for ever)."""
 
-    def __init__(self, shape: int | tuple[int, ...] = (), decay: float = 0.99, eps: float = 1e-4):
+    def __init__(self, shape: int | tuple[int, ...] = (), decay: float = 0.99, eps: float = 1e-4,
+                 freeze_after: int = 0):
         super().__init__()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.decay, self.eps = decay, eps
+        self.decay, self.eps, self.freeze_after = decay, eps, freeze_after
         self.register_buffer("mean", torch.zeros(shape))
         self.register_buffer("var", torch.ones(shape))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
@@ -35,6 +37,8 @@ class RunningMeanStd(nn.Module):
         flat = x.detach().reshape(-1, *self.mean.shape).float()
         mean, var = flat.mean(0), flat.var(0, correction=0)
         weight = _first_sets(self.count, 1 - self.decay)
+        if self.freeze_after:  # a tensor condition, no host read (CUDA graphs); lerp with weight 0 keeps the value
+            weight = torch.where(self.count >= self.freeze_after, 0.0, weight)
         self.mean.lerp_(mean, weight)
         self.var.lerp_(var, weight)
         self.count += 1
