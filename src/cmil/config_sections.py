@@ -250,8 +250,8 @@ class AgentConfig:
     """Centre and scale the disagreement penalty by running statistics of the imagined disagreement, so alpha
     weighs how much more uncertain a step is than usual rather than adding a near-constant offset."""
     penalty_norm_freeze: int = 0
-    """With penalty_norm: the statistics follow the imagined disagreement for this many online updates and then
-    stay fixed, so the penalty keeps measuring uncertainty against where the early online policy imagined, and a
+    """With penalty_norm: the statistics follow the imagined disagreement for this many agent updates (counting
+    `pretrain_updates`' full updates, which imagine too; the `default` preset has none) and then stay fixed, so the penalty keeps measuring uncertainty against where the early online policy imagined, and a
     policy that drifts where the whole model is unsure pays for it. 0 = they follow for the whole run (then a
     global rise in disagreement is normalised away). Round 45 (push at action repeat 4, rl_weight 8, tuning seeds):
     with the statistics fixed after 100 updates the penalty reached ~-100 per imagined step and the policy still fell
