@@ -64,6 +64,33 @@ def test_time_limit_cap_and_override():
     env.close()
 
 
+def test_action_repeat_holds_the_action_and_counts_the_limit_in_the_envs_own_steps():
+    action = np.array([0.3, -0.2], np.float32)
+    env = make_env(LIMITED, seed=5)  # one rendering env at a time (RendererGuard)
+    env.reset()
+    rewards = [env.step(action)[1] for _ in range(3)]
+    state = env.step(np.zeros(2, np.float32))[4]["state"]  # a zero action moves nothing
+    env.close()
+    env = make_env(LIMITED, seed=5, action_repeat=3)
+    try:
+        env.reset()
+        frame, reward, _, _, info = env.step(action)
+        np.testing.assert_array_equal(info["state"], state)
+        assert reward == pytest.approx(sum(rewards)) and frame.shape == (64, 64, 3)
+        steps = 1
+        while not any(env.step(action)[2:4]):
+            steps += 1
+        assert steps + 1 == 9  # the registered 25 env steps: 8 held actions of 3, then one of 1
+    finally:
+        env.close()
+    with pytest.raises(UsageError, match="action_repeat must be a whole number >= 1"):
+        make_env(LIMITED, action_repeat=0)
+    with pytest.raises(UsageError, match="action_repeat: task 'point' does not take them"):
+        make_env("point", action_repeat=2)
+    with pytest.raises(UsageError, match="given both as a task option and in env_kwargs"):
+        make_env("mw-push", env_kwargs={"action_repeat": 2}, action_repeat=2)
+
+
 def test_success_keys_and_return_only():
     env = make_env("gym:CmilTest/SlideIsSuccess-v0")
     assert reports_success(env) and env.get_wrapper_attr("success_key") == "is_success"
@@ -142,6 +169,13 @@ def test_cli_collect_train_resume_eval(tmp_path, capsys):
     # `cmil eval` rebuilds the env from config.yaml alone.
     assert main(["eval", str(run), "--episodes", "2", "--video-episodes", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["eval/episodes"] == 2.0
+    # An action repeat is saved too, and demos held for another number of steps are named in a warning.
+    held = tmp_path / "held"
+    assert _train(held, demos, "--env-kwargs", '{"goal_radius": 0.2}', "--action-repeat", "2") == 0
+    assert yaml.safe_load((held / "config.yaml").read_text())["action_repeat"] == 2
+    assert "collected with action_repeat None, this run uses 2" in capsys.readouterr().err
+    assert _train(held, demos, "--env-kwargs", '{"goal_radius": 0.2}', "--action-repeat", "3") == 2
+    assert "action_repeat: run has" in capsys.readouterr().err
 
 
 def test_cli_return_only_task(tmp_path, capsys):

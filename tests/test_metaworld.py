@@ -21,6 +21,7 @@ from cmil.envs.metaworld_env import (  # noqa: E402
     task_episode_length,
 )
 from cmil.envs.rendering import RendererGuard  # noqa: E402
+from cmil.errors import UsageError  # noqa: E402
 from cmil.experts.metaworld_expert import make_metaworld_expert  # noqa: E402
 
 DEFAULT_TASK = "push"  # the recommended default task (docs/default_task.md)
@@ -279,5 +280,21 @@ def test_action_repeat_holds_the_action_through_meta_world_steps():
     finally:
         single.close()
         double.close()
-    with pytest.raises(ValueError, match="action_repeat"):
+    with pytest.raises(UsageError, match="action_repeat"):
         MetaWorldImageEnv(DEFAULT_TASK, render=False, action_repeat=0)
+
+
+def test_action_repeat_as_a_task_option_is_the_env_kwarg():
+    """`--action-repeat N` (any task that takes it) and `--env-kwargs '{"action_repeat": N}'` build the same env."""
+    from cmil.envs import make_env
+
+    states = []
+    for options in ({"action_repeat": 3, "env_kwargs": {"render": False}},
+                    {"env_kwargs": {"render": False, "action_repeat": 3}}):
+        env = make_env("mw-push", seed=4, **options)
+        try:
+            env.reset()
+            states.append(env.step(np.full(4, 0.5, np.float32))[4]["state"])
+        finally:
+            env.close()
+    np.testing.assert_array_equal(*states)

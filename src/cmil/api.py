@@ -49,13 +49,14 @@ def register_task(name: str, env_factory: Callable[..., gym.Env], expert: Callab
 def collect_demos(task: str, episodes: int, out: str | Path, *, expert: Callable[[Any], Any] | str | None = None,
                   seed: int = 1_000_000, keep_failures: bool = False, image_size: int = 64,
                   env_kwargs: dict[str, Any] | None = None, success_key: str | None = None,
-                  max_episode_steps: int | None = None, quiet: bool = True) -> dict[str, Any]:
+                  max_episode_steps: int | None = None, action_repeat: int | None = None,
+                  quiet: bool = True) -> dict[str, Any]:
     """Roll out `expert` (default: the task's) for `episodes` episodes into `out`; returns its statistics."""
     from cmil.data.collect import collect_demos as collect
 
     return collect(task, episodes, Path(out), seed=seed, image_size=image_size, keep_failures=keep_failures,
                    quiet=quiet, env_kwargs=env_kwargs, success_key=success_key,
-                   max_episode_steps=max_episode_steps, expert=expert)
+                   max_episode_steps=max_episode_steps, action_repeat=action_repeat, expert=expert)
 
 
 def make_config(task: str, method: str = "cmil", preset: str = "default", **settings: Any):

@@ -135,11 +135,11 @@ def cmd_demos(args: argparse.Namespace) -> int:
         from cmil.envs import task_spec
 
         task_spec(args.task)
-        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0, max_episode_steps=1)
+        _at_least(args, episodes=1, image_size=MIN_IMAGE_SIZE, seed=0, max_episode_steps=1, action_repeat=1)
         stats = collect_demos(args.task, args.episodes, Path(args.out), seed=args.seed, image_size=args.image_size,
                               keep_failures=args.keep_failures, env_kwargs=_env_kwargs(args.env_kwargs),
                               success_key=args.success_key, max_episode_steps=args.max_episode_steps,
-                              expert=args.expert)
+                              action_repeat=args.action_repeat, expert=args.expert)
         print(json.dumps(stats, indent=2))
     elif args.demos_cmd == "import" and args.minari is not None:
         from cmil.config_io import MIN_IMAGE_SIZE
@@ -179,9 +179,10 @@ def cmd_demos(args: argparse.Namespace) -> int:
             from cmil.envs import make_env
             from cmil.launch import action_dim_of
 
-            _at_least(args, max_episode_steps=1)
+            _at_least(args, max_episode_steps=1, action_repeat=1)
             env = make_env(args.task, env_kwargs=_env_kwargs(args.env_kwargs), success_key=args.success_key,
-                           max_episode_steps=args.max_episode_steps, image_size=args.image_size)
+                           max_episode_steps=args.max_episode_steps, action_repeat=args.action_repeat,
+                           image_size=args.image_size)
             try:
                 image_size, action_dim = args.image_size, action_dim_of(env, args.task)
             finally:
@@ -217,6 +218,8 @@ def add_env_options(parser: argparse.ArgumentParser) -> None:
                         help="keyword arguments of the task's env (gym:ID: gym.make's), a JSON object")
     parser.add_argument("--success-key", default=None, help="info key of the success flag (gym:ID tasks)")
     parser.add_argument("--max-episode-steps", type=int, default=None, help="episode length cap (gym:ID tasks)")
+    parser.add_argument("--action-repeat", type=int, default=None,
+                        help="env steps per agent step, the action held (gym:ID and Meta-World tasks; default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

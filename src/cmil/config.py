@@ -34,6 +34,10 @@ class Config:
     max_episode_steps: int | None = None
     """Episode length cap of a gym:ID task (replaces its registered limit) or a task registered from Python;
     envs with no time limit of their own get 1000 steps."""
+    action_repeat: int | None = None
+    """Env steps per agent step (the action held through them, one frame at the end, rewards summed) for a
+    gym:ID task, a task registered from Python or a Meta-World task (default 1; the episode limit of a gym
+    task still counts its own steps). Longer steps let the world model see what an action does (docs/results.md, round 44)."""
     method: Method = "cmil"
     """Learning method: cmil | vmail | bc | dac."""
     seed: int = 0

@@ -155,8 +155,9 @@ def validate(cfg: Config, where: str = "") -> None:
     for name in ("demos", "run_dir", "init_from", "encoder_from", "anchor_from", "success_key"):
         if flat[name] is not None and not str(flat[name]).strip():
             fail(name, "must not be empty")
-    if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
-        fail("max_episode_steps", f"must be >= 1, got {cfg.max_episode_steps!r}")
+    for name in ("max_episode_steps", "action_repeat"):
+        if flat[name] is not None and flat[name] < 1:
+            fail(name, f"must be >= 1, got {flat[name]!r}")
     if cfg.env_kwargs is not None:
         try:
             kwargs = json.loads(cfg.env_kwargs)

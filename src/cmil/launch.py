@@ -94,7 +94,7 @@ def canonical_env_kwargs(cfg: Config) -> Config:
 def env_options(cfg: Config) -> dict[str, Any]:
     """What `cmil.envs.make_env` needs, besides the task, to build the run's env."""
     return {"image_size": cfg.image_size, "env_kwargs": env_kwargs_of(cfg), "success_key": cfg.success_key,
-            "max_episode_steps": cfg.max_episode_steps}
+            "max_episode_steps": cfg.max_episode_steps, "action_repeat": cfg.action_repeat}
 
 
 def dry_run_preset(preset: Config) -> Config:
@@ -207,15 +207,20 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
 
 
 def _check_demo_env_kwargs(cfg: Config, directory: Path) -> None:
-    """Warn when the demos were collected with other env kwargs than the run's: some change what the expert's
-    episodes look like (`placement_scale`, a camera), others only the run's own scoring (a success radius), so
-    this is the user's call. Demo sets without that record (converted ones) pass silently."""
-    recorded = (demo_stats(directory) or {}).get("env_kwargs")
-    if recorded is None or recorded == env_kwargs_of(cfg):
-        return
-    warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, this run uses "
-         f"{json.dumps(env_kwargs_of(cfg))}; if that changes what the episodes show (e.g. placement_scale), "
-         "collect demos with the run's")
+    """Warn when the demos were collected with other env kwargs or another action repeat than the run's: some
+    change what the expert's episodes look like (`placement_scale`, a camera, the control step), others only the
+    run's own scoring (a success radius), so this is the user's call. Demo sets without that record (converted
+    ones) pass silently."""
+    stats = demo_stats(directory) or {}
+    recorded = stats.get("env_kwargs")
+    if recorded is not None and recorded != env_kwargs_of(cfg):
+        warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, this run "
+             f"uses {json.dumps(env_kwargs_of(cfg))}; if that changes what the episodes show (e.g. "
+             "placement_scale), collect demos with the run's")
+    if "env_kwargs" in stats and (stats.get("action_repeat") or 1) != (cfg.action_repeat or 1):
+        warn(f"warning: the demos in {directory} were collected with action_repeat {stats.get('action_repeat')}, "
+             f"this run uses {cfg.action_repeat}: the expert's actions were held for another number of env steps; "
+             "collect demos with the run's")
 
 
 def _collect_dry_run_demos(cfg: Config) -> None:

@@ -282,7 +282,7 @@ def _checked_trials(args: argparse.Namespace) -> list[dict[str, Any]]:
         if unknown:
             raise ValueError(f"unknown methods {unknown} (known: {', '.join(known)})")
         flags = {"env_kwargs": args.env_kwargs, "success_key": args.success_key,
-                 "max_episode_steps": args.max_episode_steps}
+                 "max_episode_steps": args.max_episode_steps, "action_repeat": args.action_repeat}
         overrides = {**(grid.get("set") or {}), **parse_set(args.set or []),
                      **{k: v for k, v in flags.items() if v is not None}}
         return build_trials(list(tasks), list(methods), [int(s) for s in seeds], overrides,

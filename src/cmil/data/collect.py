@@ -20,14 +20,16 @@ from cmil.experts import make_expert
 def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size: int = 64,
                   keep_failures: bool = False, max_attempts: int | None = None, quiet: bool = False,
                   env_kwargs: dict[str, Any] | None = None, success_key: str | None = None,
-                  max_episode_steps: int | None = None, expert: str | Callable | None = None) -> dict:
+                  max_episode_steps: int | None = None, action_repeat: int | None = None,
+                  expert: str | Callable | None = None) -> dict:
     """Roll out the task's expert (or `expert`, a policy `obs -> action`, see `cmil.experts.policy`)
     until `episodes` episodes are saved in `out`.
 
     Only successful episodes are kept unless `keep_failures` (or the task has no success signal:
     then every episode is kept and the success rate is None); every attempt counts towards the
     expert's success rate, written with the other statistics to `out/expert_stats.json`.
-    `env_kwargs`, `success_key` and `max_episode_steps` build the env as `cmil.envs.make_env` does.
+    `env_kwargs`, `success_key`, `max_episode_steps` and `action_repeat` build the env as `cmil.envs.make_env`
+    does.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -40,7 +42,7 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
     partial = out.with_name(f".{out.name}.part")
     shutil.rmtree(partial, ignore_errors=True)
     env = make_env(task, seed=seed, image_size=image_size, env_kwargs=env_kwargs, success_key=success_key,
-                   max_episode_steps=max_episode_steps)
+                   max_episode_steps=max_episode_steps, action_repeat=action_repeat)
     try:
         actor = make_expert(task, env, expert)
         scored = reports_success(env)
@@ -70,7 +72,8 @@ def collect_demos(task: str, episodes: int, out: Path, seed: int = 0, image_size
         env.close()
     stats = {"task": task, "episodes": saved, "attempts": attempts, "successes": successes if scored else None,
              "success_rate": successes / attempts if scored else None, "seed": seed, "image_size": image_size,
-             "env_kwargs": env_kwargs or {}, "success_key": success_key, "max_episode_steps": max_episode_steps}
+             "env_kwargs": env_kwargs or {}, "success_key": success_key, "max_episode_steps": max_episode_steps,
+             "action_repeat": action_repeat}
     (partial / DEMO_STATS).write_text(json.dumps(stats, indent=2))
     if out.exists():
         out.rmdir()  # empty (checked above)

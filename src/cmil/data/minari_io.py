@@ -200,7 +200,7 @@ def export_minari(demos: str | Path, dataset_id: str, task: str | None = None,
     task = task or stats.get("task")
     if options is None:
         options = {"image_size": int(episodes[0]["image"].shape[1]),
-                   **{k: stats[k] for k in ("env_kwargs", "success_key", "max_episode_steps") if k in stats}}
+                   **{k: stats[k] for k in ("env_kwargs", "success_key", "max_episode_steps", "action_repeat") if k in stats}}
     size, action_dim = episodes[0]["image"].shape[1], episodes[0]["action"].shape[1]
     observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
     action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)

@@ -138,26 +138,32 @@ class SeedFirstReset(gym.Wrapper):
 
 
 def make_env(name: str, seed: int | None = None, image_size: int = 64, env_kwargs: dict[str, Any] | None = None,
-             success_key: str | None = None, max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+             success_key: str | None = None, max_episode_steps: int | None = None, action_repeat: int | None = None,
+             **kwargs) -> gym.Env:
     """Build the task `name` (see `list_tasks()`, or `gym:ID`); `seed` seeds the first `reset`.
 
     `env_kwargs` (and `kwargs`) go to the task's env factory (`gym.make` for `gym:ID`);
-    `success_key` and `max_episode_steps` apply to tasks made from gymnasium envs (`gym_task.py`)."""
+    `success_key`, `max_episode_steps` and `action_repeat` apply to tasks made from gymnasium envs
+    (`gym_task.py`); Meta-World tasks take `action_repeat` too (their own, no intermediate frames)."""
     spec = task_spec(name)
     options: dict[str, Any] = {**(env_kwargs or {}), **kwargs}
-    task_options = {k: v for k, v in (("success_key", success_key), ("max_episode_steps", max_episode_steps))
-                    if v is not None}
+    task_options = {k: v for k, v in (("success_key", success_key), ("max_episode_steps", max_episode_steps),
+                                      ("action_repeat", action_repeat)) if v is not None}
     if spec.takes_task_options:
-        options = {"env_kwargs": options, "success_key": success_key, "max_episode_steps": max_episode_steps}
+        options = {"env_kwargs": options, **task_options}
     else:  # a built-in factory may take them as its own arguments (baoding takes max_episode_steps)
+        twice = sorted(set(options) & set(task_options))
+        if twice:
+            raise UsageError(f"{', '.join(twice)}: given both as a task option and in env_kwargs; give it once")
         options.update(task_options)
     try:
         env = load_factory(spec.env_factory)(seed=seed, image_size=image_size, **options)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):  # an option the factory does not take
             names = ", ".join(sorted(task_options)) or "env_kwargs"
-            raise UsageError(f"{names}: task {name!r} does not take them ({exc}); success_key and "
-                             f"max_episode_steps are for {GYM_PREFIX}ID tasks and tasks registered from Python") from None
+            raise UsageError(f"{names}: task {name!r} does not take them ({exc}); success_key, max_episode_steps "
+                             f"and action_repeat are for {GYM_PREFIX}ID tasks and tasks registered from Python "
+                             "(Meta-World tasks take action_repeat too)") from None
         raise
     return SeedFirstReset(env, seed)
 
@@ -173,12 +179,13 @@ def register_task(name: str, env_factory: Callable[..., gym.Env], description: s
     default_key, default_cap = success_key, max_episode_steps
 
     def factory(seed: int | None = None, image_size: int = 64, env_kwargs: dict | None = None,
-                success_key: str | None = None, max_episode_steps: int | None = None) -> gym.Env:
+                success_key: str | None = None, max_episode_steps: int | None = None,
+                action_repeat: int | None = None) -> gym.Env:
         def build() -> gym.Env:
             return env_factory(**(env_kwargs or {}))
 
         return pixel_task(build, image_size, success_key if success_key is not None else default_key,
-                          max_episode_steps if max_episode_steps is not None else default_cap, name)
+                          max_episode_steps if max_episode_steps is not None else default_cap, name, action_repeat)
 
     spec = TaskSpec(name, factory, max_episode_steps, description or f"registered from Python ({env_factory!r})",
                     takes_task_options=True)

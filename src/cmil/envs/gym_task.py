@@ -11,6 +11,9 @@ contract (`cmil.envs`):
 - episodes end where the env ends them (terminated / truncated); an env with no time limit gets
   `max_episode_steps` (default `DEFAULT_MAX_EPISODE_STEPS`); a given `max_episode_steps` replaces
   the registered limit of a `gym:ID` env and caps a factory's env;
+- `action_repeat` N > 1 holds each action for N of the env's own steps (`ActionRepeat`), rendering one
+  frame at the end; the episode limit still counts the env's own steps, so an episode has about
+  limit / N of cmil's steps;
 - `info["success"]` is read from the info key `success_key` (default: `success`, else
   `is_success`, whichever the env reports); an env with neither has `reports_success == False`, and
   cmil then reports returns only;
@@ -103,11 +106,40 @@ def success_flag(value: Any, key: str) -> bool:
     return bool(flag[0] > 0.5)
 
 
+def check_action_repeat(value: Any) -> int:
+    """`action_repeat` as an int >= 1 (a UsageError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"action_repeat must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+class ActionRepeat(gym.Wrapper):
+    """Holds each action for `repeat` of the wrapped env's steps: their rewards summed, the last step's
+    observation and info returned, stopping early where the env ends the episode.
+
+    Longer control steps let a pixel world model see what an action does: one Meta-World step moves the
+    hand about an eighth of a pixel (docs/results.md, round 44); DreamerV2 holds actions for 2 steps on DMC.
+    The frame is rendered by whoever wraps this (`PixelTask`), once per held action."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = check_action_repeat(repeat)
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
 class PixelTask(gym.Wrapper):
     """A rendering gymnasium env under cmil's env contract (see the module docstring)."""
 
     def __init__(self, env: gym.Env, image_size: int = 64, success_key: str | None = None,
-                 max_episode_steps: int | None = None, name: str = "task"):
+                 max_episode_steps: int | None = None, name: str = "task", action_repeat: int = 1):
         space = env.action_space
         if not isinstance(space, gym.spaces.Box):
             raise UsageError(f"task {name!r}: action space {space} is not a continuous Box; cmil's methods "
@@ -122,6 +154,8 @@ class PixelTask(gym.Wrapper):
                              "cmil learns from pixels and needs an env built with render_mode='rgb_array'")
         if max_episode_steps is not None or not _has_time_limit(env):
             env = gym.wrappers.TimeLimit(env, max_episode_steps or DEFAULT_MAX_EPISODE_STEPS)
+        if check_action_repeat(action_repeat) > 1:  # outside the limit: it counts the env's own steps
+            env = ActionRepeat(env, action_repeat)
         super().__init__(env)
         self.name = name
         self.image_size = image_size
@@ -202,7 +236,7 @@ class PixelTask(gym.Wrapper):
 
 
 def pixel_task(build, image_size: int, success_key: str | None, max_episode_steps: int | None,
-               name: str) -> gym.Env:
+               name: str, action_repeat: int | None = None) -> gym.Env:
     """`PixelTask` over the env `build()` makes, holding the process's renderer (`GuardedRender`:
     gymnasium's MuJoCo envs open GL contexts, which interfere when several are open)."""
     from cmil.envs.rendering import GuardedRender, RendererGuard
@@ -211,14 +245,16 @@ def pixel_task(build, image_size: int, success_key: str | None, max_episode_step
         RendererGuard.claim(object())  # raises the guard's explanatory error
     env = build()
     try:
-        return GuardedRender(PixelTask(env, image_size, success_key, max_episode_steps, name=name))
+        return GuardedRender(PixelTask(env, image_size, success_key, max_episode_steps, name=name,
+                                       action_repeat=1 if action_repeat is None else action_repeat))
     except BaseException:
         env.close()
         raise
 
 
 def make_gym_env(task: str, seed: int | None = None, image_size: int = 64, env_kwargs: dict | None = None,
-                 success_key: str | None = None, max_episode_steps: int | None = None) -> gym.Env:
+                 success_key: str | None = None, max_episode_steps: int | None = None,
+                 action_repeat: int | None = None) -> gym.Env:
     """`gym:ID` (gymnasium's id, optionally 'module:ID' to import the module that registers it) as a
     `PixelTask`; gym.make's `max_episode_steps` replaces the env's registered limit. Construction
     errors of the user's making are UsageErrors."""
@@ -235,4 +271,4 @@ def make_gym_env(task: str, seed: int | None = None, image_size: int = 64, env_k
         except TypeError as exc:  # the constructor rejected a keyword argument
             raise UsageError(f"env_kwargs: {task!r} does not accept them ({exc})") from None
 
-    return pixel_task(build, image_size, success_key, None, task)
+    return pixel_task(build, image_size, success_key, None, task, action_repeat)

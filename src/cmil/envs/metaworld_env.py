@@ -26,6 +26,7 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from cmil.envs.gym_task import check_action_repeat  # noqa: E402
 from cmil.envs.rendering import GuardedRender, OffscreenCamera, RendererGuard  # noqa: E402
 
 # Every Meta-World v3 task (names without the "-v3" suffix): its fixed episode length and its scripted
@@ -153,9 +154,7 @@ class MetaWorldImageEnv(gym.Env):
         mw.seeded_rand_vec = True
         mw._set_task_called = True
         _scale_placements(mw, placement_scale)
-        if int(action_repeat) != action_repeat or action_repeat < 1:
-            raise ValueError(f"action_repeat must be a whole number >= 1, got {action_repeat!r}")
-        self.action_repeat = int(action_repeat)
+        self.action_repeat = check_action_repeat(action_repeat)
         # Meta-World raises if stepped past max_path_length; make its horizon ours.
         mw.max_path_length = self.episode_length * self.action_repeat
         self.mw = mw
