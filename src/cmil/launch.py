@@ -202,11 +202,11 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
     if available < cfg.num_demos:
         raise UsageError(f"num_demos: {directory} holds {available} episodes, fewer than num_demos "
                          f"{cfg.num_demos}; pass --num-demos {available} or collect more")
-    _check_demo_env_kwargs(cfg, directory)
+    _check_demo_env_options(cfg, directory)
     return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
 
 
-def _check_demo_env_kwargs(cfg: Config, directory: Path) -> None:
+def _check_demo_env_options(cfg: Config, directory: Path) -> None:
     """Warn when the demos were collected with other env kwargs or another action repeat than the run's: some
     change what the expert's episodes look like (`placement_scale`, a camera, the control step), others only the
     run's own scoring (a success radius), so this is the user's call. Demo sets without that record (converted
