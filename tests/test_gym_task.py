@@ -173,7 +173,7 @@ def test_cli_collect_train_resume_eval(tmp_path, capsys):
     held = tmp_path / "held"
     assert _train(held, demos, "--env-kwargs", '{"goal_radius": 0.2}', "--action-repeat", "2") == 0
     assert yaml.safe_load((held / "config.yaml").read_text())["action_repeat"] == 2
-    assert "collected with action_repeat None, this run uses 2" in capsys.readouterr().err
+    assert "collected with action repeat 1, this run uses 2" in capsys.readouterr().err
     assert _train(held, demos, "--env-kwargs", '{"goal_radius": 0.2}', "--action-repeat", "3") == 2
     assert "action_repeat: run has" in capsys.readouterr().err
 

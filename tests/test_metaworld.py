@@ -298,3 +298,25 @@ def test_action_repeat_as_a_task_option_is_the_env_kwarg():
         finally:
             env.close()
     np.testing.assert_array_equal(*states)
+
+
+def test_demos_with_the_repeat_as_an_env_kwarg_warn_only_when_the_env_differs(tmp_path, capsys):
+    """Demos collected with round 44's `{"action_repeat": 4}` build the same env as a run's `--action-repeat 4`: no
+    warning. Another repeat is one warning, naming both repeats; the other kwargs are compared on their own."""
+    import json
+
+    from cmil.config import Config, replace
+    from cmil.launch import _check_demo_env_options
+
+    (tmp_path / "expert_stats.json").write_text(json.dumps(
+        {"task": "mw-push", "env_kwargs": {"action_repeat": 4, "episode_length": 25}, "action_repeat": None}))
+    run = replace(Config(), task="mw-push", env_kwargs='{"episode_length":25}')
+    _check_demo_env_options(replace(run, action_repeat=4), tmp_path)
+    assert capsys.readouterr().err == ""
+    _check_demo_env_options(replace(run, action_repeat=2), tmp_path)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: the demos in {tmp_path} were collected with action repeat 4, this run uses 2: the expert's "
+        "actions were held for another number of env steps; collect demos with the run's"]
+    _check_demo_env_options(replace(run, env_kwargs='{"action_repeat":4}'), tmp_path)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and 'env kwargs {"episode_length": 25}, this run uses {}' in err[0]

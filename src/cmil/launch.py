@@ -206,21 +206,39 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
     return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
 
 
+def effective_env_options(task: str, env_kwargs: dict[str, Any] | None,
+                          action_repeat: int | None) -> tuple[dict[str, Any], int]:
+    """The env kwargs and the action repeat that build `task`'s env. A built-in task's factory takes its action
+    repeat as a task option or as an env kwarg alike (Meta-World's `{"action_repeat": 4}` is `--action-repeat 4`), so
+    there the kwarg is moved into the repeat; a gymnasium task's env kwargs go to its env untouched."""
+    from cmil.envs import task_spec
+
+    kwargs = dict(env_kwargs or {})
+    if "action_repeat" in kwargs and not task_spec(task).takes_task_options:
+        return kwargs, int(action_repeat or kwargs.pop("action_repeat"))
+    return kwargs, int(action_repeat or 1)
+
+
 def _check_demo_env_options(cfg: Config, directory: Path) -> None:
     """Warn when the demos were collected with other env kwargs or another action repeat than the run's: some
     change what the expert's episodes look like (`placement_scale`, a camera, the control step), others only the
-    run's own scoring (a success radius), so this is the user's call. Demo sets without that record (converted
-    ones) pass silently."""
+    run's own scoring (a success radius), so this is the user's call. The env each side built is compared, not
+    the spelling (an action repeat given as a Meta-World env kwarg or as the option is the same env). Demo sets
+    without that record (converted ones) pass silently."""
     stats = demo_stats(directory) or {}
-    recorded = stats.get("env_kwargs")
-    if recorded is not None and recorded != env_kwargs_of(cfg):
-        warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(recorded)}, this run "
-             f"uses {json.dumps(env_kwargs_of(cfg))}; if that changes what the episodes show (e.g. "
+    if "env_kwargs" not in stats:
+        return
+    recorded = stats["env_kwargs"] or {}
+    demo_kwargs, demo_repeat = effective_env_options(cfg.task, recorded, stats.get("action_repeat"))
+    run_kwargs, run_repeat = effective_env_options(cfg.task, env_kwargs_of(cfg), cfg.action_repeat)
+    if demo_kwargs != run_kwargs:
+        warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(demo_kwargs)}, this run "
+             f"uses {json.dumps(run_kwargs)}; if that changes what the episodes show (e.g. "
              "placement_scale), collect demos with the run's")
-    if "env_kwargs" in stats and (stats.get("action_repeat") or 1) != (cfg.action_repeat or 1):
-        warn(f"warning: the demos in {directory} were collected with action_repeat {stats.get('action_repeat')}, "
-             f"this run uses {cfg.action_repeat}: the expert's actions were held for another number of env steps; "
-             "collect demos with the run's")
+    if demo_repeat != run_repeat:
+        warn(f"warning: the demos in {directory} were collected with action repeat {demo_repeat}, this run uses "
+             f"{run_repeat}: the expert's actions were held for another number of env steps; collect demos with "
+             "the run's")
 
 
 def _collect_dry_run_demos(cfg: Config) -> None:
