@@ -214,9 +214,8 @@ def effective_env_options(task: str, env_kwargs: dict[str, Any] | None,
     from cmil.envs import task_spec
 
     kwargs = dict(env_kwargs or {})
-    if "action_repeat" in kwargs and not task_spec(task).takes_task_options:
-        return kwargs, int(action_repeat or kwargs.pop("action_repeat"))
-    return kwargs, int(action_repeat or 1)
+    held = kwargs.pop("action_repeat") if "action_repeat" in kwargs and not task_spec(task).takes_task_options else None
+    return kwargs, int(action_repeat or held or 1)
 
 
 def _check_demo_env_options(cfg: Config, directory: Path) -> None:
