@@ -206,18 +206,6 @@ def load_demos(cfg: Config, action_dim: int) -> list[Episode]:
     return load_episodes(directory, cfg.image_size, action_dim, limit=cfg.num_demos)
 
 
-def effective_env_options(task: str, env_kwargs: dict[str, Any] | None,
-                          action_repeat: int | None) -> tuple[dict[str, Any], int]:
-    """The env kwargs and the action repeat that build `task`'s env. A built-in task's factory takes its action
-    repeat as a task option or as an env kwarg alike (Meta-World's `{"action_repeat": 4}` is `--action-repeat 4`), so
-    there the kwarg is moved into the repeat; a gymnasium task's env kwargs go to its env untouched."""
-    from cmil.envs import task_spec
-
-    kwargs = dict(env_kwargs or {})
-    held = kwargs.pop("action_repeat") if "action_repeat" in kwargs and not task_spec(task).takes_task_options else None
-    return kwargs, int(action_repeat or held or 1)
-
-
 def _check_demo_env_options(cfg: Config, directory: Path) -> None:
     """Warn when the demos were collected with other env kwargs or another action repeat than the run's: some
     change what the expert's episodes look like (`placement_scale`, a camera, the control step), others only the
@@ -227,8 +215,9 @@ def _check_demo_env_options(cfg: Config, directory: Path) -> None:
     stats = demo_stats(directory) or {}
     if "env_kwargs" not in stats:
         return
-    recorded = stats["env_kwargs"] or {}
-    demo_kwargs, demo_repeat = effective_env_options(cfg.task, recorded, stats.get("action_repeat"))
+    from cmil.envs import effective_env_options
+
+    demo_kwargs, demo_repeat = effective_env_options(cfg.task, stats["env_kwargs"], stats.get("action_repeat"))
     run_kwargs, run_repeat = effective_env_options(cfg.task, env_kwargs_of(cfg), cfg.action_repeat)
     if demo_kwargs != run_kwargs:
         warn(f"warning: the demos in {directory} were collected with env kwargs {json.dumps(demo_kwargs)}, this run "

@@ -168,6 +168,17 @@ def make_env(name: str, seed: int | None = None, image_size: int = 64, env_kwarg
     return SeedFirstReset(env, seed)
 
 
+def effective_env_options(name: str, env_kwargs: dict[str, Any] | None,
+                          action_repeat: int | None) -> tuple[dict[str, Any], int]:
+    """The env kwargs and the action repeat that `make_env` builds task `name` with, in one spelling: a built-in
+    factory takes `action_repeat` as a task option or as an env kwarg alike (Meta-World's `{"action_repeat": 4}` is
+    `action_repeat=4`), so there the kwarg is moved into the repeat; a gymnasium task's env kwargs go to its env
+    untouched."""
+    kwargs = dict(env_kwargs or {})
+    held = kwargs.pop("action_repeat") if "action_repeat" in kwargs and not task_spec(name).takes_task_options else None
+    return kwargs, int(action_repeat or held or 1)
+
+
 def register_task(name: str, env_factory: Callable[..., gym.Env], description: str = "",
                   success_key: str | None = None, max_episode_steps: int | None = None) -> TaskSpec:
     """Register the task `name` made from `env_factory(**env_kwargs) -> gym.Env`, an env built with
